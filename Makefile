@@ -1,0 +1,74 @@
+# preview-proxy — see README.md. `make run` and `make test` install what they need.
+PKGS    := libevent libevent_openssl libevent_pthreads openssl libnghttp2 hiredis
+APT_PKGS := build-essential pkg-config libevent-dev libssl-dev libnghttp2-dev libhiredis-dev \
+            libhttp-parser-dev libcmocka-dev redis-server curl wrk nginx-light nghttp2-client \
+            python3 python3-pytest python3-requests python3-websockets python3-h2
+CC      ?= cc
+SAN     ?= 0
+BUILD   := build
+CFLAGS  := -std=gnu11 -Wall -Wextra -Wshadow -g -O2 -I. -MMD -MP
+ifeq ($(SAN),1)
+BUILD   := build-san
+CFLAGS  := -std=gnu11 -Wall -Wextra -Wshadow -g -O1 -I. -MMD -MP -fno-omit-frame-pointer \
+           -fsanitize=address,undefined -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser
+
+PROXY_SRC := proxy/main.c proxy/config.c proxy/log.c proxy/conn.c proxy/h1.c proxy/upstream.c \
+             proxy/errors.c routing/host.c routing/path.c routing/store.c auth/auth.c
+PROXY_OBJ := $(PROXY_SRC:%.c=$(BUILD)/obj/%.o)
+LIB_OBJ   := $(filter-out $(BUILD)/obj/proxy/main.o,$(PROXY_OBJ))
+UNIT_SRC  := $(wildcard tests/unit/test_*.c)
+UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+.PHONY: all deps run test test-unit test-integration check clean bench
+
+all: $(BUILD)/preview-proxy
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -Werror -c $< -o $@
+
+$(BUILD)/preview-proxy: $(PROXY_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -o $@ $< $(LIB_OBJ) $(LDFLAGS) $(PKG_LIBS) -lcmocka
+
+# Installs missing Debian packages (needs root on a fresh machine).
+deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+run: deps
+	$(MAKE) all
+	./scripts/run-demo.sh $(BUILD)/preview-proxy
+
+test: deps
+	$(MAKE) all
+	$(MAKE) test-unit
+	$(MAKE) test-integration
+
+test-unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+
+test-integration: $(BUILD)/preview-proxy
+	PROXY_BIN=$(CURDIR)/$(BUILD)/preview-proxy /usr/bin/python3 -m pytest -q tests/integration
+
+# Sanitizer build of the proxy and the unit tests, then every test against it.
+check: deps
+	$(MAKE) test SAN=1
+
+bench: all
+	./bench/run.sh
+
+clean:
+	rm -rf build build-san
+
+-include $(PROXY_OBJ:.o=.d)

@@ -1,0 +1,43 @@
+/* auth.h — the authentication chain of SPEC 4.
+ *
+ * One call decides whether a request may reach a sandbox and which sandbox it
+ * is. The decision may need lookups (Redis, later the API), so it completes
+ * through a callback; backends that answer from memory call it before
+ * px_auth_start() returns. */
+#ifndef PX_AUTH_H
+#define PX_AUTH_H
+
+#include "proxy/h1.h"
+#include "proxy/px.h"
+
+struct px_sandbox;
+
+struct px_auth_in {
+    const struct px_config *cfg; /* borrowed */
+    const struct px_head *req;   /* borrowed; lives until the callback */
+    struct px_str label;         /* sandbox ID or signed token (lowercased) */
+    unsigned port;               /* 2280 for toolbox requests */
+    unsigned toolbox : 1;        /* /toolbox/{id}/... on a base host */
+    struct px_str query_token;   /* DAYTONA_SANDBOX_AUTH_KEY value, or empty */
+    unsigned has_query_token : 1;
+};
+
+struct px_auth_out {
+    int status;              /* 0 allowed, else 401/403/404/503 */
+    const char *code;        /* static; for the error body */
+    const char *message;     /* static; safe to show */
+    struct px_sandbox *sb;   /* owned by the receiver once the callback runs; NULL on refusal */
+    unsigned used_authorization : 1; /* the Bearer header was ours: do not forward it */
+    unsigned label_is_sandbox : 1;   /* the host label is a sandbox ID (safe to log) */
+};
+
+typedef void (*px_auth_cb)(void *arg, struct px_auth_out *out);
+
+struct px_auth;
+
+/* Runs the chain. Returns NULL when cb already ran, else a handle the caller
+ * may cancel (then cb never runs). */
+struct px_auth *px_auth_start(const struct px_auth_in *in, px_auth_cb cb, void *arg);
+void px_auth_cancel(struct px_auth *a);
+
+#endif

@@ -1,0 +1,494 @@
+/* config.c — proxy.conf parser and the environment overrides of SPEC 12.
+ *
+ * One directive per line, `#` starts a comment, words split on blanks.
+ * Unknown directives and bad values are errors naming file, line and reason. */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proxy/px.h"
+#include "routing/store.h"
+
+#define MAX_WORDS 64
+
+int px_config_parse_size(const char *s, size_t *out)
+{
+    char *end;
+    unsigned long long v;
+
+    if (!isdigit((unsigned char)*s))
+        return -1;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno != 0)
+        return -1;
+    if (*end == 'k' || *end == 'K')
+        v *= 1024, end++;
+    else if (*end == 'm' || *end == 'M')
+        v *= 1024 * 1024, end++;
+    if (*end != '\0' || v == 0 || v > (1ULL << 32))
+        return -1;
+    *out = (size_t)v;
+    return 0;
+}
+
+static int parse_int(const char *s, int lo, int hi, int *out)
+{
+    char *end;
+    long v;
+
+    if (!isdigit((unsigned char)*s))
+        return -1;
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v < lo || v > hi)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_onoff(const char *s, int *out)
+{
+    if (!strcmp(s, "on") || !strcmp(s, "true") || !strcmp(s, "1"))
+        *out = 1;
+    else if (!strcmp(s, "off") || !strcmp(s, "false") || !strcmp(s, "0"))
+        *out = 0;
+    else
+        return -1;
+    return 0;
+}
+
+/* "127.0.0.1:4000", "[::1]:4000", "4000" or "*:4000". */
+static int parse_addr(const char *s, struct px_listen_cfg *l)
+{
+    char host[64];
+    const char *colon;
+    int port;
+
+    memset(l, 0, sizeof(*l));
+    if (*s == '[') {
+        const char *rb = strchr(s, ']');
+        if (rb == NULL || rb[1] != ':' || (size_t)(rb - s - 1) >= sizeof(host))
+            return -1;
+        memcpy(host, s + 1, (size_t)(rb - s - 1));
+        host[rb - s - 1] = '\0';
+        colon = rb + 1;
+    } else if ((colon = strrchr(s, ':')) != NULL) {
+        if ((size_t)(colon - s) >= sizeof(host))
+            return -1;
+        memcpy(host, s, (size_t)(colon - s));
+        host[colon - s] = '\0';
+    } else {
+        strcpy(host, "0.0.0.0");
+        colon = s - 1;
+    }
+    if (parse_int(colon + 1, 1, 65535, &port) != 0)
+        return -1;
+    if (!strcmp(host, "*") || host[0] == '\0')
+        strcpy(host, "0.0.0.0");
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&l->addr;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&l->addr;
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)port);
+        l->addrlen = sizeof(*a4);
+    } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)port);
+        l->addrlen = sizeof(*a6);
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_cidr(const char *s, struct px_cidr *c)
+{
+    char buf[64];
+    const char *slash = strchr(s, '/');
+    size_t n = slash ? (size_t)(slash - s) : strlen(s);
+    int bits;
+
+    if (n >= sizeof(buf))
+        return -1;
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    memset(c, 0, sizeof(*c));
+    if (inet_pton(AF_INET, buf, c->addr) == 1)
+        c->family = AF_INET;
+    else if (inet_pton(AF_INET6, buf, c->addr) == 1)
+        c->family = AF_INET6;
+    else
+        return -1;
+    bits = c->family == AF_INET ? 32 : 128;
+    if (slash && parse_int(slash + 1, 0, bits, &bits) != 0)
+        return -1;
+    c->bits = (unsigned)bits;
+    return 0;
+}
+
+int px_config_trusted(const struct px_config *cfg, const struct sockaddr *sa)
+{
+    const uint8_t *a;
+    int fam = sa->sa_family;
+
+    if (fam == AF_INET)
+        a = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
+    else if (fam == AF_INET6)
+        a = (const uint8_t *)&((const struct sockaddr_in6 *)sa)->sin6_addr;
+    else
+        return 0;
+    for (int i = 0; i < cfg->ntrusted; i++) {
+        const struct px_cidr *c = &cfg->trusted[i];
+        unsigned full = c->bits / 8, rest = c->bits % 8;
+        if (c->family != fam)
+            continue;
+        if (memcmp(a, c->addr, full) != 0)
+            continue;
+        if (rest && ((a[full] ^ c->addr[full]) & (0xff << (8 - rest))) != 0)
+            continue;
+        return 1;
+    }
+    return 0;
+}
+
+static void set_defaults(struct px_config *c)
+{
+    c->log_level = PX_INFO;
+    c->workers = 1;
+    c->connect_timeout = 10;
+    c->response_header_timeout = 60;
+    c->keepalive_timeout = 70;
+    c->client_header_timeout = 10;
+    c->ws_idle_timeout = 3600;
+    c->upstream_idle_timeout = 30;
+    c->shutdown_timeout = 3600;
+    c->upstream_keepalive = 32;
+    c->max_request_line = 8192;
+    c->max_header_size = 65536;
+    c->max_headers = 100;
+    c->redis_port = 6379;
+}
+
+void px_config_free(struct px_config *c)
+{
+    if (c == NULL)
+        return;
+    free(c->path);
+    for (int i = 0; i < c->ndomains; i++)
+        free(c->domains[i]);
+    free(c->access_log);
+    free(c->redis_host);
+    free(c->redis_username);
+    free(c->redis_password);
+    free(c->cookie_secret);
+    free(c->cookie_domain);
+    free(c->api_url);
+    free(c->api_key);
+    while (c->sandboxes != NULL) {
+        struct px_sandbox *n = c->sandboxes->next;
+        px_sandbox_free(c->sandboxes);
+        c->sandboxes = n;
+    }
+    free(c);
+}
+
+static int set_string(char **dst, const char *v)
+{
+    free(*dst);
+    *dst = strdup(v);
+    return *dst != NULL ? 0 : -1;
+}
+
+/* Applies one directive. Returns NULL on success, else the reason. */
+static const char *apply(struct px_config *c, char **w, int n)
+{
+    const char *d = w[0], *why;
+    size_t sz;
+    static char reason[128];
+
+#define NEED(k)                                                                                    \
+    do {                                                                                           \
+        if (n != (k) + 1)                                                                          \
+            return (k) == 1 ? "expects one value" : "wrong number of values";                     \
+    } while (0)
+#define INT_DIRECTIVE(name, field, lo, hi)                                                         \
+    if (!strcmp(d, name)) {                                                                        \
+        NEED(1);                                                                                   \
+        return parse_int(w[1], lo, hi, &c->field) == 0 ? NULL : "bad number";                    \
+    }
+    INT_DIRECTIVE("connect_timeout", connect_timeout, 1, 86400)
+    INT_DIRECTIVE("response_header_timeout", response_header_timeout, 1, 86400)
+    INT_DIRECTIVE("keepalive_timeout", keepalive_timeout, 1, 86400)
+    INT_DIRECTIVE("client_header_timeout", client_header_timeout, 1, 86400)
+    INT_DIRECTIVE("ws_idle_timeout", ws_idle_timeout, 1, 7 * 86400)
+    INT_DIRECTIVE("upstream_idle_timeout", upstream_idle_timeout, 1, 86400)
+    INT_DIRECTIVE("shutdown_timeout", shutdown_timeout, 0, 86400)
+    INT_DIRECTIVE("upstream_keepalive", upstream_keepalive, 0, 10000)
+    INT_DIRECTIVE("max_headers", max_headers, 1, 10000)
+    INT_DIRECTIVE("workers", workers, 1, 256)
+    INT_DIRECTIVE("redis_db", redis_db, 0, 1000)
+#undef INT_DIRECTIVE
+    if (!strcmp(d, "max_request_line") || !strcmp(d, "max_header_size")) {
+        NEED(1);
+        if (px_config_parse_size(w[1], &sz) != 0 || sz < 64)
+            return "bad size (bytes, or with k/m suffix)";
+        if (d[4] == 'r')
+            c->max_request_line = sz;
+        else
+            c->max_header_size = sz;
+        return NULL;
+    }
+    if (!strcmp(d, "listen")) {
+        if (n < 2 || n > 3 || (n == 3 && strcmp(w[2], "tls")))
+            return "expects ADDR:PORT [tls]";
+        if (c->nlisten == PX_MAX_LISTEN)
+            return "too many listen directives";
+        if (parse_addr(w[1], &c->listen[c->nlisten]) != 0)
+            return "bad address (expected IP:PORT)";
+        c->listen[c->nlisten++].tls = n == 3;
+        return NULL;
+    }
+    if (!strcmp(d, "domains")) {
+        if (n < 2)
+            return "expects at least one domain";
+        for (int i = 1; i < n; i++) {
+            if (c->ndomains == PX_MAX_DOMAINS)
+                return "too many domains";
+            char *s = w[i];
+            while (*s == '.' || *s == '*')
+                s++;
+            if (*s == '\0')
+                return "empty domain";
+            char *dup = strdup(s);
+            if (dup == NULL)
+                return "out of memory";
+            for (char *p = dup; *p; p++)
+                *p = (char)tolower((unsigned char)*p);
+            c->domains[c->ndomains++] = dup;
+        }
+        return NULL;
+    }
+    if (!strcmp(d, "access_log")) {
+        NEED(1);
+        return set_string(&c->access_log, w[1]) ? "out of memory" : NULL;
+    }
+    if (!strcmp(d, "log_level")) {
+        NEED(1);
+        static const char *const names[] = {"err", "warn", "info", "debug"};
+        for (int i = 0; i < 4; i++)
+            if (!strcmp(w[1], names[i])) {
+                c->log_level = (enum px_level)i;
+                return NULL;
+            }
+        return "expects err, warn, info or debug";
+    }
+    if (!strcmp(d, "preview_warning") || !strcmp(d, "toolbox_only")) {
+        NEED(1);
+        int *f = d[0] == 'p' ? &c->preview_warning : &c->toolbox_only;
+        return parse_onoff(w[1], f) ? "expects on or off" : NULL;
+    }
+    if (!strcmp(d, "trusted_proxies")) {
+        if (n < 2)
+            return "expects at least one CIDR";
+        for (int i = 1; i < n; i++) {
+            if (c->ntrusted == PX_MAX_TRUSTED)
+                return "too many trusted proxies";
+            if (parse_cidr(w[i], &c->trusted[c->ntrusted++]) != 0)
+                return "bad CIDR";
+        }
+        return NULL;
+    }
+    if (!strcmp(d, "redis")) {
+        NEED(1);
+        char *colon = strrchr(w[1], ':');
+        if (w[1][0] == '/') /* unix socket */
+            return set_string(&c->redis_host, w[1]) ? "out of memory" : NULL;
+        if (colon == NULL || parse_int(colon + 1, 1, 65535, &c->redis_port) != 0)
+            return "expects IP:PORT or a unix socket path";
+        *colon = '\0';
+        struct in6_addr tmp;
+        if (inet_pton(AF_INET, w[1], &tmp) != 1 && inet_pton(AF_INET6, w[1], &tmp) != 1)
+            return "redis host must be an IP literal (name lookups would block)";
+        return set_string(&c->redis_host, w[1]) ? "out of memory" : NULL;
+    }
+#define STR_DIRECTIVE(name, field)                                                                 \
+    if (!strcmp(d, name)) {                                                                        \
+        NEED(1);                                                                                   \
+        return set_string(&c->field, w[1]) ? "out of memory" : NULL;                               \
+    }
+    STR_DIRECTIVE("redis_password", redis_password)
+    STR_DIRECTIVE("redis_username", redis_username)
+    STR_DIRECTIVE("cookie_secret", cookie_secret)
+    STR_DIRECTIVE("cookie_domain", cookie_domain)
+    STR_DIRECTIVE("api_url", api_url)
+    STR_DIRECTIVE("api_key", api_key)
+#undef STR_DIRECTIVE
+    if (!strcmp(d, "sandbox")) {
+        struct px_sandbox *sb;
+        if (n < 3)
+            return "expects ID key=value...";
+        for (char *p = w[1]; *p; p++)
+            *p = (char)tolower((unsigned char)*p);
+        if ((sb = px_sandbox_new(w[1])) == NULL)
+            return "out of memory";
+        for (int i = 2; i < n; i++) {
+            char *eq = strchr(w[i], '=');
+            if (eq == NULL) {
+                px_sandbox_free(sb);
+                return "sandbox fields are key=value";
+            }
+            *eq = '\0';
+            if (px_sandbox_set(sb, w[i], eq + 1, &why) != 0) {
+                snprintf(reason, sizeof(reason), "%s: %s", w[i], why);
+                px_sandbox_free(sb);
+                return reason;
+            }
+        }
+        if (px_sandbox_finish(sb, &why) != 0) {
+            px_sandbox_free(sb);
+            return why;
+        }
+        sb->next = c->sandboxes;
+        c->sandboxes = sb;
+        return NULL;
+    }
+    return "unknown directive";
+#undef NEED
+}
+
+/* Environment overrides: Daytona's variable names win over the file. */
+static const char *apply_env(struct px_config *c)
+{
+    const char *v;
+    char buf[600];
+    char *w[3];
+
+#define ENV(name, directive)                                                                       \
+    if ((v = getenv(name)) != NULL && *v != '\0') {                                                \
+        const char *why;                                                                           \
+        snprintf(buf, sizeof(buf), "%s", v);                                                       \
+        w[0] = (char *)directive;                                                                  \
+        w[1] = buf;                                                                                \
+        if ((why = apply(c, w, 2)) != NULL)                                                        \
+            return name;                                                                           \
+    }
+    ENV("TOOLBOX_ONLY_MODE", "toolbox_only")
+    ENV("PREVIEW_WARNING_ENABLED", "preview_warning")
+    ENV("SHUTDOWN_TIMEOUT_SEC", "shutdown_timeout")
+    ENV("COOKIE_DOMAIN", "cookie_domain")
+    ENV("DAYTONA_API_URL", "api_url")
+    ENV("REDIS_USERNAME", "redis_username")
+    ENV("REDIS_PASSWORD", "redis_password")
+#undef ENV
+    if ((v = getenv("PROXY_API_KEY")) != NULL && *v != '\0') {
+        if (set_string(&c->api_key, v))
+            return "PROXY_API_KEY";
+        if (c->cookie_secret == NULL && set_string(&c->cookie_secret, v))
+            return "PROXY_API_KEY";
+    }
+    if ((v = getenv("PROXY_PROTOCOL")) != NULL && *v != '\0') {
+        if (strcmp(v, "http") && strcmp(v, "https"))
+            return "PROXY_PROTOCOL";
+        c->external_https = !strcmp(v, "https");
+    }
+    if ((v = getenv("REDIS_HOST")) != NULL && *v != '\0') {
+        const char *port = getenv("REDIS_PORT");
+        snprintf(buf, sizeof(buf), "%s:%s", v, port && *port ? port : "6379");
+        w[0] = "redis";
+        w[1] = buf;
+        if (apply(c, w, 2) != NULL)
+            return "REDIS_HOST/REDIS_PORT";
+    }
+    if ((v = getenv("PROXY_PORT")) != NULL && *v != '\0') {
+        /* Daytona's proxy listens on all interfaces at PROXY_PORT; it replaces the
+         * file's plaintext listeners. */
+        int port;
+        if (parse_int(v, 1, 65535, &port) != 0)
+            return "PROXY_PORT";
+        c->nlisten = 0;
+        snprintf(buf, sizeof(buf), "0.0.0.0:%d", port);
+        parse_addr(buf, &c->listen[c->nlisten++]);
+        if ((v = getenv("ENABLE_TLS")) != NULL && !strcmp(v, "true"))
+            c->listen[0].tls = 1;
+    }
+    return NULL;
+}
+
+struct px_config *px_config_load(const char *path, char *err, size_t errlen)
+{
+    struct px_config *c = calloc(1, sizeof(*c));
+    FILE *f;
+    char line[8192];
+    int lineno = 0;
+    const char *why;
+
+    if (c == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    set_defaults(c);
+    c->path = strdup(path);
+    if ((f = fopen(path, "r")) == NULL) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        px_config_free(c);
+        return NULL;
+    }
+    while (fgets(line, sizeof(line), f) != NULL) {
+        char *w[MAX_WORDS], *p = line;
+        int n = 0;
+
+        lineno++;
+        if (strchr(line, '\n') == NULL && !feof(f)) {
+            snprintf(err, errlen, "%s:%d: line too long", path, lineno);
+            goto fail;
+        }
+        char *hash = strchr(line, '#');
+        if (hash != NULL)
+            *hash = '\0';
+        while (n < MAX_WORDS) {
+            p += strspn(p, " \t\r\n");
+            if (*p == '\0')
+                break;
+            w[n++] = p;
+            p += strcspn(p, " \t\r\n");
+            if (*p != '\0')
+                *p++ = '\0';
+        }
+        if (n == 0)
+            continue;
+        if (n == MAX_WORDS) {
+            snprintf(err, errlen, "%s:%d: too many words", path, lineno);
+            goto fail;
+        }
+        if ((why = apply(c, w, n)) != NULL) {
+            snprintf(err, errlen, "%s:%d: %s: %s", path, lineno, w[0], why);
+            goto fail;
+        }
+    }
+    fclose(f);
+    f = NULL;
+    if ((why = apply_env(c)) != NULL) {
+        snprintf(err, errlen, "environment variable %s has a bad value", why);
+        goto fail;
+    }
+    if (c->nlisten == 0) { /* SPEC 12: PROXY_PORT defaults to 4000 */
+        parse_addr("0.0.0.0:4000", &c->listen[0]);
+        c->nlisten = 1;
+    }
+    if (c->access_log == NULL && set_string(&c->access_log, "stderr")) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    return c;
+fail:
+    if (f != NULL)
+        fclose(f);
+    px_config_free(c);
+    return NULL;
+}

@@ -1,0 +1,35 @@
+/* log.c — one line per event on stderr, with time and level.
+ * Never pass secrets here: callers log hashes or redacted hosts (STYLE 9). */
+#include <stdarg.h>
+#include <stdio.h>
+#include <time.h>
+
+#include "proxy/px.h"
+
+enum px_level px_log_level = PX_INFO;
+
+const char px_err_timeout[] = "timed out";
+const char px_err_refused[] = "connection refused";
+const char px_err_reset[] = "connection reset";
+const char px_err_redis_down[] = "redis unavailable";
+const char px_err_nomem[] = "out of memory";
+const char px_err_bad_response[] = "malformed upstream response";
+const char px_err_closed[] = "connection closed";
+
+static const char *const level_names[] = {"ERR", "WARN", "INFO", "DEBUG"};
+
+void px_logf(enum px_level lvl, const char *ctx, const char *fmt, ...)
+{
+    char ts[32], msg[1024];
+    time_t now = time(NULL);
+    struct tm tm;
+    va_list ap;
+
+    gmtime_r(&now, &tm);
+    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    /* One fprintf per line so lines of concurrent workers do not interleave. */
+    fprintf(stderr, "%s %s %s%s%s\n", ts, level_names[lvl], ctx ? ctx : "", ctx ? " " : "", msg);
+}

@@ -1,0 +1,300 @@
+/* main.c — command line, process model and signals.
+ *
+ * `preview-proxy -c FILE` serves; `-t` only checks the file. With `workers N`
+ * (N > 1) the master forks N workers that each bind the listeners with
+ * SO_REUSEPORT and run their own event loop; the master only relays signals
+ * and reaps. SIGTERM/SIGINT drain, SIGHUP reloads the configuration. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "proxy/px.h"
+#include "proxy/server.h"
+#include "proxy/upstream.h"
+
+struct px_server *px_srv;
+
+static struct evconnlistener *listeners[PX_MAX_LISTEN];
+static int nlisteners;
+static struct event *shutdown_timer;
+static struct px_config *configs[64]; /* every config ever loaded; connections may borrow old ones */
+static int nconfigs;
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: preview-proxy [-t] [-c proxy.conf]\n"
+                    "  -c FILE  configuration file (default proxy.conf)\n"
+                    "  -t       check the configuration and exit (0 good, 1 bad)\n");
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
+                      void *arg)
+{
+    (void)l;
+    px_conn_accept(arg, fd, sa, salen);
+}
+
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    (void)l;
+    (void)arg;
+    /* EMFILE and friends: log and keep going; libevent retries on the next event. */
+    px_log(PX_WARN, "accept failed: %s", strerror(errno));
+}
+
+static int open_listeners(struct px_server *srv)
+{
+    const struct px_config *cfg = srv->cfg;
+
+    for (int i = 0; i < cfg->nlisten; i++) {
+        if (cfg->listen[i].tls) {
+            px_log(PX_ERR, "listen ... tls: TLS listeners are not supported by this build yet");
+            return -1;
+        }
+        listeners[i] = evconnlistener_new_bind(
+            srv->base, on_accept, srv,
+            LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_EXEC,
+            1024, (const struct sockaddr *)&cfg->listen[i].addr, (int)cfg->listen[i].addrlen);
+        if (listeners[i] == NULL) {
+            px_log(PX_ERR, "cannot listen on listener %d: %s", i, strerror(errno));
+            return -1;
+        }
+        evconnlistener_set_error_cb(listeners[i], on_accept_error);
+        nlisteners++;
+    }
+    return 0;
+}
+
+static void close_listeners(void)
+{
+    for (int i = 0; i < nlisteners; i++)
+        evconnlistener_free(listeners[i]);
+    nlisteners = 0;
+}
+
+static void on_shutdown_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    struct px_server *srv = arg;
+    (void)fd;
+    (void)what;
+    px_log(PX_INFO, "shutdown_timeout reached with %lu connections open: closing them",
+           srv->nconns);
+    px_conn_close_all(srv);
+    event_base_loopexit(srv->base, NULL);
+}
+
+static void on_term(evutil_socket_t sig, short what, void *arg)
+{
+    struct px_server *srv = arg;
+    (void)what;
+
+    if (srv->draining) { /* a second signal forces the exit */
+        px_conn_close_all(srv);
+        event_base_loopexit(srv->base, NULL);
+        return;
+    }
+    px_log(PX_INFO, "signal %d: draining %lu connections (up to %d s)", (int)sig, srv->nconns,
+           srv->cfg->shutdown_timeout);
+    close_listeners();
+    struct timeval tv = {srv->cfg->shutdown_timeout, 0};
+    shutdown_timer = evtimer_new(srv->base, on_shutdown_deadline, srv);
+    evtimer_add(shutdown_timer, &tv);
+    px_conn_drain_all(srv);
+}
+
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+    struct px_server *srv = arg;
+    char err[512];
+    struct px_config *cfg;
+    (void)sig;
+    (void)what;
+
+    if (nconfigs == (int)(sizeof(configs) / sizeof(configs[0]))) {
+        px_log(PX_WARN, "SIGHUP: too many reloads in this process; restart it");
+        return;
+    }
+    if ((cfg = px_config_load(srv->cfg->path, err, sizeof(err))) == NULL) {
+        px_log(PX_WARN, "SIGHUP: keeping the old configuration: %s", err);
+        return;
+    }
+    configs[nconfigs++] = cfg;
+    srv->cfg = cfg;
+    px_log_level = cfg->log_level;
+    px_log(PX_INFO, "SIGHUP: configuration reloaded (listeners unchanged)");
+}
+
+static int run_worker(struct px_config *cfg)
+{
+    struct px_server srv = {0};
+    struct event *sigs[4];
+    int rc = 0;
+
+    signal(SIGPIPE, SIG_IGN);
+    srv.cfg = cfg;
+    srv.pid = (unsigned)getpid();
+    px_srv = &srv;
+    if ((srv.base = event_base_new()) == NULL) {
+        px_log(PX_ERR, "cannot create the event loop");
+        return 1;
+    }
+    srv.dns = evdns_base_new(srv.base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+    if (srv.dns == NULL) /* no resolv.conf: IP literals and /etc/hosts still work */
+        srv.dns = evdns_base_new(srv.base, 0);
+    if (srv.dns != NULL)
+        evdns_base_load_hosts(srv.dns, NULL);
+    srv.pool = px_pool_new(&srv);
+    if (!strcmp(cfg->access_log, "stderr")) {
+        srv.access = stderr;
+    } else if (strcmp(cfg->access_log, "off") != 0) {
+        if ((srv.access = fopen(cfg->access_log, "a")) == NULL) {
+            px_log(PX_ERR, "cannot open access_log %s: %s", cfg->access_log, strerror(errno));
+            return 1;
+        }
+        setvbuf(srv.access, NULL, _IOLBF, 0);
+    }
+    if (srv.pool == NULL || open_listeners(&srv) != 0)
+        return 1;
+    sigs[0] = evsignal_new(srv.base, SIGTERM, on_term, &srv);
+    sigs[1] = evsignal_new(srv.base, SIGINT, on_term, &srv);
+    sigs[2] = evsignal_new(srv.base, SIGHUP, on_hup, &srv);
+    for (int i = 0; i < 3; i++)
+        evsignal_add(sigs[i], NULL);
+    px_log(PX_INFO, "preview-proxy %s worker %u serving", PX_VERSION, srv.pid);
+    if (event_base_dispatch(srv.base) < 0)
+        rc = 1;
+    px_log(PX_INFO, "worker %u exiting", srv.pid);
+    px_conn_close_all(&srv);
+    close_listeners();
+    for (int i = 0; i < 3; i++)
+        event_free(sigs[i]);
+    if (shutdown_timer != NULL)
+        event_free(shutdown_timer);
+    px_pool_free(srv.pool);
+    if (srv.dns != NULL)
+        evdns_base_free(srv.dns, 0);
+    if (srv.access != NULL && srv.access != stderr)
+        fclose(srv.access);
+    event_base_free(srv.base);
+    return rc;
+}
+
+static volatile sig_atomic_t master_signal;
+
+static void master_on_signal(int sig)
+{
+    master_signal = sig;
+}
+
+/* The master relays SIGTERM/SIGINT/SIGHUP to the workers and exits when they all
+ * have; a worker that dies unexpectedly is replaced. */
+static int run_master(struct px_config *cfg)
+{
+    pid_t *pids = calloc((size_t)cfg->workers, sizeof(pid_t));
+    int alive = 0, rc = 0, stopping = 0;
+    struct sigaction sa = {0};
+
+    if (pids == NULL)
+        return 1;
+    sa.sa_handler = master_on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    for (;;) {
+        for (int i = 0; i < cfg->workers && !stopping; i++) {
+            if (pids[i] != 0)
+                continue;
+            pid_t p = fork();
+            if (p == 0) {
+                signal(SIGTERM, SIG_DFL);
+                signal(SIGINT, SIG_DFL);
+                signal(SIGHUP, SIG_DFL);
+                exit(run_worker(cfg));
+            }
+            if (p < 0) {
+                px_log(PX_ERR, "fork: %s", strerror(errno));
+                return 1;
+            }
+            pids[i] = p;
+            alive++;
+        }
+        if (alive == 0)
+            break;
+        int status;
+        pid_t p = wait(&status);
+        if (p < 0 && errno == EINTR) {
+            int sig = master_signal;
+            master_signal = 0;
+            if (sig == SIGTERM || sig == SIGINT)
+                stopping = 1;
+            for (int i = 0; i < cfg->workers; i++)
+                if (pids[i] != 0)
+                    kill(pids[i], sig);
+            continue;
+        }
+        if (p < 0)
+            break;
+        for (int i = 0; i < cfg->workers; i++) {
+            if (pids[i] != p)
+                continue;
+            pids[i] = 0;
+            alive--;
+            if (!stopping) {
+                px_log(PX_ERR, "worker %d died (status %d); restarting it", (int)p, status);
+            } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+                rc = 1;
+            }
+        }
+    }
+    free(pids);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = "proxy.conf";
+    int check = 0, opt, rc;
+    char err[512];
+    struct px_config *cfg;
+
+    while ((opt = getopt(argc, argv, "tc:h")) != -1) {
+        switch (opt) {
+        case 't':
+            check = 1;
+            break;
+        case 'c':
+            path = optarg;
+            break;
+        default:
+            usage();
+            return 2;
+        }
+    }
+    if (optind != argc) {
+        usage();
+        return 2;
+    }
+    setvbuf(stderr, NULL, _IOLBF, 0);
+    if ((cfg = px_config_load(path, err, sizeof(err))) == NULL) {
+        fprintf(stderr, "preview-proxy: %s\n", err);
+        return 1;
+    }
+    if (check) {
+        fprintf(stderr, "preview-proxy: configuration %s is good\n", path);
+        px_config_free(cfg);
+        return 0;
+    }
+    px_log_level = cfg->log_level;
+    configs[nconfigs++] = cfg;
+    rc = cfg->workers > 1 ? run_master(cfg) : run_worker(cfg);
+    for (int i = 0; i < nconfigs; i++)
+        px_config_free(configs[i]);
+    return rc;
+}

@@ -1,0 +1,124 @@
+/* px.h — the shared vocabulary of the proxy: byte slices, error constants,
+ * logging, and the configuration every module reads.
+ *
+ * Every other module includes this file; it includes nothing of ours. */
+#ifndef PX_H
+#define PX_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+#define PX_VERSION "0.1.0"
+
+/* A borrowed byte slice: never NUL-terminated unless said so. */
+struct px_str {
+    const char *p;
+    size_t len;
+};
+
+#define PX_STR(s) ((struct px_str){(s), sizeof(s) - 1})
+#define PX_STR_NULL ((struct px_str){NULL, 0})
+
+static inline struct px_str px_str_make(const char *p, size_t len)
+{
+    return (struct px_str){p, len};
+}
+
+static inline int px_str_eq(struct px_str a, struct px_str b)
+{
+    return a.len == b.len && (a.len == 0 || memcmp(a.p, b.p, a.len) == 0);
+}
+
+static inline int px_str_ieq(struct px_str a, struct px_str b)
+{
+    return a.len == b.len && (a.len == 0 || strncasecmp(a.p, b.p, a.len) == 0);
+}
+
+/* Errors are constants compared by address (STYLE 7); they print as-is. */
+extern const char px_err_timeout[], px_err_refused[], px_err_reset[], px_err_redis_down[],
+    px_err_nomem[], px_err_bad_response[], px_err_closed[];
+
+/* ---- logging (proxy/log.c) ---- */
+enum px_level { PX_ERR = 0, PX_WARN, PX_INFO, PX_DEBUG };
+
+extern enum px_level px_log_level;
+
+/* Writes "TIME LEVEL [conn=N] msg" to stderr. ctx is a free-form prefix such as
+ * "conn=42 st=HEAD host=3000-<signed>", built by the caller; NULL for none. */
+void px_logf(enum px_level lvl, const char *ctx, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+#define px_log(lvl, ...)                                                                           \
+    do {                                                                                           \
+        if ((lvl) <= px_log_level)                                                                 \
+            px_logf((lvl), NULL, __VA_ARGS__);                                                     \
+    } while (0)
+
+/* ---- configuration (proxy/config.c) ---- */
+
+#define PX_MAX_LISTEN 8
+#define PX_MAX_DOMAINS 16
+#define PX_MAX_TRUSTED 16
+
+struct px_listen_cfg {
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    unsigned tls : 1;
+};
+
+struct px_cidr {
+    int family; /* AF_INET or AF_INET6 */
+    uint8_t addr[16];
+    unsigned bits;
+};
+
+struct px_sandbox; /* routing/store.h */
+
+/* Immutable after px_config_load(); borrowed by everyone for the process lifetime
+ * (a SIGHUP reload builds a new one and swaps the pointer). */
+struct px_config {
+    char *path; /* owned */
+    struct px_listen_cfg listen[PX_MAX_LISTEN];
+    int nlisten;
+    char *domains[PX_MAX_DOMAINS]; /* owned, lowercased, no leading dot */
+    int ndomains;
+    char *access_log;              /* owned; "stderr", "off" or a path */
+    enum px_level log_level;
+    int workers;
+    int preview_warning;
+    int toolbox_only;
+    int external_https; /* PROXY_PROTOCOL=https or a TLS listener */
+    /* timeouts, seconds */
+    int connect_timeout, response_header_timeout, keepalive_timeout, client_header_timeout,
+        ws_idle_timeout, upstream_idle_timeout, shutdown_timeout;
+    int upstream_keepalive; /* idle connections kept per upstream */
+    size_t max_request_line, max_header_size;
+    int max_headers;
+    struct px_cidr trusted[PX_MAX_TRUSTED];
+    int ntrusted;
+    /* redis / secrets (issue 3) */
+    char *redis_host; /* owned; IP literal or unix socket path; NULL = in-memory store */
+    int redis_port;
+    char *redis_username, *redis_password;
+    int redis_db;
+    char *cookie_secret;
+    char *cookie_domain;
+    char *api_url, *api_key;
+    struct px_sandbox *sandboxes; /* owned list, from `sandbox` records */
+};
+
+/* Reads path (and then the environment overrides of SPEC 12). Returns NULL and
+ * writes "file:line: reason" into err on failure. The result is owned by the
+ * caller and freed with px_config_free(). */
+struct px_config *px_config_load(const char *path, char *err, size_t errlen);
+void px_config_free(struct px_config *cfg);
+
+/* Parses "8k", "64K", "1m" or plain digits. Returns 0 or -1. */
+int px_config_parse_size(const char *s, size_t *out);
+
+/* Is the peer address inside one of the trusted_proxies ranges? */
+int px_config_trusted(const struct px_config *cfg, const struct sockaddr *sa);
+
+#endif

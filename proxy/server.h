@@ -1,0 +1,41 @@
+/* server.h — per-process state shared by the connection code: the event base,
+ * the live configuration, the upstream pool and the connection registry. */
+#ifndef PX_SERVER_H
+#define PX_SERVER_H
+
+#include <stdio.h>
+
+#include <event2/dns.h>
+#include <event2/event.h>
+
+#include "proxy/px.h"
+
+struct px_pool;
+struct px_conn;
+
+struct px_server {
+    struct event_base *base;      /* owned by main.c */
+    struct evdns_base *dns;       /* owned by main.c; non-blocking name lookups */
+    const struct px_config *cfg;  /* borrowed; swapped on SIGHUP */
+    struct px_pool *pool;         /* owned by main.c */
+    FILE *access;                 /* owned by main.c; NULL when access_log off */
+    struct px_conn *conns;        /* list of live client connections (conn.c) */
+    unsigned long nconns;
+    unsigned draining : 1;        /* SIGTERM: finish in-flight work, then exit */
+    uint64_t next_conn_id;
+    uint64_t next_req_id;
+    unsigned pid;
+};
+
+extern struct px_server *px_srv; /* the one per process; set by main.c */
+
+/* Accepts a new client socket (owned from here on). */
+void px_conn_accept(struct px_server *srv, int fd, const struct sockaddr *sa, int salen);
+
+/* Starts the drain: idle connections close now, busy ones after their response. */
+void px_conn_drain_all(struct px_server *srv);
+
+/* Closes every connection at once (shutdown deadline). */
+void px_conn_close_all(struct px_server *srv);
+
+#endif

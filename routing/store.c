@@ -1,0 +1,190 @@
+/* store.c — sandbox records: parsing `key=value` fields and the in-memory
+ * store built from proxy.conf. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "routing/store.h"
+
+struct px_sandbox *px_sandbox_new(const char *id)
+{
+    struct px_sandbox *sb = calloc(1, sizeof(*sb));
+
+    if (sb == NULL)
+        return NULL;
+    sb->warning = -1;
+    sb->id = strdup(id);
+    if (sb->id == NULL) {
+        free(sb);
+        return NULL;
+    }
+    return sb;
+}
+
+void px_sandbox_free(struct px_sandbox *sb)
+{
+    if (sb == NULL)
+        return;
+    free(sb->id);
+    free(sb->runner_url);
+    free(sb->runner_key);
+    free(sb->auth_token);
+    free(sb->org);
+    free(sb->state);
+    free(sb->signing_key);
+    free(sb->runner_host);
+    free(sb->runner_authority);
+    free(sb);
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s != NULL ? strdup(s) : NULL;
+}
+
+struct px_sandbox *px_sandbox_dup(const struct px_sandbox *sb)
+{
+    struct px_sandbox *d = px_sandbox_new(sb->id);
+
+    if (d == NULL)
+        return NULL;
+    d->runner_url = dup_or_null(sb->runner_url);
+    d->runner_key = dup_or_null(sb->runner_key);
+    d->auth_token = dup_or_null(sb->auth_token);
+    d->org = dup_or_null(sb->org);
+    d->state = dup_or_null(sb->state);
+    d->signing_key = dup_or_null(sb->signing_key);
+    d->runner_host = dup_or_null(sb->runner_host);
+    d->runner_authority = dup_or_null(sb->runner_authority);
+    d->is_public = sb->is_public;
+    d->direct = sb->direct;
+    d->warning = sb->warning;
+    d->wake_http = sb->wake_http;
+    d->runner_tls = sb->runner_tls;
+    d->runner_port = sb->runner_port;
+    return d;
+}
+
+static int parse_bool(const char *v, int *out)
+{
+    if (!strcmp(v, "1") || !strcasecmp(v, "true") || !strcasecmp(v, "on") || !strcasecmp(v, "yes"))
+        *out = 1;
+    else if (!strcmp(v, "0") || !strcasecmp(v, "false") || !strcasecmp(v, "off") ||
+             !strcasecmp(v, "no"))
+        *out = 0;
+    else
+        return -1;
+    return 0;
+}
+
+static int set_str(char **dst, const char *val)
+{
+    char *s = strdup(val);
+
+    if (s == NULL)
+        return -1;
+    free(*dst);
+    *dst = s;
+    return 0;
+}
+
+int px_sandbox_set(struct px_sandbox *sb, const char *key, const char *val, const char **why)
+{
+    int b;
+
+    *why = "out of memory";
+    if (!strcmp(key, "runner_url"))
+        return set_str(&sb->runner_url, val);
+    if (!strcmp(key, "runner_key"))
+        return set_str(&sb->runner_key, val);
+    if (!strcmp(key, "auth_token"))
+        return set_str(&sb->auth_token, val);
+    if (!strcmp(key, "org"))
+        return set_str(&sb->org, val);
+    if (!strcmp(key, "state"))
+        return set_str(&sb->state, val);
+    if (!strcmp(key, "signing_key"))
+        return set_str(&sb->signing_key, val);
+    if (!strcmp(key, "wake")) {
+        if (strcmp(val, "http") && strcmp(val, "none")) {
+            *why = "wake must be none or http";
+            return -1;
+        }
+        sb->wake_http = !strcmp(val, "http");
+        return 0;
+    }
+    *why = "expected 0 or 1";
+    if (!strcmp(key, "public"))
+        return parse_bool(val, &b) == 0 ? (sb->is_public = b, 0) : -1;
+    if (!strcmp(key, "direct"))
+        return parse_bool(val, &b) == 0 ? (sb->direct = b, 0) : -1;
+    if (!strcmp(key, "warning"))
+        return parse_bool(val, &b) == 0 ? (sb->warning = b, 0) : -1;
+    *why = "unknown sandbox field";
+    return -1;
+}
+
+int px_sandbox_finish(struct px_sandbox *sb, const char **why)
+{
+    const char *u = sb->runner_url, *h, *end, *colon;
+    char *endp;
+    long port;
+
+    if (u == NULL) {
+        *why = "runner_url is required";
+        return -1;
+    }
+    if (!strncmp(u, "http://", 7)) {
+        sb->runner_tls = 0;
+        h = u + 7;
+    } else if (!strncmp(u, "https://", 8)) {
+        sb->runner_tls = 1;
+        h = u + 8;
+    } else {
+        *why = "runner_url must start with http:// or https://";
+        return -1;
+    }
+    end = h + strcspn(h, "/?#");
+    if (end == h) {
+        *why = "runner_url has no host";
+        return -1;
+    }
+    free(sb->runner_authority);
+    sb->runner_authority = strndup(h, (size_t)(end - h));
+    if (*h == '[') { /* IPv6 literal */
+        const char *rb = memchr(h, ']', (size_t)(end - h));
+        if (rb == NULL) {
+            *why = "runner_url has a bad IPv6 literal";
+            return -1;
+        }
+        free(sb->runner_host);
+        sb->runner_host = strndup(h + 1, (size_t)(rb - h - 1));
+        colon = rb + 1 < end && rb[1] == ':' ? rb + 1 : NULL;
+    } else {
+        colon = memchr(h, ':', (size_t)(end - h));
+        free(sb->runner_host);
+        sb->runner_host = strndup(h, (size_t)((colon ? colon : end) - h));
+    }
+    if (colon != NULL) {
+        port = strtol(colon + 1, &endp, 10);
+        if (endp != end || port < 1 || port > 65535) {
+            *why = "runner_url has a bad port";
+            return -1;
+        }
+    } else {
+        port = sb->runner_tls ? 443 : 80;
+    }
+    sb->runner_port = (int)port;
+    if (sb->runner_host == NULL || sb->runner_authority == NULL) {
+        *why = "out of memory";
+        return -1;
+    }
+    return 0;
+}
+
+const struct px_sandbox *px_store_find(const struct px_config *cfg, struct px_str id)
+{
+    for (const struct px_sandbox *sb = cfg->sandboxes; sb != NULL; sb = sb->next)
+        if (strlen(sb->id) == id.len && memcmp(sb->id, id.p, id.len) == 0)
+            return sb;
+    return NULL;
+}

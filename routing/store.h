@@ -1,0 +1,45 @@
+/* store.h — where sandbox records come from.
+ *
+ * A record names the runner that hosts a sandbox and the facts the auth chain
+ * needs. Backends: the in-memory store built from proxy.conf `sandbox` lines
+ * (store.c) and, later, Redis. Lookups complete through a callback, which the
+ * in-memory backend calls before returning. */
+#ifndef PX_STORE_H
+#define PX_STORE_H
+
+#include "proxy/px.h"
+
+struct px_sandbox {
+    char *id;          /* owned */
+    char *runner_url;  /* owned; e.g. http://10.0.0.5:3003 */
+    char *runner_key;  /* owned; secret, never logged */
+    char *auth_token;  /* owned; secret, never logged; may be NULL */
+    char *org;         /* owned; may be NULL */
+    char *state;       /* owned; "started" when absent */
+    char *signing_key; /* owned; may be NULL */
+    int is_public;
+    int direct;
+    int warning; /* -1 follow the global switch, else 0/1 */
+    int wake_http;
+    /* parsed from runner_url */
+    int runner_tls;
+    char *runner_host;      /* owned; host without brackets */
+    int runner_port;
+    char *runner_authority; /* owned; "host:port" as written, for the Host header */
+    struct px_sandbox *next; /* owned list link */
+};
+
+/* Sets one field from "key=value" text. Returns 0 or -1 with a reason in *why. */
+int px_sandbox_set(struct px_sandbox *sb, const char *key, const char *val, const char **why);
+
+/* Fills the runner_* fields from runner_url. Returns 0 or -1 with *why set. */
+int px_sandbox_finish(struct px_sandbox *sb, const char **why);
+
+struct px_sandbox *px_sandbox_new(const char *id);
+void px_sandbox_free(struct px_sandbox *sb);
+struct px_sandbox *px_sandbox_dup(const struct px_sandbox *sb);
+
+/* In-memory lookup in a config's list. Returns a borrowed record or NULL. */
+const struct px_sandbox *px_store_find(const struct px_config *cfg, struct px_str id);
+
+#endif
