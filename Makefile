@@ -17,7 +17,8 @@ PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser
 
 PROXY_SRC := proxy/main.c proxy/config.c proxy/log.c proxy/conn.c proxy/h1.c proxy/upstream.c \
-             proxy/errors.c routing/host.c routing/path.c routing/store.c auth/auth.c
+             proxy/errors.c routing/host.c routing/path.c routing/store.c auth/auth.c \
+             auth/cookie.c auth/lookup.c auth/redis.c auth/activity.c
 PROXY_OBJ := $(PROXY_SRC:%.c=$(BUILD)/obj/%.o)
 LIB_OBJ   := $(filter-out $(BUILD)/obj/proxy/main.o,$(PROXY_OBJ))
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
@@ -25,13 +26,16 @@ UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: all deps run test test-unit test-integration check clean bench
 
-all: $(BUILD)/preview-proxy
+all: $(BUILD)/preview-proxy $(BUILD)/proxyctl
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) -Werror -c $< -o $@
 
 $(BUILD)/preview-proxy: $(PROXY_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(BUILD)/proxyctl: $(BUILD)/obj/tools/proxyctl.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJ)
@@ -71,4 +75,4 @@ bench: all
 clean:
 	rm -rf build build-san
 
--include $(PROXY_OBJ:.o=.d)
+-include $(PROXY_OBJ:.o=.d) $(BUILD)/obj/tools/proxyctl.d

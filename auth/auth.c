@@ -1,59 +1,359 @@
-/* auth.c — the authentication chain over the in-memory store.
+/* auth.c — the authentication chain of SPEC 4, as a small state machine.
  *
- * Order (SPEC 4): public sandbox on a non-reserved port needs nothing; then
- * the X-Daytona-Preview-Token header, then the DAYTONA_SANDBOX_AUTH_KEY query
- * parameter. Refusals name what was tried. An unknown sandbox is a 401 like a
- * wrong token, so the proxy is no oracle for which sandbox IDs exist. */
+ * Each step may need a record (auth/lookup.c); a lookup answered from the
+ * cache continues the loop at once, one that goes to Redis resumes it from the
+ * lookup's callback. Steps, in SPEC order:
+ *   SANDBOX  fetch the label's record (public sandboxes need nothing more)
+ *   BEARER   Authorization: Bearer -> proxy:api-key:{sha256}, org must match
+ *   TOKEN    X-Daytona-Preview-Token, then DAYTONA_SANDBOX_AUTH_KEY
+ *   COOKIE   daytona-sandbox-auth-{label}; for a token label, refused when the
+ *            token carries a revocation marker
+ *   SIGNED   the label is a signed preview token for this port
+ * A failed lookup (Redis down, timeout) never counts as "invalid": when no step
+ * succeeded and one could not be checked, the answer is 503, not 401. */
+#include <stdio.h>
+#include <stdlib.h>
+
 #include <openssl/crypto.h>
+#include <openssl/sha.h>
 
 #include "auth/auth.h"
+#include "auth/cookie.h"
+#include "auth/lookup.h"
 #include "routing/route.h"
 #include "routing/store.h"
+
+enum step {
+    ST_SANDBOX = 0,
+    ST_PUBLIC,
+    ST_BEARER,
+    ST_TOKEN,
+    ST_COOKIE,
+    ST_COOKIE_SANDBOX,
+    ST_SIGNED,
+    ST_SIGNED_SANDBOX,
+    ST_FAIL,
+};
+
+struct px_auth {
+    struct px_auth_in in;     /* by value; slices borrowed from the request */
+    px_auth_cb cb;
+    void *arg;
+    enum step step;
+    struct px_lk *lk;         /* owned by lookup.c; we only cancel it */
+    struct px_sandbox *sb;    /* owned; the label's record, if any */
+    struct px_sandbox *other; /* owned; the record a cookie or signed token named */
+    char id[256];             /* sandbox ID from a cookie or signed token */
+    char org[256];            /* org of a Bearer API key */
+    int key_found;
+    int revoked;
+    unsigned waiting : 1, in_run : 1, done : 1;
+    unsigned backend_err : 1, busy_err : 1;
+    unsigned tried_bearer : 1, tried_token : 1, tried_cookie : 1, tried_signed : 1;
+    struct px_auth_out out;
+};
+
+static void finish(struct px_auth *a)
+{
+    a->done = 1;
+}
+
+static void allow(struct px_auth *a, struct px_sandbox **owned)
+{
+    a->out.status = 0;
+    a->out.sb = *owned;
+    *owned = NULL;
+    a->out.label_is_sandbox = px_str_eq(a->in.label, px_str_make(a->out.sb->id, strlen(a->out.sb->id)));
+    finish(a);
+}
+
+static void set_cookie(struct px_auth *a, const char *sandbox_id)
+{
+    char v[600];
+    const char *secret = a->in.cfg->cookie_secret;
+
+    if (secret == NULL)
+        return;
+    if (px_cookie_mint(secret, a->in.label, px_str_make(sandbox_id, strlen(sandbox_id)),
+                       a->in.now + PX_COOKIE_MAX_AGE, v, sizeof(v)) > 0)
+        a->out.cookie_value = strdup(v);
+}
+
+static void run(struct px_auth *a);
+
+static void note_error(struct px_auth *a, const char *err)
+{
+    if (err == px_err_busy)
+        a->busy_err = 1;
+    else
+        a->backend_err = 1;
+}
+
+static void on_lookup(void *arg, const struct px_lk_value *v, const char *err)
+{
+    struct px_auth *a = arg;
+
+    a->lk = NULL;
+    a->waiting = 0;
+    switch (a->step) {
+    case ST_SANDBOX:
+        if (err != NULL)
+            note_error(a, err);
+        else if (v->found && (a->sb = px_sandbox_dup(v->sb)) == NULL)
+            note_error(a, px_err_nomem);
+        a->step = ST_PUBLIC;
+        break;
+    case ST_BEARER:
+        if (err != NULL)
+            note_error(a, err);
+        else if (v->found && (v->num == 0 || v->num > a->in.now)) {
+            a->key_found = 1;
+            snprintf(a->org, sizeof(a->org), "%s", v->str);
+        }
+        break; /* run() decides with the result */
+    case ST_COOKIE:
+        if (err != NULL)
+            note_error(a, err);
+        else
+            a->revoked = v->found;
+        break;
+    case ST_COOKIE_SANDBOX:
+    case ST_SIGNED_SANDBOX:
+        if (err != NULL)
+            note_error(a, err);
+        else if (v->found && (a->other = px_sandbox_dup(v->sb)) == NULL)
+            note_error(a, px_err_nomem);
+        break;
+    case ST_SIGNED:
+        if (err != NULL)
+            note_error(a, err);
+        else if (v->found)
+            snprintf(a->id, sizeof(a->id), "%s", v->str);
+        break;
+    case ST_PUBLIC:
+    case ST_TOKEN:
+    case ST_FAIL:
+        break;
+    }
+    if (!a->in_run)
+        run(a);
+}
+
+/* Starts a lookup for the current step; the result lands in on_lookup(). */
+static void lookup(struct px_auth *a, enum px_lk_kind kind, struct px_str key)
+{
+    a->waiting = 1;
+    a->lk = px_lookup(kind, key, on_lookup, a);
+}
 
 static int token_matches(const struct px_sandbox *sb, struct px_str tok)
 {
     size_t n;
 
-    if (sb->auth_token == NULL || tok.len == 0)
+    if (sb == NULL || sb->auth_token == NULL || tok.len == 0)
         return 0;
     n = strlen(sb->auth_token);
     return n == tok.len && CRYPTO_memcmp(sb->auth_token, tok.p, n) == 0;
 }
 
+static struct px_str bearer(const struct px_head *req)
+{
+    const struct px_hdr *h = px_head_get(req, PX_STR("authorization"));
+
+    if (h == NULL || h->value.len <= 7 || strncasecmp(h->value.p, "bearer ", 7) != 0)
+        return PX_STR_NULL;
+    return px_str_make(h->value.p + 7, h->value.len - 7);
+}
+
+/* One step of the chain. Sets a->waiting when it started a lookup. */
+static void step(struct px_auth *a)
+{
+    const struct px_auth_in *in = &a->in;
+
+    switch (a->step) {
+    case ST_SANDBOX:
+        return lookup(a, PX_LK_SANDBOX, in->label);
+    case ST_PUBLIC:
+        if (a->sb != NULL && a->sb->is_public && !px_port_reserved(in->port) && !in->toolbox)
+            return allow(a, &a->sb);
+        a->step = ST_BEARER;
+        if (bearer(in->req).len > 0) {
+            unsigned char md[SHA256_DIGEST_LENGTH];
+            char hex[2 * SHA256_DIGEST_LENGTH + 1];
+            struct px_str t = bearer(in->req);
+            a->tried_bearer = 1;
+            SHA256((const unsigned char *)t.p, t.len, md);
+            for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
+                sprintf(hex + 2 * i, "%02x", md[i]);
+            if (a->sb != NULL) /* without a sandbox there is no org to match */
+                return lookup(a, PX_LK_APIKEY, px_str_make(hex, 2 * SHA256_DIGEST_LENGTH));
+        }
+        return;
+    case ST_BEARER:
+        if (a->key_found && a->sb != NULL && a->sb->org != NULL && !strcmp(a->org, a->sb->org)) {
+            a->out.used_authorization = 1;
+            return allow(a, &a->sb);
+        }
+        a->step = ST_TOKEN;
+        return;
+    case ST_TOKEN: {
+        const struct px_hdr *h = px_head_get(in->req, PX_STR("x-daytona-preview-token"));
+        if (h != NULL) {
+            a->tried_token = 1;
+            if (token_matches(a->sb, h->value))
+                return allow(a, &a->sb);
+        }
+        if (in->has_query_token) {
+            a->tried_token = 1;
+            if (token_matches(a->sb, in->query_token)) {
+                /* A browser that opened ?DAYTONA_SANDBOX_AUTH_KEY=... loads its assets
+                 * without it: the cookie carries the authentication on. */
+                set_cookie(a, a->sb->id);
+                return allow(a, &a->sb);
+            }
+        }
+        a->step = ST_COOKIE;
+        struct px_str value, id;
+        char name[300];
+        int n = snprintf(name, sizeof(name), PX_COOKIE_PREFIX "%.*s", (int)in->label.len,
+                         in->label.p);
+        if (in->cfg->cookie_secret == NULL ||
+            px_cookie_find(in->req, px_str_make(name, (size_t)n), &value) != 0)
+            goto no_cookie;
+        a->tried_cookie = 1;
+        if (px_cookie_verify(in->cfg->cookie_secret, in->label, value, in->now, &id) != 0 ||
+            id.len >= sizeof(a->id))
+            goto no_cookie;
+        memcpy(a->id, id.p, id.len);
+        a->id[id.len] = '\0';
+        if (px_str_eq(id, in->label)) {
+            if (a->sb != NULL)
+                return allow(a, &a->sb);
+            goto no_cookie; /* the sandbox is gone */
+        }
+        /* A cookie minted from a signed token dies with the token's revocation. */
+        return lookup(a, PX_LK_REVOKED, in->label);
+    no_cookie:
+        a->id[0] = '\0';
+        a->step = ST_SIGNED;
+        return;
+    }
+    case ST_COOKIE:
+        if (a->revoked || a->id[0] == '\0') {
+            a->id[0] = '\0';
+            a->step = ST_SIGNED;
+            return;
+        }
+        a->step = ST_COOKIE_SANDBOX;
+        return lookup(a, PX_LK_SANDBOX, px_str_make(a->id, strlen(a->id)));
+    case ST_COOKIE_SANDBOX:
+        if (a->other != NULL)
+            return allow(a, &a->other);
+        a->id[0] = '\0';
+        a->step = ST_SIGNED;
+        return;
+    case ST_SIGNED: {
+        char key[400];
+        int n;
+        if (in->toolbox) { /* signed tokens name preview hosts only */
+            a->step = ST_FAIL;
+            return;
+        }
+        if (a->id[0] != '\0') { /* the lookup came back */
+            a->step = ST_SIGNED_SANDBOX;
+            return lookup(a, PX_LK_SANDBOX, px_str_make(a->id, strlen(a->id)));
+        }
+        if (a->tried_signed) {
+            a->step = ST_FAIL;
+            return;
+        }
+        a->tried_signed = 1;
+        n = snprintf(key, sizeof(key), "%u:%.*s", in->port, (int)in->label.len, in->label.p);
+        return lookup(a, PX_LK_SIGNED, px_str_make(key, (size_t)n));
+    }
+    case ST_SIGNED_SANDBOX:
+        if (a->other != NULL) {
+            set_cookie(a, a->other->id);
+            return allow(a, &a->other);
+        }
+        a->step = ST_FAIL;
+        return;
+    case ST_FAIL:
+        if (a->busy_err) {
+            a->out.status = 429;
+            a->out.code = "TOO_MANY_LOOKUPS";
+            a->out.message = "too many requests with unknown credentials; try again shortly";
+        } else if (a->backend_err) {
+            a->out.status = 503;
+            a->out.code = "AUTH_BACKEND_UNAVAILABLE";
+            a->out.message = "the authentication backend is unavailable; try again shortly";
+        } else {
+            a->out.status = 401;
+            a->out.code = a->tried_bearer || a->tried_token || a->tried_cookie ? "INVALID_CREDENTIALS"
+                                                                               : "UNAUTHORIZED";
+            a->out.message =
+                a->tried_bearer || a->tried_token || a->tried_cookie
+                    ? "the credentials sent are not valid for this sandbox and port (checked: "
+                      "Authorization bearer API key, X-Daytona-Preview-Token, "
+                      "DAYTONA_SANDBOX_AUTH_KEY, auth cookie, signed preview URL)"
+                    : "authentication required: send the sandbox's preview token in the "
+                      "X-Daytona-Preview-Token header or the DAYTONA_SANDBOX_AUTH_KEY query "
+                      "parameter, an API key as Authorization: Bearer, or open a signed "
+                      "preview URL";
+        }
+        finish(a);
+        return;
+    }
+}
+
+static void auth_free(struct px_auth *a)
+{
+    px_sandbox_free(a->sb);
+    px_sandbox_free(a->other);
+    free(a);
+}
+
+static void run(struct px_auth *a)
+{
+    a->in_run = 1;
+    while (!a->done && !a->waiting)
+        step(a);
+    a->in_run = 0;
+    if (a->done) {
+        a->cb(a->arg, &a->out);
+        auth_free(a);
+    }
+}
+
 struct px_auth *px_auth_start(const struct px_auth_in *in, px_auth_cb cb, void *arg)
 {
-    struct px_auth_out out = {0};
-    const struct px_sandbox *sb = px_store_find(in->cfg, in->label);
-    const struct px_hdr *hdr = px_head_get(in->req, PX_STR("x-daytona-preview-token"));
-    int tried = hdr != NULL || in->has_query_token;
+    struct px_auth *a = calloc(1, sizeof(*a));
 
-    if (sb != NULL && sb->is_public && !px_port_reserved(in->port) && !in->toolbox)
-        goto allow;
-    if (sb != NULL && hdr != NULL && token_matches(sb, hdr->value))
-        goto allow;
-    if (sb != NULL && in->has_query_token && token_matches(sb, in->query_token))
-        goto allow;
-    out.status = 401;
-    out.code = tried ? "INVALID_TOKEN" : "UNAUTHORIZED";
-    out.message = tried ? "the preview token is not valid for this sandbox (tried: "
-                          "X-Daytona-Preview-Token header, DAYTONA_SANDBOX_AUTH_KEY query)"
-                        : "authentication required: send the sandbox's preview token in the "
-                          "X-Daytona-Preview-Token header or the DAYTONA_SANDBOX_AUTH_KEY query "
-                          "parameter, or use a signed preview URL";
-    cb(arg, &out);
-    return NULL;
-allow:
-    out.sb = px_sandbox_dup(sb);
-    out.label_is_sandbox = 1;
-    if (out.sb == NULL) {
-        out.status = 503;
-        out.message = "out of memory";
+    if (a == NULL) {
+        struct px_auth_out out = {.status = 503, .message = "out of memory"};
+        cb(arg, &out);
+        return NULL;
     }
-    cb(arg, &out);
-    return NULL;
+    a->in = *in;
+    a->cb = cb;
+    a->arg = arg;
+    a->in_run = 1;
+    while (!a->done && !a->waiting)
+        step(a);
+    a->in_run = 0;
+    if (a->done) {
+        a->cb(a->arg, &a->out);
+        auth_free(a);
+        return NULL;
+    }
+    return a;
 }
 
 void px_auth_cancel(struct px_auth *a)
 {
-    (void)a;
+    if (a == NULL)
+        return;
+    px_lookup_cancel(a->lk);
+    free(a->out.cookie_value);
+    auth_free(a);
 }

@@ -7,6 +7,8 @@
 #ifndef PX_AUTH_H
 #define PX_AUTH_H
 
+#include <time.h>
+
 #include "proxy/h1.h"
 #include "proxy/px.h"
 
@@ -14,6 +16,7 @@ struct px_sandbox;
 
 struct px_auth_in {
     const struct px_config *cfg; /* borrowed */
+    time_t now;
     const struct px_head *req;   /* borrowed; lives until the callback */
     struct px_str label;         /* sandbox ID or signed token (lowercased) */
     unsigned port;               /* 2280 for toolbox requests */
@@ -29,6 +32,7 @@ struct px_auth_out {
     struct px_sandbox *sb;   /* owned by the receiver once the callback runs; NULL on refusal */
     unsigned used_authorization : 1; /* the Bearer header was ours: do not forward it */
     unsigned label_is_sandbox : 1;   /* the host label is a sandbox ID (safe to log) */
+    char *cookie_value;      /* owned by the receiver: set daytona-sandbox-auth-{label} to it */
 };
 
 typedef void (*px_auth_cb)(void *arg, struct px_auth_out *out);

@@ -173,6 +173,9 @@ static void set_defaults(struct px_config *c)
     c->max_header_size = 65536;
     c->max_headers = 100;
     c->redis_port = 6379;
+    c->cache_ttl = 3;
+    c->lookup_rate = 200;
+    c->lookup_burst = 200;
 }
 
 void px_config_free(struct px_config *c)
@@ -190,6 +193,13 @@ void px_config_free(struct px_config *c)
     free(c->cookie_domain);
     free(c->api_url);
     free(c->api_key);
+    while (c->custom_domains != NULL) {
+        struct px_domain *n = c->custom_domains->next;
+        free(c->custom_domains->host);
+        free(c->custom_domains->sandbox);
+        free(c->custom_domains);
+        c->custom_domains = n;
+    }
     while (c->sandboxes != NULL) {
         struct px_sandbox *n = c->sandboxes->next;
         px_sandbox_free(c->sandboxes);
@@ -233,6 +243,7 @@ static const char *apply(struct px_config *c, char **w, int n)
     INT_DIRECTIVE("max_headers", max_headers, 1, 10000)
     INT_DIRECTIVE("workers", workers, 1, 256)
     INT_DIRECTIVE("redis_db", redis_db, 0, 1000)
+    INT_DIRECTIVE("cache_ttl", cache_ttl, 1, 3600)
 #undef INT_DIRECTIVE
     if (!strcmp(d, "max_request_line") || !strcmp(d, "max_header_size")) {
         NEED(1);
@@ -329,6 +340,34 @@ static const char *apply(struct px_config *c, char **w, int n)
     STR_DIRECTIVE("api_url", api_url)
     STR_DIRECTIVE("api_key", api_key)
 #undef STR_DIRECTIVE
+    if (!strcmp(d, "lookup_rate")) {
+        int rate, burst;
+        if (n < 2 || n > 3 || parse_int(w[1], 1, 1000000, &rate) != 0)
+            return "expects RATE [BURST] (lookups per second)";
+        burst = rate;
+        if (n == 3 && parse_int(w[2], 1, 10000000, &burst) != 0)
+            return "bad burst";
+        c->lookup_rate = rate;
+        c->lookup_burst = burst;
+        return NULL;
+    }
+    if (!strcmp(d, "domain")) {
+        struct px_domain *dm;
+        int port;
+        NEED(3);
+        if (parse_int(w[3], 1, 65535, &port) != 0)
+            return "expects HOST SANDBOX PORT";
+        if ((dm = calloc(1, sizeof(*dm))) == NULL)
+            return "out of memory";
+        for (char *p = w[1]; *p; p++)
+            *p = (char)tolower((unsigned char)*p);
+        dm->host = strdup(w[1]);
+        dm->sandbox = strdup(w[2]);
+        dm->port = port;
+        dm->next = c->custom_domains;
+        c->custom_domains = dm;
+        return dm->host && dm->sandbox ? NULL : "out of memory";
+    }
     if (!strcmp(d, "sandbox")) {
         struct px_sandbox *sb;
         if (n < 3)

@@ -19,6 +19,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include "auth/activity.h"
 #include "auth/auth.h"
 #include "proxy/errors.h"
 #include "proxy/h1.h"
@@ -63,6 +64,8 @@ struct px_conn {
     struct timeval t_start, t_upstream;
     char loghost[80];            /* redacted host for the access log */
     char host[256];              /* lowercased Host; the auth label points into it */
+    struct px_str label;         /* slice of host (or of req.buf for toolbox) */
+    char *set_cookie;            /* owned; a full Set-Cookie line for the response, or NULL */
     struct px_str path;          /* slice of req.buf: path+query as received */
     struct px_auth *auth;        /* owned by auth/; we only cancel it */
     struct px_sandbox *sb;       /* owned; the resolved sandbox */
@@ -168,6 +171,9 @@ static void exchange_reset(struct px_conn *c)
         evbuffer_free(c->replay);
         c->replay = NULL;
     }
+    free(c->set_cookie);
+    c->set_cookie = NULL;
+    c->label = PX_STR_NULL;
     c->have_req = 0;
     c->loghost[0] = '\0';
     c->path = PX_STR_NULL;
@@ -365,6 +371,8 @@ static void respond(struct px_conn *c, int status, const char *ctype, struct evb
         evbuffer_add_printf(out, "Content-Type: %s\r\nCache-Control: no-store\r\n", ctype);
     if (extra_headers != NULL)
         evbuffer_add(out, extra_headers, strlen(extra_headers));
+    if (c->set_cookie != NULL)
+        evbuffer_add(out, c->set_cookie, strlen(c->set_cookie));
     if (!c->keepalive)
         evbuffer_add(out, "Connection: close\r\n", 19);
     else if (minor == 0)
@@ -428,6 +436,7 @@ static void make_loghost(struct px_conn *c, const struct px_host *h, int label_i
 }
 
 static void start_auth(struct px_conn *c, struct px_str label);
+static void make_set_cookie(struct px_conn *c, const char *value);
 static void forward(struct px_conn *c);
 
 static void route(struct px_conn *c)
@@ -592,16 +601,44 @@ static void on_auth(void *arg, struct px_auth_out *out)
     c->auth = NULL;
     if (out->status != 0) {
         px_sandbox_free(out->sb);
+        free(out->cookie_value);
         return fail(c, out->status, out->code, out->message);
     }
     c->sb = out->sb;
     c->drop_authorization = out->used_authorization;
+    if (out->cookie_value != NULL) {
+        make_set_cookie(c, out->cookie_value);
+        free(out->cookie_value);
+    }
+    /* SPEC 8: activity, unless the caller opted out; never on the critical path. */
+    const struct px_hdr *skip = px_head_get(&c->req, PX_STR("x-daytona-skip-last-activity-update"));
+    if (skip == NULL || !px_str_ieq(skip->value, PX_STR("true")))
+        px_activity_touch(c->sb->id);
     if (out->label_is_sandbox && !c->toolbox) {
         struct px_host h = {.port = c->port,
                             .label = px_str_make(c->sb->id, strlen(c->sb->id))};
         make_loghost(c, &h, 1);
     }
     forward(c);
+}
+
+/* SPEC 4.5: Secure and SameSite follow the external scheme. */
+static void make_set_cookie(struct px_conn *c, const char *value)
+{
+    const struct px_config *cfg = c->srv->cfg;
+    struct px_str dom = c->toolbox ? PX_STR_NULL : px_str_make(c->host, strcspn(c->host, ":"));
+    char buf[1200];
+    int n;
+
+    if (cfg->cookie_domain != NULL)
+        dom = px_str_make(cfg->cookie_domain, strlen(cfg->cookie_domain));
+    n = snprintf(buf, sizeof(buf),
+                 "Set-Cookie: daytona-sandbox-auth-%.*s=%s; Max-Age=3600; Path=/; HttpOnly; %s%s%.*s\r\n",
+                 (int)c->label.len, c->label.p, value,
+                 cfg->external_https ? "Secure; SameSite=None" : "SameSite=Lax",
+                 dom.len ? "; Domain=" : "", (int)dom.len, dom.p);
+    if (n > 0 && (size_t)n < sizeof(buf))
+        c->set_cookie = strdup(buf);
 }
 
 static void start_auth(struct px_conn *c, struct px_str label)
@@ -627,7 +664,9 @@ static void start_auth(struct px_conn *c, struct px_str label)
             i++;
         }
     }
+    c->label = label;
     in.cfg = c->srv->cfg;
+    in.now = time(NULL);
     in.req = &c->req;
     in.label = label;
     in.port = c->port;
@@ -954,6 +993,8 @@ static void add_response_head(struct px_conn *c, struct evbuffer *out)
         evbuffer_add(out, f->value.p, f->value.len);
         evbuffer_add(out, "\r\n", 2);
     }
+    if (c->set_cookie != NULL)
+        evbuffer_add(out, c->set_cookie, strlen(c->set_cookie));
     if (rs->status == 101) {
         evbuffer_add(out, "\r\n", 2);
         return;

@@ -15,6 +15,9 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
+#include <openssl/rand.h>
+
+#include "auth/lookup.h"
 #include "proxy/px.h"
 #include "proxy/server.h"
 #include "proxy/upstream.h"
@@ -126,7 +129,10 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
         return;
     }
     configs[nconfigs++] = cfg;
+    if (cfg->cookie_secret == NULL && srv->cfg->cookie_secret != NULL)
+        cfg->cookie_secret = strdup(srv->cfg->cookie_secret); /* keep issued cookies valid */
     srv->cfg = cfg;
+    px_lookup_set_config(cfg);
     px_log_level = cfg->log_level;
     px_log(PX_INFO, "SIGHUP: configuration reloaded (listeners unchanged)");
 }
@@ -160,7 +166,7 @@ static int run_worker(struct px_config *cfg)
         }
         setvbuf(srv.access, NULL, _IOLBF, 0);
     }
-    if (srv.pool == NULL || open_listeners(&srv) != 0)
+    if (srv.pool == NULL || px_lookup_init(srv.base, cfg) != 0 || open_listeners(&srv) != 0)
         return 1;
     sigs[0] = evsignal_new(srv.base, SIGTERM, on_term, &srv);
     sigs[1] = evsignal_new(srv.base, SIGINT, on_term, &srv);
@@ -177,6 +183,7 @@ static int run_worker(struct px_config *cfg)
         event_free(sigs[i]);
     if (shutdown_timer != NULL)
         event_free(shutdown_timer);
+    px_lookup_shutdown();
     px_pool_free(srv.pool);
     if (srv.dns != NULL)
         evdns_base_free(srv.dns, 0);
@@ -292,6 +299,20 @@ int main(int argc, char **argv)
         return 0;
     }
     px_log_level = cfg->log_level;
+    if (cfg->cookie_secret == NULL) {
+        /* SPEC 4.5: made before fork() so that all workers share it. */
+        unsigned char rnd[32];
+        char hex[65];
+        if (RAND_bytes(rnd, sizeof(rnd)) != 1 || (cfg->cookie_secret = malloc(65)) == NULL) {
+            fprintf(stderr, "preview-proxy: cannot make a cookie secret\n");
+            return 1;
+        }
+        for (int i = 0; i < 32; i++)
+            sprintf(hex + 2 * i, "%02x", rnd[i]);
+        memcpy(cfg->cookie_secret, hex, 65);
+        px_log(PX_WARN, "no cookie_secret or PROXY_API_KEY: using a random one; auth cookies "
+                        "will not survive a restart");
+    }
     configs[nconfigs++] = cfg;
     rc = cfg->workers > 1 ? run_master(cfg) : run_worker(cfg);
     for (int i = 0; i < nconfigs; i++)

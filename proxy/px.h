@@ -76,6 +76,14 @@ struct px_cidr {
 
 struct px_sandbox; /* routing/store.h */
 
+/* A custom domain record: `domain HOST SANDBOX PORT` (SPEC 2, 5). */
+struct px_domain {
+    char *host;    /* owned, lowercased */
+    char *sandbox; /* owned */
+    int port;
+    struct px_domain *next; /* owned list link */
+};
+
 /* Immutable after px_config_load(); borrowed by everyone for the process lifetime
  * (a SIGHUP reload builds a new one and swaps the pointer). */
 struct px_config {
@@ -107,6 +115,11 @@ struct px_config {
     char *cookie_domain;
     char *api_url, *api_key;
     struct px_sandbox *sandboxes; /* owned list, from `sandbox` records */
+    struct px_domain *custom_domains; /* owned list, from `domain` records */
+    int cache_ttl;        /* seconds a positive lookup is served from memory */
+    double lookup_rate;   /* cache misses per second allowed (flood bound) */
+    double lookup_burst;
+    unsigned cookie_secret_random : 1; /* generated at start: warn, single process only */
 };
 
 /* Reads path (and then the environment overrides of SPEC 12). Returns NULL and

@@ -1,0 +1,75 @@
+/* activity.c — fire-and-forget activity updates.
+ *
+ * A direct-mapped table remembers when this process last sent an update for a
+ * sandbox, so the warm path costs no Redis command at all; a collision only
+ * costs one extra SET NX, which Redis deduplicates across processes. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <hiredis/hiredis.h>
+
+#include "auth/activity.h"
+#include "auth/lookup.h"
+#include "auth/redis.h"
+
+#define SLOTS 8192
+
+static struct {
+    uint64_t hash;
+    time_t last;
+} slots[SLOTS];
+
+struct pending {
+    char id[256];
+    time_t now;
+};
+
+static uint64_t fnv(const char *p)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    return h;
+}
+
+static void on_guard(void *arg, redisReply *r, const char *err)
+{
+    struct pending *p = arg;
+    struct px_redis *redis = px_lookup_redis();
+
+    /* "OK" means we won the 45 s guard; nil means another process did. */
+    if (err == NULL && r->type == REDIS_REPLY_STATUS && redis != NULL) {
+        char score[32];
+        const char *argv[4] = {"ZADD", "proxy:last-activity", score, p->id};
+        size_t len[4] = {4, 19, 0, strlen(p->id)};
+        len[2] = (size_t)snprintf(score, sizeof(score), "%lld", (long long)p->now);
+        px_redis_send(redis, 4, argv, len);
+    }
+    free(p);
+}
+
+void px_activity_touch(const char *sandbox_id)
+{
+    struct px_redis *redis = px_lookup_redis();
+    uint64_t h = fnv(sandbox_id);
+    time_t now = time(NULL);
+    struct pending *p;
+    char key[320];
+
+    if (redis == NULL || strlen(sandbox_id) >= sizeof(p->id))
+        return;
+    if (slots[h % SLOTS].hash == h && now - slots[h % SLOTS].last < PX_ACTIVITY_DEDUP)
+        return;
+    slots[h % SLOTS].hash = h;
+    slots[h % SLOTS].last = now;
+    if ((p = malloc(sizeof(*p))) == NULL)
+        return;
+    strcpy(p->id, sandbox_id);
+    p->now = now;
+    int n = snprintf(key, sizeof(key), "proxy:sandbox-last-activity-update:%s", sandbox_id);
+    const char *argv[6] = {"SET", key, "1", "NX", "EX", "45"};
+    size_t len[6] = {3, (size_t)n, 1, 2, 2, 2};
+    px_redis_cmd(redis, on_guard, p, 6, argv, len);
+}

@@ -1,0 +1,60 @@
+/* lookup.h — typed record lookups behind a per-process cache.
+ *
+ * Backends: Redis (standalone mode, SPEC 5) or the in-memory store from
+ * proxy.conf. Results are cached for cache_ttl seconds (negative ones for 5 s);
+ * concurrent misses for one key share one Redis request; messages on
+ * proxy:invalidate drop entries at once. */
+#ifndef PX_LOOKUP_H
+#define PX_LOOKUP_H
+
+#include <event2/event.h>
+
+#include "proxy/px.h"
+
+struct px_sandbox;
+
+enum px_lk_kind {
+    PX_LK_SANDBOX = 0, /* key: sandbox ID          -> sb */
+    PX_LK_SIGNED,      /* key: "{port}:{token}"    -> str = sandbox ID */
+    PX_LK_APIKEY,      /* key: sha256 hex          -> str = org, num = expires (0 none) */
+    PX_LK_REVOKED,     /* key: token               -> found = revoked */
+    PX_LK_DOMAIN,      /* key: host                -> str = sandbox ID, num = port */
+};
+
+/* Borrowed by the callback for its duration only: copy what you keep. */
+struct px_lk_value {
+    int found;
+    struct px_sandbox *sb;
+    char *str;
+    long num;
+};
+
+typedef void (*px_lk_cb)(void *arg, const struct px_lk_value *v, const char *err);
+
+struct px_lk; /* a waiting lookup, cancellable */
+
+extern const char px_err_busy[]; /* the miss budget is spent (flood of unknown keys) */
+
+/* Process-wide setup on the worker's loop; NULL redis host means in-memory. */
+int px_lookup_init(struct event_base *base, const struct px_config *cfg);
+void px_lookup_shutdown(void);
+void px_lookup_set_config(const struct px_config *cfg);
+
+/* Looks key up. Returns NULL when cb already ran, else a handle for
+ * px_lookup_cancel() (after which cb never runs). */
+struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, px_lk_cb cb, void *arg);
+void px_lookup_cancel(struct px_lk *lk);
+
+/* Drops cache entries as a proxy:invalidate message says. */
+void px_lookup_invalidate(struct px_str msg);
+
+/* The Redis link, for fire-and-forget writes (activity, wake); NULL in memory mode. */
+struct px_redis *px_lookup_redis(void);
+
+/* Counters for tests and metrics. */
+struct px_lookup_stats {
+    unsigned long hits, misses, fetches, coalesced, refused;
+};
+const struct px_lookup_stats *px_lookup_stats(void);
+
+#endif
