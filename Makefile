@@ -17,7 +17,7 @@ PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser
 
 PROXY_SRC := proxy/main.c proxy/config.c proxy/log.c proxy/conn.c proxy/h1.c proxy/upstream.c \
-             proxy/errors.c routing/host.c routing/path.c routing/store.c auth/auth.c \
+             proxy/errors.c proxy/browser.c routing/host.c routing/path.c routing/store.c auth/auth.c \
              auth/cookie.c auth/lookup.c auth/redis.c auth/activity.c
 PROXY_OBJ := $(PROXY_SRC:%.c=$(BUILD)/obj/%.o)
 LIB_OBJ   := $(filter-out $(BUILD)/obj/proxy/main.o,$(PROXY_OBJ))
@@ -60,7 +60,7 @@ test: deps
 	$(MAKE) test-integration
 
 test-unit: $(UNIT_BIN)
-	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+	@rc=0; for t in $(UNIT_BIN); do echo "== $$t"; $$t || rc=1; done; exit $$rc
 
 test-integration: $(BUILD)/preview-proxy
 	PROXY_BIN=$(CURDIR)/$(BUILD)/preview-proxy /usr/bin/python3 -m pytest -q tests/integration

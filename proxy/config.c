@@ -27,6 +27,8 @@ int px_config_parse_size(const char *s, size_t *out)
     v = strtoull(s, &end, 10);
     if (errno != 0)
         return -1;
+    if (v > (1ULL << 32))
+        return -1; /* checked before scaling, so the multiply cannot wrap */
     if (*end == 'k' || *end == 'K')
         v *= 1024, end++;
     else if (*end == 'm' || *end == 'M')
@@ -193,6 +195,10 @@ void px_config_free(struct px_config *c)
     free(c->cookie_domain);
     free(c->api_url);
     free(c->api_key);
+    for (int i = 0; i < 200; i++)
+        free(c->error_page[i]);
+    free(c->error_family[0]);
+    free(c->error_family[1]);
     while (c->custom_domains != NULL) {
         struct px_domain *n = c->custom_domains->next;
         free(c->custom_domains->host);
@@ -340,6 +346,34 @@ static const char *apply(struct px_config *c, char **w, int n)
     STR_DIRECTIVE("api_url", api_url)
     STR_DIRECTIVE("api_key", api_key)
 #undef STR_DIRECTIVE
+    if (!strcmp(d, "error_page")) {
+        int code = 0;
+        char **slot;
+        NEED(2);
+        if (!strcmp(w[1], "4xx") || !strcmp(w[1], "5xx"))
+            slot = &c->error_family[w[1][0] - '4'];
+        else if (parse_int(w[1], 400, 599, &code) == 0)
+            slot = &c->error_page[code - 400];
+        else
+            return "expects 4xx, 5xx or a status 400-599, then a file";
+        FILE *f = fopen(w[2], "r");
+        if (f == NULL)
+            return "cannot open the template file";
+        char *text = malloc(256 * 1024 + 1);
+        size_t got = text ? fread(text, 1, 256 * 1024, f) : 0;
+        int more = fgetc(f) != EOF;
+        fclose(f);
+        if (text == NULL)
+            return "out of memory";
+        if (more) {
+            free(text);
+            return "template larger than 256 KiB";
+        }
+        text[got] = '\0';
+        free(*slot);
+        *slot = text;
+        return NULL;
+    }
     if (!strcmp(d, "lookup_rate")) {
         int rate, burst;
         if (n < 2 || n > 3 || parse_int(w[1], 1, 1000000, &rate) != 0)
@@ -450,11 +484,18 @@ static const char *apply_env(struct px_config *c)
         int port;
         if (parse_int(v, 1, 65535, &port) != 0)
             return "PROXY_PORT";
-        c->nlisten = 0;
+        int k = 0;
+        for (int i = 0; i < c->nlisten; i++) /* keep the file's TLS listeners */
+            if (c->listen[i].tls)
+                c->listen[k++] = c->listen[i];
+        c->nlisten = k;
+        if (c->nlisten == PX_MAX_LISTEN)
+            return "PROXY_PORT";
         snprintf(buf, sizeof(buf), "0.0.0.0:%d", port);
-        parse_addr(buf, &c->listen[c->nlisten++]);
+        parse_addr(buf, &c->listen[c->nlisten]);
         if ((v = getenv("ENABLE_TLS")) != NULL && !strcmp(v, "true"))
-            c->listen[0].tls = 1;
+            c->listen[c->nlisten].tls = 1;
+        c->nlisten++;
     }
     return NULL;
 }

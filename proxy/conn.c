@@ -21,6 +21,8 @@
 
 #include "auth/activity.h"
 #include "auth/auth.h"
+#include "auth/lookup.h"
+#include "proxy/browser.h"
 #include "proxy/errors.h"
 #include "proxy/h1.h"
 #include "proxy/server.h"
@@ -68,6 +70,9 @@ struct px_conn {
     char *set_cookie;            /* owned; a full Set-Cookie line for the response, or NULL */
     struct px_str path;          /* slice of req.buf: path+query as received */
     struct px_auth *auth;        /* owned by auth/; we only cancel it */
+    struct px_lk *dom_lk;        /* owned by lookup.c; custom-domain lookup, we only cancel it */
+    char dom_sandbox[256];       /* the sandbox a custom domain names; the label points here */
+    struct px_host hinfo;        /* the parsed Host; slices into host */
     struct px_sandbox *sb;       /* owned; the resolved sandbox */
     unsigned port;               /* preview port */
     unsigned toolbox : 1;
@@ -160,6 +165,10 @@ static void exchange_reset(struct px_conn *c)
     if (c->auth != NULL) {
         px_auth_cancel(c->auth);
         c->auth = NULL;
+    }
+    if (c->dom_lk != NULL) {
+        px_lookup_cancel(c->dom_lk);
+        c->dom_lk = NULL;
     }
     px_head_free(&c->req);
     px_head_free(&c->resp);
@@ -373,6 +382,8 @@ static void respond(struct px_conn *c, int status, const char *ctype, struct evb
         evbuffer_add(out, extra_headers, strlen(extra_headers));
     if (c->set_cookie != NULL)
         evbuffer_add(out, c->set_cookie, strlen(c->set_cookie));
+    if (c->have_req) /* so that fetch() can read our errors too */
+        px_cors_headers(out, &c->req);
     if (!c->keepalive)
         evbuffer_add(out, "Connection: close\r\n", 19);
     else if (minor == 0)
@@ -382,6 +393,20 @@ static void respond(struct px_conn *c, int status, const char *ctype, struct evb
         c->bytes_out = blen;
         evbuffer_add_buffer(out, body);
     }
+    exchange_done(c);
+}
+
+/* A response without a body and without Content-Length (204). */
+static void respond_status_only(struct px_conn *c, int status, const char *headers)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+
+    if (!c->req_done || c->srv->draining)
+        c->keepalive = 0;
+    c->status = status;
+    evbuffer_add_printf(out, "HTTP/1.%d %d %s\r\nServer: preview-proxy\r\n%s%s\r\n",
+                        c->req.http_minor, status, px_status_text(status), headers,
+                        c->keepalive ? "" : "Connection: close\r\n");
     exchange_done(c);
 }
 
@@ -402,7 +427,7 @@ static void fail(struct px_conn *c, int status, const char *code, const char *me
     if (c->reqid[0] == '\0')
         snprintf(c->reqid, sizeof(c->reqid), "%x-%llx", c->srv->pid,
                  (unsigned long long)++c->srv->next_req_id);
-    ctype = px_error_body(body, &e, method, path, c->reqid, wants_html(c));
+    ctype = px_error_body(c->srv->cfg, body, &e, method, path, c->reqid, wants_html(c));
     if (status >= 500)
         clog(c, PX_WARN, "%d %s", status, message ? message : px_status_text(status));
     respond(c, status, ctype, body, NULL);
@@ -436,6 +461,17 @@ static void make_loghost(struct px_conn *c, const struct px_host *h, int label_i
 }
 
 static void start_auth(struct px_conn *c, struct px_str label);
+static void preview_flow(struct px_conn *c, unsigned port, struct px_str label);
+static void base_routes(struct px_conn *c);
+static void accept_warning(struct px_conn *c);
+static void on_domain(void *arg, const struct px_lk_value *v, const char *err);
+static void respond_status_only(struct px_conn *c, int status, const char *headers);
+
+static struct px_str pathonly(struct px_str p)
+{
+    const char *q = memchr(p.p, '?', p.len);
+    return q ? px_str_make(p.p, (size_t)(q - p.p)) : p;
+}
 static void make_set_cookie(struct px_conn *c, const char *value);
 static void forward(struct px_conn *c);
 
@@ -482,27 +518,79 @@ static void route(struct px_conn *c)
     if (kind == PX_HOST_BAD)
         return fail(c, 400, "BAD_HOST", h.why);
 
-    if (kind == PX_HOST_PREVIEW) {
-        c->port = h.port;
-        make_loghost(c, &h, 0);
-        if (cfg->toolbox_only && h.port != 2280)
-            return fail(c, 404, NULL, "only the toolbox port is served here");
-        if (c->path.len == 0 || c->path.p[0] != '/')
-            return fail(c, 400, NULL, "bad request target");
-        if (px_path_has_dot_segment(c->path))
-            return fail(c, 400, "BAD_PATH", "dot segments are not allowed in the path");
-        return start_auth(c, h.label);
-    }
-
-    /* A base host. */
-    c->port = 0;
+    c->hinfo = h;
+    if (px_str_eq(pathonly(c->path), PX_STR("/accept-daytona-preview-warning")) &&
+        r->m == HTTP_POST)
+        return accept_warning(c);
+    if (kind == PX_HOST_PREVIEW)
+        return preview_flow(c, h.port, h.label);
     make_loghost(c, &h, 0);
-    if (!px_host_is_base(&h, cfg->domains, cfg->ndomains))
+    if (cfg->ndomains > 0 && px_host_is_base(&h, cfg->domains, cfg->ndomains))
+        return base_routes(c);
+    /* Not one of our base domains: maybe a custom domain (SPEC 2, 5). */
+    c->dom_lk = px_lookup(PX_LK_DOMAIN, h.name, on_domain, c);
+}
+
+static void on_domain(void *arg, const struct px_lk_value *v, const char *err)
+{
+    struct px_conn *c = arg;
+    const struct px_config *cfg = c->srv->cfg;
+
+    c->dom_lk = NULL;
+    if (err != NULL) {
+        if (px_str_eq(pathonly(c->path), PX_STR("/health")))
+            return base_routes(c);
+        return fail(c, err == px_err_busy ? 429 : 503, NULL,
+                    "cannot look up the custom domain right now; try again shortly");
+    }
+    if (v->found && strlen(v->str) < sizeof(c->dom_sandbox) && v->num > 0 && v->num <= 65535) {
+        strcpy(c->dom_sandbox, v->str);
+        for (char *p = c->dom_sandbox; *p; p++)
+            *p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+        return preview_flow(c, (unsigned)v->num,
+                            px_str_make(c->dom_sandbox, strlen(c->dom_sandbox)));
+    }
+    if (cfg->ndomains > 0)
         return fail(c, 404, NULL, "unknown host");
+    base_routes(c);
+}
+
+static void preview_flow(struct px_conn *c, unsigned port, struct px_str label)
+{
+    const struct px_config *cfg = c->srv->cfg;
+    struct px_host lh = {.port = port, .label = label};
+
+    c->port = port;
+    make_loghost(c, &lh, 0);
+    if (cfg->toolbox_only && port != 2280)
+        return fail(c, 404, NULL, "only the toolbox port is served here");
+    if (c->path.len == 0 || c->path.p[0] != '/')
+        return fail(c, 400, NULL, "bad request target");
+    if (px_path_has_dot_segment(c->path))
+        return fail(c, 400, "BAD_PATH", "dot segments are not allowed in the path");
+    /* SPEC 3, 7: preflights carry no credentials, so they are answered before auth. */
+    if (px_cors_is_preflight(&c->req) && !px_cors_disabled(&c->req)) {
+        struct evbuffer *h = evbuffer_new();
+        if (h == NULL)
+            return conn_close(c);
+        px_cors_preflight_headers(h, &c->req);
+        evbuffer_add(h, "", 1);
+        c->status = 204;
+        respond_status_only(c, 204, (const char *)evbuffer_pullup(h, -1));
+        evbuffer_free(h);
+        return;
+    }
+    start_auth(c, label);
+}
+
+static void base_routes(struct px_conn *c)
+{
+    struct px_head *r = &c->req;
     struct px_str p = c->path, id;
-    const char *q = memchr(p.p, '?', p.len);
-    struct px_str pathonly = q ? px_str_make(p.p, (size_t)(q - p.p)) : p;
-    if (px_str_eq(pathonly, PX_STR("/health")) && (r->m == HTTP_GET || r->m == HTTP_HEAD)) {
+    struct px_str po = pathonly(p);
+
+    c->port = 0;
+    if (px_str_eq(po, PX_STR("/health")) && (r->m == HTTP_GET || r->m == HTTP_HEAD)) {
         struct evbuffer *b = evbuffer_new();
         if (b == NULL)
             return conn_close(c);
@@ -511,15 +599,14 @@ static void route(struct px_conn *c)
         evbuffer_free(b);
         return;
     }
-    if (px_path_toolbox(pathonly, &id, &c->toolbox_rest) == 0) {
+    if (px_path_toolbox(po, &id, &c->toolbox_rest) == 0) {
         c->toolbox = 1;
         c->port = 2280;
         c->toolbox_rest = px_str_make(c->toolbox_rest.p, p.len - (size_t)(c->toolbox_rest.p - p.p));
-        make_loghost(c, &h, 0);
+        make_loghost(c, NULL, 0);
         if (px_path_has_dot_segment(p))
             return fail(c, 400, "BAD_PATH", "dot segments are not allowed in the path");
-        char idbuf[256];
-        if (id.len >= sizeof(idbuf))
+        if (id.len >= 256)
             return fail(c, 400, NULL, "sandbox ID too long");
         /* IDs are case-insensitive like the host label they usually come from. */
         for (size_t i = 0; i < id.len; i++)
@@ -527,6 +614,75 @@ static void route(struct px_conn *c)
         return start_auth(c, id);
     }
     return fail(c, 404, NULL, "no route for this path");
+}
+
+/* SPEC 6: POST /accept-daytona-preview-warning?redirect=URL on any host. */
+static void accept_warning(struct px_conn *c)
+{
+    const struct px_config *cfg = c->srv->cfg;
+    const char *q = memchr(c->path.p, '?', c->path.len);
+    struct px_str redirect = PX_STR_NULL, host = c->req.host;
+    char target[2048], hdrs[2600];
+    int found = 0;
+
+    if (q != NULL) {
+        struct px_str query = px_str_make(q + 1, c->path.len - (size_t)(q + 1 - c->path.p));
+        char tmp[1];
+        (void)tmp;
+        for (size_t i = 0; i < query.len && !found;) {
+            size_t st = i;
+            while (i < query.len && query.p[i] != '&')
+                i++;
+            if (i - st >= 9 && !memcmp(query.p + st, "redirect=", 9)) {
+                redirect = px_str_make(query.p + st + 9, i - st - 9);
+                found = 1;
+            }
+            i++;
+        }
+    }
+    px_safe_redirect(redirect, host, target, sizeof(target));
+    size_t hl = strcspn(c->host, ":");
+    snprintf(hdrs, sizeof(hdrs),
+             "Location: %s\r\n" PX_WARNING_HEADERS
+             "Set-Cookie: daytona-preview-page-accepted=true; Max-Age=86400; Path=/; HttpOnly; "
+             "Domain=%.*s; %s\r\n",
+             target, (int)hl, c->host,
+             cfg->external_https ? "Secure; SameSite=None" : "SameSite=Lax");
+    respond(c, 302, NULL, NULL, hdrs);
+}
+
+/* SPEC 6: all must hold for the warning page. */
+static int warning_applies(const struct px_conn *c)
+{
+    const struct px_config *cfg = c->srv->cfg;
+    const struct px_hdr *skip = px_head_get(&c->req, PX_STR("x-daytona-skip-preview-warning"));
+    const struct px_hdr *ua = px_head_get(&c->req, PX_STR("user-agent"));
+    int on = c->sb->warning >= 0 ? c->sb->warning : cfg->preview_warning;
+
+    return on && !c->toolbox && !px_port_reserved(c->port) && !c->req.ws_upgrade &&
+           (skip == NULL || !px_str_ieq(skip->value, PX_STR("true"))) && ua != NULL &&
+           px_ua_is_browser(ua->value) && !px_warning_accepted(&c->req);
+}
+
+static void show_warning(struct px_conn *c)
+{
+    struct evbuffer *b = evbuffer_new(), *url = evbuffer_new();
+
+    if (b == NULL || url == NULL) {
+        if (b)
+            evbuffer_free(b);
+        if (url)
+            evbuffer_free(url);
+        return conn_close(c);
+    }
+    evbuffer_add_printf(url, "%s://%.*s", c->srv->cfg->external_https ? "https" : "http",
+                        (int)c->req.host.len, c->req.host.p);
+    evbuffer_add(url, c->path.p, c->path.len);
+    size_t n = evbuffer_get_length(url);
+    px_warning_page(b, px_str_make((const char *)evbuffer_pullup(url, -1), n));
+    respond(c, 200, "text/html; charset=utf-8", b, PX_WARNING_HEADERS);
+    evbuffer_free(b);
+    evbuffer_free(url);
 }
 
 /* Called once the body framing of the request is known. */
@@ -594,6 +750,9 @@ static void read_head(struct px_conn *c)
 
 /* ---- auth ---- */
 
+static int warning_applies(const struct px_conn *c);
+static void show_warning(struct px_conn *c);
+
 static void on_auth(void *arg, struct px_auth_out *out)
 {
     struct px_conn *c = arg;
@@ -619,6 +778,10 @@ static void on_auth(void *arg, struct px_auth_out *out)
                             .label = px_str_make(c->sb->id, strlen(c->sb->id))};
         make_loghost(c, &h, 1);
     }
+    /* The warning needs the sandbox's own override, so it comes after auth; the
+     * page carries the auth cookie so the click-through needs no new lookup. */
+    if (warning_applies(c))
+        return show_warning(c);
     forward(c);
 }
 
@@ -963,6 +1126,7 @@ static void add_response_head(struct px_conn *c, struct evbuffer *out)
     const struct px_head *rs = &c->resp;
     struct px_str conn_value = PX_STR_NULL;
     int minor = c->req.http_minor;
+    int cors = px_head_get(&c->req, PX_STR("origin")) != NULL && !px_cors_disabled(&c->req);
 
     for (int i = 0; i < rs->nhdrs; i++)
         if (px_str_ieq(rs->hdrs[i].name, PX_STR("connection")))
@@ -976,6 +1140,8 @@ static void add_response_head(struct px_conn *c, struct evbuffer *out)
             goto copy;
         if (hop_by_hop(f->name, conn_value))
             continue;
+        if (cors && px_cors_owned_header(f->name))
+            continue; /* ours replace the sandbox's: never two Allow-Origin headers */
         if (c->toolbox && rs->status / 100 == 3 && px_str_ieq(f->name, PX_STR("location"))) {
             /* [compat] keep redirects inside /toolbox/{id} */
             char pre[300];
@@ -995,6 +1161,8 @@ static void add_response_head(struct px_conn *c, struct evbuffer *out)
     }
     if (c->set_cookie != NULL)
         evbuffer_add(out, c->set_cookie, strlen(c->set_cookie));
+    if (cors)
+        px_cors_headers(out, &c->req);
     if (rs->status == 101) {
         evbuffer_add(out, "\r\n", 2);
         return;

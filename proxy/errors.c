@@ -106,8 +106,65 @@ static const char *advice(int status)
     }
 }
 
-const char *px_error_body(struct evbuffer *out, const struct px_error *e, struct px_str method,
-                          struct px_str path, const char *request_id, int html)
+/* Operator templates (`error_page`): {{status}}, {{title}}, {{message}},
+ * {{advice}}, {{code}}, {{request_id}}, {{timestamp}} are replaced, escaped. */
+static void render_template(struct evbuffer *out, const char *tpl, const struct px_error *e,
+                            const char *msg, const char *code, const char *reqid, const char *ts)
+{
+    const char *p = tpl, *open;
+    char num[8];
+
+    snprintf(num, sizeof(num), "%d", e->status);
+    while ((open = strstr(p, "{{")) != NULL) {
+        const char *close = strstr(open, "}}");
+        if (close == NULL)
+            break;
+        evbuffer_add(out, p, (size_t)(open - p));
+        struct px_str name = px_str_make(open + 2, (size_t)(close - open - 2));
+        const char *val = NULL;
+        if (px_str_eq(name, PX_STR("status")))
+            val = num;
+        else if (px_str_eq(name, PX_STR("title")))
+            val = px_status_text(e->status);
+        else if (px_str_eq(name, PX_STR("message")))
+            val = msg;
+        else if (px_str_eq(name, PX_STR("advice")))
+            val = advice(e->status);
+        else if (px_str_eq(name, PX_STR("code")))
+            val = code;
+        else if (px_str_eq(name, PX_STR("request_id")))
+            val = reqid;
+        else if (px_str_eq(name, PX_STR("timestamp")))
+            val = ts;
+        if (val != NULL)
+            px_html_escape(out, px_str_make(val, strlen(val)));
+        else
+            evbuffer_add(out, open, (size_t)(close + 2 - open));
+        p = close + 2;
+    }
+    evbuffer_add(out, p, strlen(p));
+}
+
+void px_starting_page(struct evbuffer *out, const char *request_id)
+{
+    evbuffer_add_printf(
+        out,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta http-equiv=\"refresh\" content=\"5\">"
+        "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
+        "<title>Starting the sandbox</title><style>body{font-family:system-ui,sans-serif;"
+        "background:#f6f7f9;color:#1d2330;margin:0;padding:2rem 1rem}main{max-width:36rem;"
+        "margin:auto;background:#fff;border-radius:12px;padding:2rem;box-shadow:0 1px 4px "
+        "rgba(0,0,0,.1)}.c{color:#6b7280;font-size:.85rem}</style></head><body><main>"
+        "<h1>Starting the sandbox&hellip;</h1><p>The sandbox was stopped and is starting now. "
+        "This page reloads by itself every few seconds.</p><p class=\"c\">request ID %s</p>"
+        "</main></body></html>\n",
+        request_id);
+}
+
+const char *px_error_body(const struct px_config *cfg, struct evbuffer *out,
+                          const struct px_error *e, struct px_str method, struct px_str path,
+                          const char *request_id, int html)
 {
     char ts[40];
     time_t now = time(NULL);
@@ -126,6 +183,14 @@ const char *px_error_body(struct evbuffer *out, const struct px_error *e, struct
         px_json_escape(out, method);
         evbuffer_add_printf(out, "\",\"requestId\":\"%s\"}\n", request_id);
         return "application/json";
+    }
+    const char *tpl = NULL;
+    if (cfg != NULL && e->status >= 400 && e->status < 600)
+        tpl = cfg->error_page[e->status - 400] ? cfg->error_page[e->status - 400]
+                                               : cfg->error_family[e->status / 100 - 4];
+    if (tpl != NULL) {
+        render_template(out, tpl, e, msg, code, request_id, ts);
+        return "text/html; charset=utf-8";
     }
     evbuffer_add_printf(
         out,

@@ -21,8 +21,12 @@ const char *px_status_code(int status);
 
 /* Appends the body to out and returns its content type. method/path are echoed
  * (escaped); path must already have secrets removed. */
-const char *px_error_body(struct evbuffer *out, const struct px_error *e, struct px_str method,
-                          struct px_str path, const char *request_id, int html);
+const char *px_error_body(const struct px_config *cfg, struct evbuffer *out,
+                          const struct px_error *e, struct px_str method, struct px_str path,
+                          const char *request_id, int html);
+
+/* The "sandbox is starting" page (SPEC 10, wake-on-request): refreshes itself. */
+void px_starting_page(struct evbuffer *out, const char *request_id);
 
 /* Appends s to out escaped for JSON strings / HTML text. */
 void px_json_escape(struct evbuffer *out, struct px_str s);

@@ -17,7 +17,8 @@ enum px_parse px_h1_find_head(struct evbuffer *in, size_t max_line, size_t max_h
     struct evbuffer_ptr end, line;
 
     line = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_LF);
-    if ((line.pos < 0 && len > max_line) || (line.pos >= 0 && (size_t)line.pos > max_line)) {
+    /* line.pos counts the CR: a line of exactly max_line bytes is allowed. */
+    if ((line.pos < 0 && len > max_line + 1) || (line.pos > 0 && (size_t)line.pos - 1 > max_line)) {
         *status = 414;
         return PX_PARSE_BAD;
     }
@@ -28,7 +29,8 @@ enum px_parse px_h1_find_head(struct evbuffer *in, size_t max_line, size_t max_h
             return PX_PARSE_BAD;
         }
         /* A head ended by bare LFs would otherwise wait for the header timeout. */
-        if (evbuffer_search(in, "\n\n", 2, NULL).pos >= 0) {
+        if (evbuffer_search(in, "\n\n", 2, NULL).pos >= 0 ||
+            evbuffer_search(in, "\n\r\n", 3, NULL).pos >= 0) {
             *status = 400;
             return PX_PARSE_BAD;
         }

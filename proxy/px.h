@@ -119,6 +119,8 @@ struct px_config {
     int cache_ttl;        /* seconds a positive lookup is served from memory */
     double lookup_rate;   /* cache misses per second allowed (flood bound) */
     double lookup_burst;
+    char *error_page[200];   /* owned template text for 400..599, or NULL */
+    char *error_family[2];   /* owned templates for 4xx, 5xx */
     unsigned cookie_secret_random : 1; /* generated at start: warn, single process only */
 };
 

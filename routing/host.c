@@ -3,7 +3,9 @@
  * A byte loop in the style of nginx's ngx_http_validate_host: reject what no
  * browser sends (empty labels, "..", slashes, controls), strip the :port and a
  * trailing dot, lowercase, then split the left-most label at its first '-'. */
+#include <arpa/inet.h>
 #include <ctype.h>
+#include <netinet/in.h>
 
 #include "routing/route.h"
 
@@ -17,26 +19,49 @@ enum px_host_kind px_host_parse(char *buf, size_t len, char *const *domains, int
 {
     enum { S_START = 0, S_NAME, S_DOT, S_PORT } st = S_START;
     size_t end = len, dot = 0;
-    int ipv6 = 0;
+    int trailing_dot = 0;
 
     memset(out, 0, sizeof(*out));
     out->why = "bad Host header";
     if (len == 0)
         return PX_HOST_BAD;
-    if (buf[0] == '[') { /* IPv6 literal: a base host */
+    if (buf[0] == '[') { /* IPv6 literal: always a base host */
         char *rb = memchr(buf, ']', len);
-        if (rb == NULL)
+        if (rb == NULL || rb == buf + 1)
             return PX_HOST_BAD;
         end = (size_t)(rb - buf) + 1;
-        if (end < len && (buf[end] != ':'))
+        char lit[INET6_ADDRSTRLEN];
+        struct in6_addr a6;
+        if (end - 2 >= sizeof(lit))
             return PX_HOST_BAD;
-        ipv6 = 1;
+        memcpy(lit, buf + 1, end - 2);
+        lit[end - 2] = '\0';
+        if (inet_pton(AF_INET6, lit, &a6) != 1)
+            return PX_HOST_BAD;
+        if (end < len) {
+            if (buf[end] != ':' || end + 1 == len)
+                return PX_HOST_BAD;
+            for (size_t i = end + 1; i < len; i++)
+                if (!isdigit((unsigned char)buf[i]))
+                    return PX_HOST_BAD;
+        }
+        for (size_t i = 0; i < end; i++)
+            buf[i] = (char)tolower((unsigned char)buf[i]);
+        out->name = px_str_make(buf, end);
+        return PX_HOST_BASE;
     }
-    for (size_t i = ipv6 ? end : 0; i < len; i++) {
+    for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)buf[i];
         switch (st) {
-        case S_START:
         case S_DOT:
+            if (ch == ':') { /* "name.:port": a trailing dot, then the port */
+                end = i - 1;
+                trailing_dot = 1;
+                st = S_PORT;
+                break;
+            }
+            /* fall through */
+        case S_START:
             if (ch == '.' || ch == ':' || ch == '-')
                 return PX_HOST_BAD; /* empty label, "..", leading '-' is fine in no host */
             if (!label_char(ch))
@@ -70,7 +95,9 @@ enum px_host_kind px_host_parse(char *buf, size_t len, char *const *domains, int
     for (size_t i = 0; i < end; i++)
         buf[i] = (char)tolower((unsigned char)buf[i]);
     out->name = px_str_make(buf, end);
-    if (ipv6 || dot == 0)
+    if (trailing_dot && dot == end)
+        dot = 0; /* the only dot was the trailing one */
+    if (dot == 0)
         return PX_HOST_BASE;
 
     /* Left-most label: digits, '-', then the label. Anything else is a base host

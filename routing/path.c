@@ -31,7 +31,7 @@ int px_path_has_dot_segment(struct px_str path)
     while (i < path.len && path.p[i] != '?') {
         char ch = path_byte(path, &i);
         if (ch == '/') {
-            if (seglen > 0 && seglen == dots)
+            if (seglen > 0 && seglen == dots && dots <= 2)
                 return 1;
             seglen = dots = 0;
             continue;
@@ -63,9 +63,10 @@ size_t px_query_strip(struct px_str query, struct px_str name, char *out, int *f
                       struct px_str *value)
 {
     size_t o = 0, i = 0;
+    int kept = 0;
 
     *found = 0;
-    while (i <= query.len) {
+    for (;;) {
         size_t start = i;
         while (i < query.len && query.p[i] != '&')
             i++;
@@ -78,12 +79,15 @@ size_t px_query_strip(struct px_str query, struct px_str name, char *out, int *f
                                                              param.len - name.len - 1)
                                               : PX_STR_NULL;
             *found = 1;
-        } else if (start < query.len || param.len > 0) {
-            if (o > 0)
+        } else {
+            /* Every other parameter, empty ones included, stays byte for byte. */
+            if (kept++)
                 out[o++] = '&';
             memcpy(out + o, param.p, param.len);
             o += param.len;
         }
+        if (i >= query.len)
+            break;
         i++; /* skip '&' */
     }
     return o;

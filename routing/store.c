@@ -158,13 +158,22 @@ int px_sandbox_finish(struct px_sandbox *sb, const char **why)
         }
         free(sb->runner_host);
         sb->runner_host = strndup(h + 1, (size_t)(rb - h - 1));
-        colon = rb + 1 < end && rb[1] == ':' ? rb + 1 : NULL;
+        if (rb + 1 != end && rb[1] != ':') {
+            *why = "runner_url has a bad IPv6 literal";
+            return -1;
+        }
+        colon = rb + 1 < end ? rb + 1 : NULL;
     } else {
         colon = memchr(h, ':', (size_t)(end - h));
         free(sb->runner_host);
         sb->runner_host = strndup(h, (size_t)((colon ? colon : end) - h));
     }
     if (colon != NULL) {
+        for (const char *q = colon + 1; q < end; q++)
+            if (*q < '0' || *q > '9') {
+                *why = "runner_url has a bad port";
+                return -1;
+            }
         port = strtol(colon + 1, &endp, 10);
         if (endp != end || port < 1 || port > 65535) {
             *why = "runner_url has a bad port";

@@ -1,0 +1,204 @@
+/* browser.c — warning page, accept redirect rules and CORS. */
+#include <ctype.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "proxy/browser.h"
+#include "proxy/errors.h"
+
+static int contains(struct px_str hay, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (size_t i = 0; i + n <= hay.len; i++)
+        if (!strncasecmp(hay.p + i, needle, n))
+            return 1;
+    return 0;
+}
+
+int px_ua_is_browser(struct px_str ua)
+{
+    static const char *const families[] = {
+        "Chrome/", "Chromium/", "Firefox/", "Safari/", "Edg/", "Edge/", "OPR/", "Opera",
+        "SamsungBrowser/", "Vivaldi/", "Brave/",
+    };
+    static const char *const bots[] = {"bot", "crawl", "spider", "slurp", "preview-proxy"};
+
+    if (ua.len < 8 || strncmp(ua.p, "Mozilla/", 8) != 0)
+        return 0;
+    for (size_t i = 0; i < sizeof(bots) / sizeof(bots[0]); i++)
+        if (contains(ua, bots[i]))
+            return 0;
+    for (size_t i = 0; i < sizeof(families) / sizeof(families[0]); i++)
+        if (contains(ua, families[i]))
+            return 1;
+    return 0;
+}
+
+int px_warning_accepted(const struct px_head *req)
+{
+    for (int i = 0; i < req->nhdrs; i++) {
+        struct px_str v = req->hdrs[i].value;
+        if (!px_str_ieq(req->hdrs[i].name, PX_STR("cookie")))
+            continue;
+        for (size_t k = 0; k < v.len;) {
+            size_t s = k;
+            while (k < v.len && v.p[k] != ';')
+                k++;
+            struct px_str ck = px_str_make(v.p + s, k - s);
+            while (ck.len && (ck.p[0] == ' ' || ck.p[0] == '\t'))
+                ck.p++, ck.len--;
+            while (ck.len && (ck.p[ck.len - 1] == ' ' || ck.p[ck.len - 1] == '\t'))
+                ck.len--;
+            if (px_str_eq(ck, PX_STR("daytona-preview-page-accepted=true")))
+                return 1;
+            k++;
+        }
+    }
+    return 0;
+}
+
+void px_url_encode(struct evbuffer *out, struct px_str s)
+{
+    for (size_t i = 0; i < s.len; i++) {
+        unsigned char c = (unsigned char)s.p[i];
+        if (isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~')
+            evbuffer_add(out, &c, 1);
+        else
+            evbuffer_add_printf(out, "%%%02X", c);
+    }
+}
+
+void px_warning_page(struct evbuffer *out, struct px_str target)
+{
+    struct evbuffer *enc = evbuffer_new();
+
+    evbuffer_add_printf(
+        out,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
+        "<title>Preview warning</title><style>"
+        "body{font-family:system-ui,-apple-system,sans-serif;background:#f6f7f9;color:#1d2330;"
+        "margin:0;padding:2rem 1rem}main{max-width:34rem;margin:auto;background:#fff;"
+        "border-radius:12px;padding:2rem;box-shadow:0 1px 4px rgba(0,0,0,.12)}"
+        "h1{font-size:1.35rem;margin-top:0}.url{word-break:break-all;background:#eef0f3;"
+        "padding:.6rem .8rem;border-radius:6px;font-family:ui-monospace,monospace;font-size:.9rem}"
+        "button{margin-top:1.2rem;width:100%%;padding:.8rem;font-size:1rem;border:0;"
+        "border-radius:8px;background:#1f6feb;color:#fff;cursor:pointer}"
+        "p.small{color:#6b7280;font-size:.85rem}</style></head><body><main>"
+        "<h1>You are about to open a sandbox preview</h1>"
+        "<p>This page is served from a development sandbox run by someone else, not by this "
+        "site's operator. Only continue if you trust whoever sent you the link, and never "
+        "enter passwords or personal data you would not give them.</p>"
+        "<p class=\"url\">");
+    px_html_escape(out, target);
+    evbuffer_add_printf(out, "</p><form method=\"POST\" action=\"/accept-daytona-preview-warning?redirect=");
+    if (enc != NULL) {
+        px_url_encode(enc, target);
+        size_t n = evbuffer_get_length(enc);
+        const char *p = (const char *)evbuffer_pullup(enc, -1);
+        px_html_escape(out, px_str_make(p, n));
+        evbuffer_free(enc);
+    }
+    evbuffer_add_printf(out, "\"><button type=\"submit\">Continue to the preview</button></form>"
+                             "<p class=\"small\">You will not see this page again on this site "
+                             "for 24 hours.</p></main></body></html>\n");
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (char)tolower((unsigned char)c);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+size_t px_safe_redirect(struct px_str raw, struct px_str host, char *out, size_t outlen)
+{
+    size_t n = 0;
+
+    /* Decode once (form/query encoding: '+' is a space). */
+    for (size_t i = 0; i < raw.len; i++) {
+        int c = (unsigned char)raw.p[i];
+        if (c == '%' && i + 2 < raw.len && hexval(raw.p[i + 1]) >= 0 && hexval(raw.p[i + 2]) >= 0) {
+            c = hexval(raw.p[i + 1]) * 16 + hexval(raw.p[i + 2]);
+            i += 2;
+        } else if (c == '+') {
+            c = ' ';
+        }
+        if (c < 0x21 || c == 0x7f || n + 1 >= outlen) /* controls, spaces: header injection */
+            goto unsafe;
+        out[n++] = (char)c;
+    }
+    out[n] = '\0';
+    if (n == 0)
+        goto unsafe;
+    /* Judge a copy in which backslashes are slashes, as browsers read them. */
+    char norm[2048];
+    if (n >= sizeof(norm))
+        goto unsafe;
+    for (size_t i = 0; i <= n; i++)
+        norm[i] = out[i] == '\\' ? '/' : out[i];
+    if (norm[0] == '/')
+        return norm[1] == '/' ? (size_t)(strcpy(out, "/"), 1) : n;
+    size_t skip = 0;
+    if (!strncasecmp(norm, "http://", 7))
+        skip = 7;
+    else if (!strncasecmp(norm, "https://", 8))
+        skip = 8;
+    else
+        goto unsafe;
+    const char *auth = norm + skip;
+    size_t alen = strcspn(auth, "/?#");
+    if (alen == 0 || memchr(auth, '@', alen) != NULL) /* userinfo tricks */
+        goto unsafe;
+    if (!px_str_ieq(px_str_make(auth, alen), host))
+        goto unsafe;
+    return n;
+unsafe:
+    if (outlen >= 2)
+        strcpy(out, "/");
+    return 1;
+}
+
+int px_cors_disabled(const struct px_head *req)
+{
+    const struct px_hdr *h = px_head_get(req, PX_STR("x-daytona-disable-cors"));
+    return h != NULL && px_str_ieq(h->value, PX_STR("true"));
+}
+
+int px_cors_is_preflight(const struct px_head *req)
+{
+    return req->m == HTTP_OPTIONS && px_head_get(req, PX_STR("origin")) != NULL &&
+           px_head_get(req, PX_STR("access-control-request-method")) != NULL;
+}
+
+void px_cors_preflight_headers(struct evbuffer *out, const struct px_head *req)
+{
+    const struct px_hdr *rh = px_head_get(req, PX_STR("access-control-request-headers"));
+
+    px_cors_headers(out, req);
+    evbuffer_add_printf(out, "Access-Control-Allow-Methods: GET, POST, PUT, PATCH, DELETE, HEAD, "
+                             "OPTIONS\r\nAccess-Control-Max-Age: 86400\r\n");
+    if (rh != NULL)
+        evbuffer_add_printf(out, "Access-Control-Allow-Headers: %.*s\r\n", (int)rh->value.len,
+                            rh->value.p);
+}
+
+void px_cors_headers(struct evbuffer *out, const struct px_head *req)
+{
+    const struct px_hdr *o = px_head_get(req, PX_STR("origin"));
+
+    if (o == NULL || px_cors_disabled(req))
+        return;
+    /* Reflect the origin: '*' is not allowed together with credentials. */
+    evbuffer_add_printf(out,
+                        "Access-Control-Allow-Origin: %.*s\r\n"
+                        "Access-Control-Allow-Credentials: true\r\nVary: Origin\r\n",
+                        (int)o->value.len, o->value.p);
+}
+
+int px_cors_owned_header(struct px_str name)
+{
+    return px_str_ieq(name, PX_STR("access-control-allow-origin")) ||
+           px_str_ieq(name, PX_STR("access-control-allow-credentials"));
+}

@@ -1,0 +1,51 @@
+/* browser.h — what a person with a browser sees: the preview warning page
+ * (SPEC 6), its accept endpoint, and CORS (SPEC 7). */
+#ifndef PX_BROWSER_H
+#define PX_BROWSER_H
+
+#include <event2/buffer.h>
+
+#include "proxy/h1.h"
+#include "proxy/px.h"
+
+/* Is the User-Agent one of the browser families of SPEC 6 (and not a bot)? */
+int px_ua_is_browser(struct px_str ua);
+
+/* Does the request carry daytona-preview-page-accepted=true? */
+int px_warning_accepted(const struct px_head *req);
+
+/* Appends the warning page for target_url (not yet escaped) to out. */
+void px_warning_page(struct evbuffer *out, struct px_str target_url);
+
+/* The headers the warning page and the accept answer carry. */
+#define PX_WARNING_HEADERS                                                                         \
+    "Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; form-action 'self'\r\n" \
+    "X-Content-Type-Options: nosniff\r\n"
+
+/* Decides where the accept endpoint may redirect: writes the target into out
+ * (capacity outlen) and returns its length; anything unsafe becomes "/".
+ * redirect is the raw (still percent-encoded) query value; host is the
+ * request's Host. Same-host absolute http(s) URLs and paths starting with one
+ * '/' are safe; backslashes count as slashes (LESSONS A9). */
+size_t px_safe_redirect(struct px_str redirect, struct px_str host, char *out, size_t outlen);
+
+/* Percent-encodes s for a query value. */
+void px_url_encode(struct evbuffer *out, struct px_str s);
+
+/* Is this a CORS preflight (OPTIONS with Origin and Access-Control-Request-Method)? */
+int px_cors_is_preflight(const struct px_head *req);
+
+/* Appends the preflight answer's headers. */
+void px_cors_preflight_headers(struct evbuffer *out, const struct px_head *req);
+
+/* Appends the CORS headers for a normal response when the request had an
+ * Origin (and CORS is not disabled). */
+void px_cors_headers(struct evbuffer *out, const struct px_head *req);
+
+/* X-Daytona-Disable-CORS: true */
+int px_cors_disabled(const struct px_head *req);
+
+/* Response header names the proxy's CORS headers replace. */
+int px_cors_owned_header(struct px_str name);
+
+#endif
