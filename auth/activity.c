@@ -73,3 +73,32 @@ void px_activity_touch(const char *sandbox_id)
     size_t len[6] = {3, (size_t)n, 1, 2, 2, 2};
     px_redis_cmd(redis, on_guard, p, 6, argv, len);
 }
+
+/* ---- wake-on-request (SPEC 10, standalone) ---- */
+
+#define WAKE_SLOTS 1024
+#define WAKE_DEDUP 5
+
+static struct {
+    uint64_t hash;
+    time_t last;
+} wake_slots[WAKE_SLOTS];
+
+void px_activity_wake(const char *sandbox_id)
+{
+    struct px_redis *redis = px_lookup_redis();
+    uint64_t h = fnv(sandbox_id);
+    time_t now = time(NULL);
+
+    /* Many browsers refreshing the starting page must not flood the orchestrator. */
+    if (wake_slots[h % WAKE_SLOTS].hash == h && now - wake_slots[h % WAKE_SLOTS].last < WAKE_DEDUP)
+        return;
+    wake_slots[h % WAKE_SLOTS].hash = h;
+    wake_slots[h % WAKE_SLOTS].last = now;
+    px_log(PX_INFO, "asking to start sandbox %s (wake-on-request)", sandbox_id);
+    if (redis != NULL) {
+        const char *argv[3] = {"PUBLISH", "proxy:wake", sandbox_id};
+        size_t len[3] = {7, 10, strlen(sandbox_id)};
+        px_redis_send(redis, 3, argv, len);
+    }
+}

@@ -7,6 +7,10 @@
  * ZADD proxy:last-activity {unix} {id}. Fire and forget: never waits. */
 void px_activity_touch(const char *sandbox_id);
 
+/* Asks the orchestrator to start a stopped sandbox: PUBLISH proxy:wake {id},
+ * at most once per 5 s per sandbox per process. */
+void px_activity_wake(const char *sandbox_id);
+
 #define PX_ACTIVITY_DEDUP 45
 #define PX_ACTIVITY_REFRESH 50 /* long-lived connections re-touch this often */
 

@@ -1562,6 +1562,34 @@ static void on_up_write(struct bufferevent *bev, void *arg)
     LEAVE(c);
 }
 
+/* SPEC 10: a stopped sandbox that wants waking, or one already starting. */
+static int sandbox_asleep(const struct px_conn *c)
+{
+    const char *st = c->sb->state ? c->sb->state : "started";
+
+    return !strcmp(st, "starting") || (c->sb->wake_http && !strcmp(st, "stopped"));
+}
+
+static void starting(struct px_conn *c)
+{
+    struct evbuffer *b = evbuffer_new();
+
+    if (b == NULL)
+        return conn_close(c);
+    if (!strcmp(c->sb->state ? c->sb->state : "", "stopped"))
+        px_activity_wake(c->sb->id);
+    if (wants_html(c)) {
+        px_starting_page(b, c->reqid);
+        respond(c, 503, "text/html; charset=utf-8", b, "Retry-After: 5\r\n");
+    } else {
+        struct px_error e = {503, "SANDBOX_STARTING", "the sandbox is starting; retry shortly"};
+        const char *ct = px_error_body(c->srv->cfg, b, &e, c->req.method, pathonly(c->path),
+                                       c->reqid, 0);
+        respond(c, 503, ct, b, "Retry-After: 5\r\n");
+    }
+    evbuffer_free(b);
+}
+
 static void on_up_event(struct bufferevent *bev, short what, void *arg)
 {
     struct px_conn *c = arg;
@@ -1602,7 +1630,9 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
         if (!timeout && c->up->reused && retry(c) == 0)
             goto out;
         upstream_drop(c);
-        if (timeout)
+        if (connecting && sandbox_asleep(c))
+            starting(c);
+        else if (timeout)
             fail(c, 504, NULL,
                  connecting ? "timed out connecting to the runner"
                             : "the sandbox service did not answer in time");
