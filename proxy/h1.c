@@ -10,12 +10,26 @@
 
 #include "proxy/h1.h"
 
+static int tchar(unsigned char c)
+{
+    return isalnum(c) || (c && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
 enum px_parse px_h1_find_head(struct evbuffer *in, size_t max_line, size_t max_head,
                               size_t *head_len, int *status)
 {
     size_t len = evbuffer_get_length(in), eol_len;
     struct evbuffer_ptr end, line;
 
+    /* The method is a token: anything else (a TLS ClientHello, binary junk) is
+     * refused at once instead of waiting for a head that never comes. */
+    unsigned char first[16];
+    ev_ssize_t nfirst = evbuffer_copyout(in, first, sizeof(first));
+    for (ev_ssize_t i = 0; i < nfirst && first[i] != ' '; i++)
+        if (!tchar(first[i]) && !(i > 0 && first[i] == '/')) {
+            *status = 400;
+            return PX_PARSE_BAD;
+        }
     line = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_LF);
     /* line.pos counts the CR: a line of exactly max_line bytes is allowed. */
     if ((line.pos < 0 && len > max_line + 1) || (line.pos > 0 && (size_t)line.pos - 1 > max_line)) {
@@ -44,10 +58,6 @@ enum px_parse px_h1_find_head(struct evbuffer *in, size_t max_line, size_t max_h
     return PX_PARSE_OK;
 }
 
-static int tchar(unsigned char c)
-{
-    return isalnum(c) || (c && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
 
 /* RFC 9112 2.2, 5.1, 5.2: every line ends in CRLF; no bare CR/LF; no controls
  * but HTAB in values; no obs-fold; field names are tokens directly followed by
@@ -199,6 +209,36 @@ void px_head_free(struct px_head *h)
     memset(h, 0, sizeof(*h));
 }
 
+/* RFC 9112 3: method SP request-target SP HTTP-version, each part strict.
+ * http-parser in its non-strict build lets "HTTX/1.1" through, so we check.
+ * Returns 0, -1 (400) or -4 (505). */
+static int check_request_line(const char *p, size_t len, const char **why)
+{
+    size_t i = 0, t;
+
+    while (i < len && tchar((unsigned char)p[i]))
+        i++;
+    if (i == 0 || i >= len || p[i] != ' ')
+        goto bad;
+    t = ++i;
+    while (i < len && p[i] != ' ' && p[i] != '\r')
+        i++;
+    if (i == t || i >= len || p[i] != ' ')
+        goto bad;
+    i++;
+    if (len - i < 10 || memcmp(p + i, "HTTP/", 5) != 0 || !isdigit((unsigned char)p[i + 5]) ||
+        p[i + 6] != '.' || !isdigit((unsigned char)p[i + 7]) || p[i + 8] != '\r')
+        goto bad;
+    if (p[i + 5] != '1' || (p[i + 7] != '0' && p[i + 7] != '1')) {
+        *why = "unsupported HTTP version";
+        return -4;
+    }
+    return 0;
+bad:
+    *why = "malformed request line";
+    return -1;
+}
+
 static int parse_common(struct px_head *h, const char *data, size_t len, int max_headers,
                         enum http_parser_type type, const char **why)
 {
@@ -210,6 +250,8 @@ static int parse_common(struct px_head *h, const char *data, size_t len, int max
     h->content_length = -1;
     if ((nf = scan_head(data, len, why)) < 0)
         return -1;
+    if (type == HTTP_REQUEST && (nf = check_request_line(data, len, why) ? -1 : nf) < 0)
+        return check_request_line(data, len, why);
     if (nf > max_headers) {
         *why = "too many header fields";
         return -2;
