@@ -62,8 +62,9 @@ test: deps
 test-unit: $(UNIT_BIN)
 	@rc=0; for t in $(UNIT_BIN); do echo "== $$t"; $$t || rc=1; done; exit $$rc
 
-test-integration: $(BUILD)/preview-proxy
-	PROXY_BIN=$(CURDIR)/$(BUILD)/preview-proxy /usr/bin/python3 -m pytest -q tests/integration
+test-integration: $(BUILD)/preview-proxy $(BUILD)/proxyctl
+	PROXY_BIN=$(CURDIR)/$(BUILD)/preview-proxy PROXYCTL_BIN=$(CURDIR)/$(BUILD)/proxyctl \
+	  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
 
 # Sanitizer build of the proxy and the unit tests, then every test against it.
 check: deps
