@@ -29,6 +29,7 @@
 #include "proxy/upstream.h"
 #include "routing/route.h"
 #include "routing/store.h"
+#include "ws/ws.h"
 
 #define PX_HIGH_WATER (256 * 1024)
 #define PX_REPLAY_MAX (256 * 1024) /* SPEC 9: retry only bodies buffered whole */
@@ -39,7 +40,6 @@ enum px_conn_state {
     PX_CONN_HEAD,     /* reading a request head; header timer armed */
     PX_CONN_AUTH,     /* auth lookup in flight; no timer (the lookup has its own) */
     PX_CONN_STREAM,   /* request forwarded; upstream timers on the upstream bev */
-    PX_CONN_TUNNEL,   /* after 101: raw bytes both ways; ws idle timeouts */
     PX_CONN_CLOSING,  /* flushing our output, then destroy */
 };
 
@@ -99,7 +99,7 @@ struct px_conn {
     struct px_chunked resp_ch;
     unsigned resp_chunk_out : 1; /* we chunk an EOF-delimited body for the client */
     unsigned up_reusable : 1;
-    unsigned flush_up : 1;       /* tunnel: client is gone; close once the runner has its bytes */
+    unsigned no_activity : 1;    /* X-Daytona-Skip-Last-Activity-Update: true */
     int status;                  /* status sent to the client, 0 before */
     uint64_t bytes_out;          /* response body bytes sent */
 };
@@ -121,7 +121,6 @@ static const char *state_name(enum px_conn_state st)
     case PX_CONN_HEAD: return "HEAD";
     case PX_CONN_AUTH: return "AUTH";
     case PX_CONN_STREAM: return "STREAM";
-    case PX_CONN_TUNNEL: return "TUNNEL";
     case PX_CONN_CLOSING: return "CLOSING";
     }
     return "?";
@@ -198,6 +197,7 @@ static void exchange_reset(struct px_conn *c)
     c->resp_chunk_out = c->up_reusable = 0;
     c->status = 0;
     c->bytes_out = 0;
+    c->no_activity = 0;
 }
 
 static void conn_destroy(struct px_conn *c)
@@ -218,7 +218,7 @@ static void conn_destroy(struct px_conn *c)
         c->next->prev = c->prev;
     srv->nconns--;
     free(c);
-    if (srv->draining && srv->nconns == 0)
+    if (srv->draining && srv->nconns == 0 && srv->nsplices == 0)
         event_base_loopexit(srv->base, NULL);
 }
 
@@ -771,7 +771,8 @@ static void on_auth(void *arg, struct px_auth_out *out)
     }
     /* SPEC 8: activity, unless the caller opted out; never on the critical path. */
     const struct px_hdr *skip = px_head_get(&c->req, PX_STR("x-daytona-skip-last-activity-update"));
-    if (skip == NULL || !px_str_ieq(skip->value, PX_STR("true")))
+    c->no_activity = skip != NULL && px_str_ieq(skip->value, PX_STR("true"));
+    if (!c->no_activity)
         px_activity_touch(c->sb->id);
     if (out->label_is_sandbox && !c->toolbox) {
         struct px_host h = {.port = c->port,
@@ -1344,42 +1345,32 @@ static void on_response_bytes(struct px_conn *c)
          * long-lived connection timeout instead of the header timeout. */
         struct timeval tv = {c->srv->cfg->ws_idle_timeout, 0};
         bufferevent_set_timeouts(c->up->bev, &tv, NULL);
+        arm_timer(c, PX_ACTIVITY_REFRESH);
     }
     if (c->resp_st == RESP_BODY)
         pump_response(c);
 }
 
-/* ---- tunnel (WebSocket after 101) ---- */
+/* ---- WebSocket: hand over to ws/ after 101 ---- */
 
 static void start_tunnel(struct px_conn *c)
 {
-    struct timeval tv = {c->srv->cfg->ws_idle_timeout, 0};
-    struct evbuffer *uin = bufferevent_get_input(c->up->bev);
+    struct bufferevent *client = c->bev, *runner = c->up->bev;
+    const struct px_hdr *skip = px_head_get(&c->req, PX_STR("x-daytona-skip-last-activity-update"));
+    int activity = skip == NULL || !px_str_ieq(skip->value, PX_STR("true"));
 
     c->status = 101;
     add_response_head(c, bufferevent_get_output(c->bev));
     access_log(c);
-    set_state(c, PX_CONN_TUNNEL);
+    c->have_req = 0;
+    /* Both sockets leave this connection, whose per-request state is freed:
+     * an idle tunnel then costs only what ws/ keeps. */
     evtimer_del(c->timer);
-    /* Bytes after the 101 head are already WebSocket frames. */
-    evbuffer_add_buffer(bufferevent_get_output(c->bev), uin);
-    evbuffer_add_buffer(bufferevent_get_output(c->up->bev), bufferevent_get_input(c->bev));
-    bufferevent_set_timeouts(c->bev, &tv, NULL);
-    bufferevent_set_timeouts(c->up->bev, &tv, NULL);
-    bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
-    bufferevent_enable(c->bev, EV_READ);
-}
-
-static void tunnel_relay(struct px_conn *c, struct bufferevent *src, struct bufferevent *dst)
-{
-    struct evbuffer *out = bufferevent_get_output(dst);
-
-    evbuffer_add_buffer(out, bufferevent_get_input(src));
-    if (evbuffer_get_length(out) >= PX_HIGH_WATER) {
-        bufferevent_disable(src, EV_READ);
-        bufferevent_setwatermark(dst, EV_WRITE, PX_HIGH_WATER / 2, 0);
-    }
-    (void)c;
+    c->bev = NULL;
+    c->up->bev = NULL;
+    upstream_drop(c);
+    px_splice_start(c->srv, client, runner, c->sb->id, activity);
+    conn_close(c);
 }
 
 /* ---- exchange end ---- */
@@ -1420,10 +1411,6 @@ static void conn_step(struct px_conn *c)
         case PX_CONN_STREAM:
             pump_request(c);
             return;
-        case PX_CONN_TUNNEL:
-            if (c->up != NULL)
-                tunnel_relay(c, c->bev, c->up->bev);
-            return;
         case PX_CONN_CLOSING:
             evbuffer_drain(bufferevent_get_input(c->bev),
                            evbuffer_get_length(bufferevent_get_input(c->bev)));
@@ -1457,16 +1444,12 @@ static void on_client_write(struct bufferevent *bev, void *arg)
             conn_close(c);
         break;
     case PX_CONN_STREAM:
-    case PX_CONN_TUNNEL:
         /* The client drained below the low mark: resume reading the runner. */
         if (c->up != NULL) {
             bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
             bufferevent_enable(c->up->bev, EV_READ);
-            if (c->state == PX_CONN_STREAM && evbuffer_get_length(bufferevent_get_input(c->up->bev)))
+            if (evbuffer_get_length(bufferevent_get_input(c->up->bev)))
                 on_response_bytes(c);
-            else if (c->state == PX_CONN_TUNNEL && c->up->bev != NULL &&
-                     (bufferevent_get_enabled(c->up->bev) & EV_READ) == 0)
-                bufferevent_enable(c->up->bev, EV_READ);
         }
         break;
     case PX_CONN_IDLE:
@@ -1504,21 +1487,6 @@ static void on_client_event(struct bufferevent *bev, short what, void *arg)
         c->have_req = 0;
         conn_close(c);
         break;
-    case PX_CONN_TUNNEL:
-        if ((what & BEV_EVENT_EOF) && c->up != NULL) {
-            /* Forward what the client sent before its FIN, then close both. */
-            evbuffer_add_buffer(bufferevent_get_output(c->up->bev), bufferevent_get_input(c->bev));
-            bufferevent_disable(c->bev, EV_READ);
-            if (evbuffer_get_length(bufferevent_get_output(c->up->bev)) == 0) {
-                conn_close(c);
-                break;
-            }
-            bufferevent_setwatermark(c->up->bev, EV_WRITE, 0, 0);
-            c->flush_up = 1; /* on_up_write closes once flushed */
-            break;
-        }
-        conn_close(c);
-        break;
     }
     LEAVE(c);
 }
@@ -1534,9 +1502,7 @@ static void on_up_read(struct bufferevent *bev, void *arg)
         evbuffer_free(c->replay);
         c->replay = NULL;
     }
-    if (c->state == PX_CONN_TUNNEL)
-        tunnel_relay(c, c->up->bev, c->bev);
-    else if (c->state == PX_CONN_STREAM)
+    if (c->state == PX_CONN_STREAM)
         on_response_bytes(c);
     LEAVE(c);
 }
@@ -1547,17 +1513,12 @@ static void on_up_write(struct bufferevent *bev, void *arg)
     (void)bev;
 
     ENTER(c);
-    if (c->flush_up) {
-        if (evbuffer_get_length(bufferevent_get_output(c->up->bev)) == 0)
-            conn_close(c); /* what the client sent before its FIN is delivered */
-    } else if (c->state == PX_CONN_STREAM || c->state == PX_CONN_TUNNEL) {
+    if (c->state == PX_CONN_STREAM) {
         /* The runner drained below the low mark: resume reading the client. */
         bufferevent_setwatermark(c->up->bev, EV_WRITE, 0, 0);
         bufferevent_enable(c->bev, EV_READ);
-        if (c->state == PX_CONN_STREAM && evbuffer_get_length(bufferevent_get_input(c->bev)))
+        if (evbuffer_get_length(bufferevent_get_input(c->bev)))
             pump_request(c);
-        else if (c->state == PX_CONN_TUNNEL)
-            tunnel_relay(c, c->bev, c->up->bev);
     }
     LEAVE(c);
 }
@@ -1604,14 +1565,6 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
             struct timeval tv = {c->srv->cfg->response_header_timeout, 0};
             bufferevent_set_timeouts(c->up->bev, &tv, NULL);
         }
-        goto out;
-    }
-    if (c->state == PX_CONN_TUNNEL) {
-        /* Runner closed: flush what it sent, then close the client. */
-        tunnel_relay(c, c->up->bev, c->bev);
-        upstream_drop(c);
-        c->keepalive = 0;
-        conn_linger(c);
         goto out;
     }
     if (c->state != PX_CONN_STREAM)
@@ -1665,11 +1618,15 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
         clog(c, PX_INFO, "client_header_timeout: closing");
         fail_close(c, 408, "the request head did not arrive in time");
         break;
+    case PX_CONN_STREAM:
+        /* SPEC 8: a long response (SSE, a download) keeps its sandbox awake. */
+        if (c->sb != NULL && !c->no_activity)
+            px_activity_touch(c->sb->id);
+        arm_timer(c, PX_ACTIVITY_REFRESH);
+        break;
     case PX_CONN_IDLE:
     case PX_CONN_CLOSING:
     case PX_CONN_AUTH:
-    case PX_CONN_STREAM:
-    case PX_CONN_TUNNEL:
         conn_close(c);
         break;
     }
@@ -1690,7 +1647,7 @@ void px_conn_drain_all(struct px_server *srv)
         else
             c->keepalive = 0;
     }
-    if (srv->nconns == 0)
+    if (srv->nconns == 0 && srv->nsplices == 0)
         event_base_loopexit(srv->base, NULL);
 }
 
@@ -1698,4 +1655,5 @@ void px_conn_close_all(struct px_server *srv)
 {
     while (srv->conns != NULL)
         conn_destroy(srv->conns);
+    px_splice_close_all(srv);
 }

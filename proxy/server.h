@@ -12,6 +12,7 @@
 
 struct px_pool;
 struct px_conn;
+struct px_splice;
 
 struct px_server {
     struct event_base *base;      /* owned by main.c */
@@ -21,6 +22,8 @@ struct px_server {
     FILE *access;                 /* owned by main.c; NULL when access_log off */
     struct px_conn *conns;        /* list of live client connections (conn.c) */
     unsigned long nconns;
+    struct px_splice *splices;    /* list of WebSocket tunnels (ws/splice.c) */
+    unsigned long nsplices;
     unsigned draining : 1;        /* SIGTERM: finish in-flight work, then exit */
     uint64_t next_conn_id;
     uint64_t next_req_id;
