@@ -74,7 +74,7 @@ static void set_cookie(struct px_auth *a, const char *sandbox_id)
 
     if (secret == NULL)
         return;
-    if (px_cookie_mint(secret, a->in.label, px_str_make(sandbox_id, strlen(sandbox_id)),
+    if (px_cookie_mint(secret, a->in.label, a->in.port, px_str_make(sandbox_id, strlen(sandbox_id)),
                        a->in.now + PX_COOKIE_MAX_AGE, v, sizeof(v)) > 0)
         a->out.cookie_value = strdup(v);
 }
@@ -221,7 +221,7 @@ static void step(struct px_auth *a)
             px_cookie_find(in->req, px_str_make(name, (size_t)n), &value) != 0)
             goto no_cookie;
         a->tried_cookie = 1;
-        if (px_cookie_verify(in->cfg->cookie_secret, in->label, value, in->now, &id) != 0 ||
+        if (px_cookie_verify(in->cfg->cookie_secret, in->label, in->port, value, in->now, &id) != 0 ||
             id.len >= sizeof(a->id))
             goto no_cookie;
         memcpy(a->id, id.p, id.len);

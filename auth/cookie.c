@@ -38,15 +38,22 @@ size_t px_base64url(const unsigned char *in, size_t n, char *out)
     return o;
 }
 
-/* mac = base64url(HMAC-SHA256(secret, "v1|{cookieName}|{sandboxId}|{expires}")) */
+/* mac = base64url(HMAC-SHA256(secret, "v1|{cookieName}|{sandboxId}|{expires}")), SPEC 4.5.
+ * When the label is not the sandbox ID (a signed preview token, which is valid
+ * for one port only), "|port={port}" is appended: the cookie must not open the
+ * sandbox's other ports, least of all the terminal, even when cookie_domain
+ * makes the browser send it to every preview host of that label. */
 static int compute_mac(const char *secret, struct px_str label, struct px_str id, long expires,
-                       char out[48])
+                       unsigned port, char out[48])
 {
     char msg[1024];
     unsigned char md[32];
     unsigned int mdlen = sizeof(md);
     int n = snprintf(msg, sizeof(msg), "v1|" PX_COOKIE_PREFIX "%.*s|%.*s|%ld", (int)label.len,
                      label.p, (int)id.len, id.p, expires);
+
+    if (n > 0 && (size_t)n < sizeof(msg) && !px_str_eq(label, id))
+        n += snprintf(msg + n, sizeof(msg) - (size_t)n, "|port=%u", port);
 
     if (n < 0 || (size_t)n >= sizeof(msg))
         return -1;
@@ -57,21 +64,21 @@ static int compute_mac(const char *secret, struct px_str label, struct px_str id
     return 0;
 }
 
-int px_cookie_mint(const char *secret, struct px_str label, struct px_str sandbox_id,
+int px_cookie_mint(const char *secret, struct px_str label, unsigned port, struct px_str sandbox_id,
                    time_t expires, char *out, size_t outlen)
 {
     char mac[48];
     int n;
 
-    if (compute_mac(secret, label, sandbox_id, (long)expires, mac) != 0)
+    if (compute_mac(secret, label, sandbox_id, (long)expires, port, mac) != 0)
         return -1;
     n = snprintf(out, outlen, "v1.%.*s.%ld.%s", (int)sandbox_id.len, sandbox_id.p, (long)expires,
                  mac);
     return n < 0 || (size_t)n >= outlen ? -1 : n;
 }
 
-int px_cookie_verify(const char *secret, struct px_str label, struct px_str value, time_t now,
-                     struct px_str *sandbox_id)
+int px_cookie_verify(const char *secret, struct px_str label, unsigned port, struct px_str value,
+                     time_t now, struct px_str *sandbox_id)
 {
     const char *p = value.p, *end = value.p + value.len, *d1, *d2;
     char mac[48];
@@ -95,7 +102,7 @@ int px_cookie_verify(const char *secret, struct px_str label, struct px_str valu
     if (expires <= now)
         return -1;
     struct px_str id = px_str_make(p, (size_t)(d1 - p));
-    if (compute_mac(secret, label, id, expires, mac) != 0)
+    if (compute_mac(secret, label, id, expires, port, mac) != 0)
         return -1;
     size_t maclen = (size_t)(end - d2 - 1);
     if (maclen != strlen(mac) || CRYPTO_memcmp(mac, d2 + 1, maclen) != 0)

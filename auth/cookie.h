@@ -11,14 +11,15 @@
 #define PX_COOKIE_MAX_AGE 3600
 
 /* Writes "v1.{id}.{expires}.{mac}" for cookie `daytona-sandbox-auth-{label}`
- * into out (NUL-terminated). Returns its length, or -1 if out is too small. */
-int px_cookie_mint(const char *secret, struct px_str label, struct px_str sandbox_id,
+ * into out (NUL-terminated). Returns its length, or -1 if out is too small.
+ * A cookie whose label is not the sandbox ID is bound to port. */
+int px_cookie_mint(const char *secret, struct px_str label, unsigned port, struct px_str sandbox_id,
                    time_t expires, char *out, size_t outlen);
 
 /* Checks a cookie value for `daytona-sandbox-auth-{label}`: well formed, mac
  * right (constant-time), not expired. On success *sandbox_id points into value. */
-int px_cookie_verify(const char *secret, struct px_str label, struct px_str value, time_t now,
-                     struct px_str *sandbox_id);
+int px_cookie_verify(const char *secret, struct px_str label, unsigned port, struct px_str value,
+                     time_t now, struct px_str *sandbox_id);
 
 /* Finds cookie `name` in the request's Cookie headers. */
 int px_cookie_find(const struct px_head *req, struct px_str name, struct px_str *value);
