@@ -18,7 +18,7 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser
 
 PROXY_SRC := proxy/main.c proxy/config.c proxy/log.c proxy/conn.c proxy/h1.c proxy/upstream.c \
              proxy/errors.c proxy/browser.c routing/host.c routing/path.c routing/store.c auth/auth.c \
-             auth/cookie.c auth/lookup.c auth/redis.c auth/activity.c ws/splice.c
+             auth/cookie.c auth/lookup.c auth/redis.c auth/activity.c ws/splice.c tls/ctx.c tls/h2.c
 PROXY_OBJ := $(PROXY_SRC:%.c=$(BUILD)/obj/%.o)
 LIB_OBJ   := $(filter-out $(BUILD)/obj/proxy/main.o,$(PROXY_OBJ))
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
@@ -49,6 +49,7 @@ deps:
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+	@for s in tests/browser/setup.sh tests/terminal/setup.sh; do [ -f $$s ] && sh $$s || exit 1; done
 
 run: deps
 	$(MAKE) all

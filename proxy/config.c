@@ -195,6 +195,13 @@ void px_config_free(struct px_config *c)
     free(c->cookie_domain);
     free(c->api_url);
     free(c->api_key);
+    for (int i = 0; i < c->ntls; i++) {
+        free(c->tls[i].cert);
+        free(c->tls[i].key);
+        for (int k = 0; k < c->tls[i].ndomains; k++)
+            free(c->tls[i].domains[k]);
+    }
+    free(c->upstream_ca);
     for (int i = 0; i < 200; i++)
         free(c->error_page[i]);
     free(c->error_family[0]);
@@ -346,6 +353,29 @@ static const char *apply(struct px_config *c, char **w, int n)
     STR_DIRECTIVE("api_url", api_url)
     STR_DIRECTIVE("api_key", api_key)
 #undef STR_DIRECTIVE
+    if (!strcmp(d, "tls_cert")) {
+        struct px_tls_cfg *t;
+        if (n < 3)
+            return "expects CERT_FILE KEY_FILE [DOMAIN...]";
+        if (c->ntls == PX_MAX_TLS || n - 3 > PX_MAX_DOMAINS)
+            return "too many certificates or domains";
+        t = &c->tls[c->ntls++];
+        t->cert = strdup(w[1]);
+        t->key = strdup(w[2]);
+        for (int i = 3; i < n; i++) {
+            char *s = w[i];
+            while (*s == '*' || *s == '.')
+                s++;
+            for (char *q = s; *q; q++)
+                *q = (char)tolower((unsigned char)*q);
+            t->domains[t->ndomains++] = strdup(s);
+        }
+        return t->cert && t->key ? NULL : "out of memory";
+    }
+    if (!strcmp(d, "upstream_ca")) {
+        NEED(1);
+        return set_string(&c->upstream_ca, w[1]) ? "out of memory" : NULL;
+    }
     if (!strcmp(d, "error_page")) {
         int code = 0;
         char **slot;
@@ -478,6 +508,19 @@ static const char *apply_env(struct px_config *c)
         if (apply(c, w, 2) != NULL)
             return "REDIS_HOST/REDIS_PORT";
     }
+    if ((v = getenv("TLS_CERT_FILE")) != NULL && *v != '\0') {
+        const char *key = getenv("TLS_KEY_FILE");
+        if (key == NULL || *key == '\0')
+            return "TLS_KEY_FILE";
+        if (c->ntls == PX_MAX_TLS)
+            return "TLS_CERT_FILE";
+        /* Daytona's single certificate becomes the default (first) entry. */
+        memmove(&c->tls[1], &c->tls[0], sizeof(c->tls[0]) * (size_t)c->ntls);
+        memset(&c->tls[0], 0, sizeof(c->tls[0]));
+        c->tls[0].cert = strdup(v);
+        c->tls[0].key = strdup(key);
+        c->ntls++;
+    }
     if ((v = getenv("PROXY_PORT")) != NULL && *v != '\0') {
         /* Daytona's proxy listens on all interfaces at PROXY_PORT; it replaces the
          * file's plaintext listeners. */
@@ -561,6 +604,14 @@ struct px_config *px_config_load(const char *path, char *err, size_t errlen)
         parse_addr("0.0.0.0:4000", &c->listen[0]);
         c->nlisten = 1;
     }
+    for (int i = 0; i < c->nlisten; i++)
+        if (c->listen[i].tls) {
+            c->external_https = 1; /* cookies get Secure; SameSite=None */
+            if (c->ntls == 0) {
+                snprintf(err, errlen, "%s: a TLS listener needs a tls_cert", path);
+                goto fail;
+            }
+        }
     if (c->access_log == NULL && set_string(&c->access_log, "stderr")) {
         snprintf(err, errlen, "out of memory");
         goto fail;

@@ -17,6 +17,7 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 
 #include "auth/activity.h"
@@ -29,6 +30,8 @@
 #include "proxy/upstream.h"
 #include "routing/route.h"
 #include "routing/store.h"
+#include "tls/h2.h"
+#include "tls/tls.h"
 #include "ws/ws.h"
 
 #define PX_HIGH_WATER (256 * 1024)
@@ -54,6 +57,10 @@ struct px_conn {
     struct bufferevent *bev;     /* owned; frees the fd */
     struct event *timer;         /* owned; keepalive / header timer */
     char peer_ip[INET6_ADDRSTRLEN];
+    struct sockaddr_storage peer;
+    unsigned tls : 1;            /* the client reached us over TLS */
+    unsigned h2_stream : 1;      /* an HTTP/2 stream bridged by tls/h2.c */
+    unsigned nreq;               /* requests seen on this connection */
     unsigned peer_trusted : 1;
     unsigned busy;               /* >0 while our frames are on the stack */
     unsigned doomed : 1;         /* destroy as soon as busy == 0 */
@@ -67,6 +74,7 @@ struct px_conn {
     char loghost[80];            /* redacted host for the access log */
     char host[256];              /* lowercased Host; the auth label points into it */
     struct px_str label;         /* slice of host (or of req.buf for toolbox) */
+    struct px_str authority;     /* the routed authority as received: absolute-form target, else Host */
     char *set_cookie;            /* owned; a full Set-Cookie line for the response, or NULL */
     struct px_str path;          /* slice of req.buf: path+query as received */
     struct px_auth *auth;        /* owned by auth/; we only cancel it */
@@ -208,8 +216,12 @@ static void conn_destroy(struct px_conn *c)
     upstream_drop(c);
     if (c->timer != NULL)
         event_free(c->timer);
-    if (c->bev != NULL)
+    if (c->bev != NULL) {
+        /* An HTTP/2 stream's pair end must hear that we are gone. */
+        if (c->h2_stream)
+            bufferevent_flush(c->bev, EV_READ | EV_WRITE, BEV_FINISHED);
         bufferevent_free(c->bev);
+    }
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -218,7 +230,7 @@ static void conn_destroy(struct px_conn *c)
         c->next->prev = c->prev;
     srv->nconns--;
     free(c);
-    if (srv->draining && srv->nconns == 0 && srv->nsplices == 0)
+    if (srv->draining && srv->nconns == 0 && srv->nsplices == 0 && srv->nh2 == 0)
         event_base_loopexit(srv->base, NULL);
 }
 
@@ -258,31 +270,50 @@ static void conn_linger(struct px_conn *c)
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg);
 
-void px_conn_accept(struct px_server *srv, int fd, const struct sockaddr *sa, int salen)
+void px_conn_accept(struct px_server *srv, int fd, const struct sockaddr *sa, int salen, int tls)
 {
-    struct px_conn *c = calloc(1, sizeof(*c));
+    struct bufferevent *bev;
     int one = 1;
 
     (void)salen;
-    if (c == NULL) {
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (tls) {
+        SSL *ssl = px_tls_new_ssl(srv->tls);
+        if (ssl == NULL) {
+            evutil_closesocket(fd);
+            return;
+        }
+        bev = bufferevent_openssl_socket_new(srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                             BEV_OPT_CLOSE_ON_FREE);
+        if (bev == NULL) {
+            SSL_free(ssl);
+            evutil_closesocket(fd);
+            return;
+        }
+    } else if ((bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE)) == NULL) {
         evutil_closesocket(fd);
+        return;
+    }
+    px_conn_attach(srv, bev, sa, tls ? PX_CONN_TLS : 0);
+}
+
+void px_conn_attach(struct px_server *srv, struct bufferevent *bev, const struct sockaddr *sa,
+                    unsigned flags)
+{
+    struct px_conn *c = calloc(1, sizeof(*c));
+
+    if (c == NULL || (c->timer = evtimer_new(srv->base, timer_cb, c)) == NULL) {
+        free(c);
+        bufferevent_free(bev);
         return;
     }
     c->srv = srv;
     c->id = ++srv->next_conn_id;
-    c->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    c->timer = evtimer_new(srv->base, timer_cb, c);
-    if (c->bev == NULL || c->timer == NULL) {
-        if (c->bev == NULL)
-            evutil_closesocket(fd);
-        if (c->bev != NULL)
-            bufferevent_free(c->bev);
-        if (c->timer != NULL)
-            event_free(c->timer);
-        free(c);
-        return;
-    }
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    c->bev = bev;
+    c->tls = (flags & PX_CONN_TLS) != 0;
+    c->h2_stream = (flags & PX_CONN_H2_STREAM) != 0;
+    memcpy(&c->peer, sa, sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                   : sizeof(struct sockaddr_in));
     if (sa->sa_family == AF_INET)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->peer_ip,
                   sizeof(c->peer_ip));
@@ -303,6 +334,20 @@ void px_conn_accept(struct px_server *srv, int fd, const struct sockaddr *sa, in
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     set_state(c, PX_CONN_IDLE);
     arm_timer(c, srv->cfg->client_header_timeout);
+    if (c->h2_stream && evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+        on_client_read(bev, c);
+}
+
+/* The connection speaks HTTP/2 (ALPN h2, or the h2c preface): the socket
+ * leaves this connection for tls/h2.c. */
+static void handoff_h2(struct px_conn *c)
+{
+    struct bufferevent *bev = c->bev;
+
+    c->bev = NULL;
+    evtimer_del(c->timer);
+    px_h2_start(c->srv, bev, (const struct sockaddr *)&c->peer, c->tls);
+    conn_close(c);
 }
 
 /* ---- access log ---- */
@@ -514,6 +559,7 @@ static void route(struct px_conn *c)
     if (hostval.len == 0 || hostval.len >= sizeof(c->host))
         return fail(c, 400, "BAD_HOST", "missing or oversized Host header");
     memcpy(hostbuf, hostval.p, hostval.len);
+    c->authority = hostval;
     kind = px_host_parse(hostbuf, hostval.len, cfg->domains, cfg->ndomains, &h);
     if (kind == PX_HOST_BAD)
         return fail(c, 400, "BAD_HOST", h.why);
@@ -621,7 +667,7 @@ static void accept_warning(struct px_conn *c)
 {
     const struct px_config *cfg = c->srv->cfg;
     const char *q = memchr(c->path.p, '?', c->path.len);
-    struct px_str redirect = PX_STR_NULL, host = c->req.host;
+    struct px_str redirect = PX_STR_NULL, host = c->authority;
     char target[2048], hdrs[2600];
     int found = 0;
 
@@ -647,7 +693,7 @@ static void accept_warning(struct px_conn *c)
              "Set-Cookie: daytona-preview-page-accepted=true; Max-Age=86400; Path=/; HttpOnly; "
              "Domain=%.*s; %s\r\n",
              target, (int)hl, c->host,
-             cfg->external_https ? "Secure; SameSite=None" : "SameSite=Lax");
+             cfg->external_https || c->tls ? "Secure; SameSite=None" : "SameSite=Lax");
     respond(c, 302, NULL, NULL, hdrs);
 }
 
@@ -675,8 +721,9 @@ static void show_warning(struct px_conn *c)
             evbuffer_free(url);
         return conn_close(c);
     }
-    evbuffer_add_printf(url, "%s://%.*s", c->srv->cfg->external_https ? "https" : "http",
-                        (int)c->req.host.len, c->req.host.p);
+    evbuffer_add_printf(url, "%s://%.*s",
+                        c->srv->cfg->external_https || c->tls ? "https" : "http",
+                        (int)c->authority.len, c->authority.p);
     evbuffer_add(url, c->path.p, c->path.len);
     size_t n = evbuffer_get_length(url);
     px_warning_page(b, px_str_make((const char *)evbuffer_pullup(url, -1), n));
@@ -707,6 +754,7 @@ static void parse_head(struct px_conn *c, size_t head_len)
     }
     c->have_req = 1;
     evbuffer_drain(in, head_len);
+    c->nreq++;
     c->keepalive = c->req.keepalive && !c->srv->draining;
     if (c->req.chunked) {
         c->req_body = BODY_CHUNKED;
@@ -730,6 +778,17 @@ static void read_head(struct px_conn *c)
 
     if (evbuffer_get_length(in) == 0)
         return;
+    if (c->nreq == 0 && !c->h2_stream) {
+        /* h2c with prior knowledge (RFC 9113 3.3) starts with this preface. */
+        static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        char head[sizeof(preface) - 1];
+        ev_ssize_t n = evbuffer_copyout(in, head, sizeof(head));
+        if (n > 0 && !memcmp(head, preface, (size_t)n)) {
+            if ((size_t)n == sizeof(head))
+                return handoff_h2(c);
+            return; /* a prefix of the preface: wait for the rest */
+        }
+    }
     if (c->state == PX_CONN_IDLE) {
         set_state(c, PX_CONN_HEAD);
         arm_timer(c, cfg->client_header_timeout);
@@ -799,7 +858,7 @@ static void make_set_cookie(struct px_conn *c, const char *value)
     n = snprintf(buf, sizeof(buf),
                  "Set-Cookie: daytona-sandbox-auth-%.*s=%s; Max-Age=3600; Path=/; HttpOnly; %s%s%.*s\r\n",
                  (int)c->label.len, c->label.p, value,
-                 cfg->external_https ? "Secure; SameSite=None" : "SameSite=Lax",
+                 cfg->external_https || c->tls ? "Secure; SameSite=None" : "SameSite=Lax",
                  dom.len ? "; Domain=" : "", (int)dom.len, dom.p);
     if (n > 0 && (size_t)n < sizeof(buf))
         c->set_cookie = strdup(buf);
@@ -972,7 +1031,7 @@ static void build_request(struct px_conn *c, struct evbuffer *out)
         evbuffer_add_printf(out, "X-Forwarded-Proto: %.*s\r\n", (int)xfp->value.len, xfp->value.p);
     else
         evbuffer_add_printf(out, "X-Forwarded-Proto: %s\r\n",
-                            c->srv->cfg->external_https ? "https" : "http");
+                            c->srv->cfg->external_https || c->tls ? "https" : "http");
     evbuffer_add_printf(out, "X-Request-Id: %s\r\n", c->reqid);
     if (r->ws_upgrade)
         evbuffer_add(out, "Connection: Upgrade\r\nUpgrade: websocket\r\n", 41);
@@ -1465,6 +1524,14 @@ static void on_client_event(struct bufferevent *bev, short what, void *arg)
     struct px_conn *c = arg;
     (void)bev;
 
+    if (what & BEV_EVENT_CONNECTED) { /* TLS handshake done */
+        SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+        ENTER(c);
+        if (ssl != NULL && px_tls_is_h2(ssl))
+            handoff_h2(c);
+        LEAVE(c);
+        return;
+    }
     ENTER(c);
     switch (c->state) {
     case PX_CONN_IDLE:
@@ -1591,7 +1658,7 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
                             : "the sandbox service did not answer in time");
         else
             fail(c, 502, NULL,
-                 connecting ? "the runner refused the connection"
+                 connecting ? "the sandbox service (or its runner) refused the connection"
                             : "the runner closed the connection before answering");
         goto out;
     }
@@ -1647,7 +1714,8 @@ void px_conn_drain_all(struct px_server *srv)
         else
             c->keepalive = 0;
     }
-    if (srv->nconns == 0 && srv->nsplices == 0)
+    px_h2_drain_all(srv);
+    if (srv->nconns == 0 && srv->nsplices == 0 && srv->nh2 == 0)
         event_base_loopexit(srv->base, NULL);
 }
 
@@ -1656,4 +1724,5 @@ void px_conn_close_all(struct px_server *srv)
     while (srv->conns != NULL)
         conn_destroy(srv->conns);
     px_splice_close_all(srv);
+    px_h2_close_all(srv);
 }

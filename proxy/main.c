@@ -18,6 +18,7 @@
 #include <openssl/rand.h>
 
 #include "auth/lookup.h"
+#include "tls/tls.h"
 #include "proxy/px.h"
 #include "proxy/server.h"
 #include "proxy/upstream.h"
@@ -27,6 +28,8 @@ struct px_server *px_srv;
 static struct evconnlistener *listeners[PX_MAX_LISTEN];
 static int nlisteners;
 static struct event *shutdown_timer;
+static struct px_tls *tls_sets[64]; /* every certificate set loaded; handshakes may borrow old ones */
+static int ntls_sets;
 static struct px_config *configs[64]; /* every config ever loaded; connections may borrow old ones */
 static int nconfigs;
 
@@ -37,11 +40,18 @@ static void usage(void)
                     "  -t       check the configuration and exit (0 good, 1 bad)\n");
 }
 
+struct listener_arg {
+    struct px_server *srv;
+    int tls;
+};
+static struct listener_arg listener_args[PX_MAX_LISTEN];
+
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
                       void *arg)
 {
     (void)l;
-    px_conn_accept(arg, fd, sa, salen);
+    struct listener_arg *la = arg;
+    px_conn_accept(la->srv, fd, sa, salen, la->tls);
 }
 
 static void on_accept_error(struct evconnlistener *l, void *arg)
@@ -57,12 +67,10 @@ static int open_listeners(struct px_server *srv)
     const struct px_config *cfg = srv->cfg;
 
     for (int i = 0; i < cfg->nlisten; i++) {
-        if (cfg->listen[i].tls) {
-            px_log(PX_ERR, "listen ... tls: TLS listeners are not supported by this build yet");
-            return -1;
-        }
+        listener_args[i].srv = srv;
+        listener_args[i].tls = cfg->listen[i].tls;
         listeners[i] = evconnlistener_new_bind(
-            srv->base, on_accept, srv,
+            srv->base, on_accept, &listener_args[i],
             LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_EXEC,
             1024, (const struct sockaddr *)&cfg->listen[i].addr, (int)cfg->listen[i].addrlen);
         if (listeners[i] == NULL) {
@@ -146,6 +154,7 @@ static int run_worker(struct px_config *cfg)
     signal(SIGPIPE, SIG_IGN);
     srv.cfg = cfg;
     srv.pid = (unsigned)getpid();
+    srv.tls = ntls_sets > 0 ? tls_sets[ntls_sets - 1] : NULL;
     px_srv = &srv;
     if ((srv.base = event_base_new()) == NULL) {
         px_log(PX_ERR, "cannot create the event loop");
@@ -293,6 +302,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "preview-proxy: %s\n", err);
         return 1;
     }
+    for (int i = 0; i < cfg->nlisten; i++)
+        if (cfg->listen[i].tls && ntls_sets == 0) {
+            struct px_tls *t = px_tls_load(cfg, err, sizeof(err));
+            if (t == NULL) {
+                fprintf(stderr, "preview-proxy: %s\n", err);
+                px_config_free(cfg);
+                return 1;
+            }
+            tls_sets[ntls_sets++] = t;
+        }
     if (check) {
         fprintf(stderr, "preview-proxy: configuration %s is good\n", path);
         px_config_free(cfg);
@@ -317,5 +336,7 @@ int main(int argc, char **argv)
     rc = cfg->workers > 1 ? run_master(cfg) : run_worker(cfg);
     for (int i = 0; i < nconfigs; i++)
         px_config_free(configs[i]);
+    for (int i = 0; i < ntls_sets; i++)
+        px_tls_free(tls_sets[i]);
     return rc;
 }

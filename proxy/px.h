@@ -84,6 +84,15 @@ struct px_domain {
     struct px_domain *next; /* owned list link */
 };
 
+#define PX_MAX_TLS 16
+
+/* One `tls_cert FILE KEY [DOMAIN…]` entry. */
+struct px_tls_cfg {
+    char *cert, *key;            /* owned paths */
+    char *domains[PX_MAX_DOMAINS]; /* owned, lowercased */
+    int ndomains;
+};
+
 /* Immutable after px_config_load(); borrowed by everyone for the process lifetime
  * (a SIGHUP reload builds a new one and swaps the pointer). */
 struct px_config {
@@ -119,6 +128,9 @@ struct px_config {
     int cache_ttl;        /* seconds a positive lookup is served from memory */
     double lookup_rate;   /* cache misses per second allowed (flood bound) */
     double lookup_burst;
+    struct px_tls_cfg tls[PX_MAX_TLS];
+    int ntls;
+    char *upstream_ca; /* owned; CA file for https runners, NULL = system store */
     char *error_page[200];   /* owned template text for 400..599, or NULL */
     char *error_family[2];   /* owned templates for 4xx, 5xx */
     unsigned cookie_secret_random : 1; /* generated at start: warn, single process only */

@@ -13,6 +13,9 @@
 struct px_pool;
 struct px_conn;
 struct px_splice;
+struct px_tls;
+struct px_h2;
+struct bufferevent;
 
 struct px_server {
     struct event_base *base;      /* owned by main.c */
@@ -22,6 +25,11 @@ struct px_server {
     FILE *access;                 /* owned by main.c; NULL when access_log off */
     struct px_conn *conns;        /* list of live client connections (conn.c) */
     unsigned long nconns;
+    struct px_tls *tls;           /* owned by main.c; NULL without TLS listeners */
+    void *up_tls;                 /* owned by main.c: SSL_CTX for https runners, or NULL */
+    struct px_h2 *h2s;            /* list of HTTP/2 connections (tls/h2.c) */
+    unsigned long nh2;
+    unsigned long h2_goaways;     /* connections closed for abuse */
     struct px_splice *splices;    /* list of WebSocket tunnels (ws/splice.c) */
     unsigned long nsplices;
     unsigned draining : 1;        /* SIGTERM: finish in-flight work, then exit */
@@ -32,8 +40,17 @@ struct px_server {
 
 extern struct px_server *px_srv; /* the one per process; set by main.c */
 
-/* Accepts a new client socket (owned from here on). */
-void px_conn_accept(struct px_server *srv, int fd, const struct sockaddr *sa, int salen);
+/* Accepts a new client socket (owned from here on); tls starts a server handshake. */
+void px_conn_accept(struct px_server *srv, int fd, const struct sockaddr *sa, int salen, int tls);
+
+#define PX_CONN_TLS 1u       /* the client reached us over TLS */
+#define PX_CONN_H2_STREAM 2u /* bev is one end of an HTTP/2 stream's pair */
+
+/* Runs the HTTP/1.1 pipeline over an existing bufferevent (owned from here on):
+ * an accepted socket, a TLS connection, or one HTTP/2 stream bridged by tls/h2.c.
+ * sa is the client's address, for X-Forwarded-For. */
+void px_conn_attach(struct px_server *srv, struct bufferevent *bev, const struct sockaddr *sa,
+                    unsigned flags);
 
 /* Starts the drain: idle connections close now, busy ones after their response. */
 void px_conn_drain_all(struct px_server *srv);

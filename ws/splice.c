@@ -50,11 +50,14 @@ static void destroy(struct px_splice *s)
     srv->nsplices--;
     if (s->tick != NULL)
         event_free(s->tick);
+    /* A bufferevent pair (an HTTP/2 stream) learns of the end only by a flush;
+     * sockets ignore it. */
+    bufferevent_flush(s->a, EV_READ | EV_WRITE, BEV_FINISHED);
     bufferevent_free(s->a);
     bufferevent_free(s->b);
     free(s->sandbox_id);
     free(s);
-    if (srv->draining && srv->nconns == 0 && srv->nsplices == 0)
+    if (srv->draining && srv->nconns == 0 && srv->nsplices == 0 && srv->nh2 == 0)
         event_base_loopexit(srv->base, NULL);
 }
 
