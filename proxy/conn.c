@@ -18,6 +18,8 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <event2/event.h>
 
 #include "auth/activity.h"
@@ -1121,9 +1123,11 @@ static int connect_upstream(struct px_conn *c, int allow_pool)
     int port = sb->direct && !c->toolbox ? (int)c->port : sb->runner_port;
     struct timeval tv = {c->srv->cfg->connect_timeout, 0};
 
-    c->up = allow_pool ? px_pool_take(c->srv->pool, sb->runner_host, port) : NULL;
+    int tls = sb->runner_tls && !(sb->direct && !c->toolbox);
+
+    c->up = allow_pool ? px_pool_take(c->srv->pool, sb->runner_host, port, tls) : NULL;
     if (c->up == NULL) {
-        if ((c->up = px_upstream_connect(c->srv, sb->runner_host, port)) == NULL)
+        if ((c->up = px_upstream_connect(c->srv, sb->runner_host, port, tls)) == NULL)
             return -1;
         bufferevent_set_timeouts(c->up->bev, NULL, &tv); /* connect timeout */
     }
@@ -1140,8 +1144,6 @@ static void forward(struct px_conn *c)
 {
     struct evbuffer *head;
 
-    if (c->sb->runner_tls) /* TODO: upstream TLS comes with the TLS issue */
-        return fail(c, 502, NULL, "runner uses https, which this build cannot reach yet");
     if (connect_upstream(c, 1) != 0)
         return fail(c, 502, NULL, "cannot connect to the runner");
     if ((head = evbuffer_new()) == NULL)
@@ -1647,6 +1649,17 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
     if (c->resp_st == RESP_HEAD) {
         int timeout = (what & BEV_EVENT_TIMEOUT) != 0;
         int connecting = !c->up->connected;
+        if (c->up->tls && connecting && !timeout) {
+            SSL *ssl = bufferevent_openssl_get_ssl(c->up->bev);
+            long vr = ssl != NULL ? SSL_get_verify_result(ssl) : X509_V_OK;
+            if (vr != X509_V_OK) {
+                clog(c, PX_WARN, "runner TLS certificate verification failed: %s",
+                     X509_verify_cert_error_string(vr));
+                upstream_drop(c);
+                fail(c, 502, "RUNNER_TLS_ERROR", "the runner's TLS certificate is not trusted");
+                goto out;
+            }
+        }
         if (!timeout && c->up->reused && retry(c) == 0)
             goto out;
         upstream_drop(c);

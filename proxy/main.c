@@ -166,6 +166,14 @@ static int run_worker(struct px_config *cfg)
     if (srv.dns != NULL)
         evdns_base_load_hosts(srv.dns, NULL);
     srv.pool = px_pool_new(&srv);
+    {
+        char err[256];
+        /* https runners: loaded once here, before the loop, as file reads block. */
+        if ((srv.up_tls = px_tls_client_ctx(cfg, err, sizeof(err))) == NULL) {
+            px_log(PX_ERR, "%s", err);
+            return 1;
+        }
+    }
     if (!strcmp(cfg->access_log, "stderr")) {
         srv.access = stderr;
     } else if (strcmp(cfg->access_log, "off") != 0) {
@@ -194,6 +202,7 @@ static int run_worker(struct px_config *cfg)
         event_free(shutdown_timer);
     px_lookup_shutdown();
     px_pool_free(srv.pool);
+    SSL_CTX_free(srv.up_tls);
     if (srv.dns != NULL)
         evdns_base_free(srv.dns, 0);
     if (srv.access != NULL && srv.access != stderr)

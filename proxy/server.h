@@ -26,7 +26,7 @@ struct px_server {
     struct px_conn *conns;        /* list of live client connections (conn.c) */
     unsigned long nconns;
     struct px_tls *tls;           /* owned by main.c; NULL without TLS listeners */
-    void *up_tls;                 /* owned by main.c: SSL_CTX for https runners, or NULL */
+    struct ssl_ctx_st *up_tls;    /* owned by main.c: SSL_CTX for https runners */
     struct px_h2 *h2s;            /* list of HTTP/2 connections (tls/h2.c) */
     unsigned long nh2;
     unsigned long h2_goaways;     /* connections closed for abuse */

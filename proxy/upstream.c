@@ -14,6 +14,10 @@
 #include <event2/buffer.h>
 #include <event2/dns.h>
 
+#include <event2/bufferevent_ssl.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
 #include "proxy/upstream.h"
 
 struct px_pool_bucket {
@@ -96,18 +100,18 @@ static struct px_pool_bucket *bucket(struct px_pool *pool, const char *key, int 
     return b;
 }
 
-static void make_key(char *buf, size_t len, const char *host, int port)
+static void make_key(char *buf, size_t len, const char *host, int port, int tls)
 {
-    snprintf(buf, len, "%s:%d", host, port);
+    snprintf(buf, len, "%s%s:%d", tls ? "https://" : "", host, port);
 }
 
-struct px_upstream *px_pool_take(struct px_pool *pool, const char *host, int port)
+struct px_upstream *px_pool_take(struct px_pool *pool, const char *host, int port, int tls)
 {
     char key[300];
     struct px_pool_bucket *b;
     struct px_upstream *up;
 
-    make_key(key, sizeof(key), host, port);
+    make_key(key, sizeof(key), host, port, tls);
     if ((b = bucket(pool, key, 0)) == NULL || b->idle == NULL)
         return NULL;
     up = b->idle;
@@ -166,7 +170,7 @@ void px_upstream_release(struct px_pool *pool, struct px_upstream *up, int reusa
     b->nidle++;
 }
 
-struct px_upstream *px_upstream_connect(struct px_server *srv, const char *host, int port)
+struct px_upstream *px_upstream_connect(struct px_server *srv, const char *host, int port, int tls)
 {
     struct px_upstream *up = calloc(1, sizeof(*up));
     char key[300];
@@ -179,9 +183,26 @@ struct px_upstream *px_upstream_connect(struct px_server *srv, const char *host,
 
     if (up == NULL)
         return NULL;
-    make_key(key, sizeof(key), host, port);
+    make_key(key, sizeof(key), host, port, tls);
     up->key = strdup(key);
-    up->bev = bufferevent_socket_new(srv->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (tls) {
+        /* Verify the runner's certificate against upstream_ca and its name. */
+        SSL *ssl = srv->up_tls != NULL ? SSL_new(srv->up_tls) : NULL;
+        if (ssl == NULL)
+            goto fail;
+        SSL_set_tlsext_host_name(ssl, host);
+        if (inet_pton(AF_INET, host, &addr) == 1 || inet_pton(AF_INET6, host, &addr) == 1)
+            X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host);
+        else
+            SSL_set1_host(ssl, host);
+        up->bev = bufferevent_openssl_socket_new(srv->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                                 BEV_OPT_CLOSE_ON_FREE);
+        if (up->bev == NULL)
+            SSL_free(ssl);
+        up->tls = 1;
+    } else {
+        up->bev = bufferevent_socket_new(srv->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    }
     if (up->key == NULL || up->bev == NULL)
         goto fail;
     memset(&addr, 0, sizeof(addr));
