@@ -139,6 +139,7 @@ static void test_good_values(void **state)
     (void)state;
     struct px_config *c = load_ok("listen 127.0.0.1:8080\n"
                                   "listen [::1]:8443 tls   # comment after a directive\n"
+                                  "tls_cert /x/cert.pem /x/key.pem proxy.test\n"
                                   "\tdomains proxy.test .EU.Example.com *.wild.test\n"
                                   "connect_timeout 5\r\n"
                                   "response_header_timeout 30\n"
@@ -206,6 +207,7 @@ static void test_listen_forms(void **state)
                                   "listen *:4002\n"
                                   "listen :4003\n"
                                   "listen 0.0.0.0:4004 tls\n"
+                                  "tls_cert /x/cert.pem /x/key.pem\n"
                                   "listen [::]:4005\n");
     char h[64];
 
@@ -493,7 +495,7 @@ static void test_env_overrides(void **state)
     clear_env();
     setenv("PROXY_PORT", "5006", 1);
     setenv("ENABLE_TLS", "true", 1);
-    c = load_ok("");
+    c = load_ok("tls_cert /x/cert.pem /x/key.pem\n");
     assert_int_equal(c->nlisten, 1);
     assert_int_equal(listen_port(&c->listen[0]), 5006);
     assert_true(c->listen[0].tls);
@@ -538,7 +540,8 @@ static void test_env_proxy_port_keeps_tls(void **state)
 {
     (void)state;
     setenv("PROXY_PORT", "5007", 1);
-    struct px_config *c = load_ok("listen 127.0.0.1:8080\nlisten 127.0.0.1:8443 tls\n");
+    struct px_config *c = load_ok("listen 127.0.0.1:8080\nlisten 127.0.0.1:8443 tls\n"
+                                  "tls_cert /x/c.pem /x/k.pem\n");
     int plain5007 = 0, tls8443 = 0, plain8080 = 0;
 
     for (int i = 0; i < c->nlisten; i++) {
