@@ -106,7 +106,7 @@ static void on_lookup(void *arg, const struct px_lk_value *v, const char *err)
     case ST_BEARER:
         if (err != NULL)
             note_error(a, err);
-        else if (v->found && (v->num == 0 || v->num > a->in.now)) {
+        else if (v->found && v->num >= 0 && (v->num == 0 || v->num > a->in.now)) {
             a->key_found = 1;
             snprintf(a->org, sizeof(a->org), "%s", v->str);
         }
@@ -190,7 +190,8 @@ static void step(struct px_auth *a)
         }
         return;
     case ST_BEARER:
-        if (a->key_found && a->sb != NULL && a->sb->org != NULL && !strcmp(a->org, a->sb->org)) {
+        if (a->key_found && a->sb != NULL && a->sb->org != NULL && a->sb->org[0] != '\0' &&
+            !strcmp(a->org, a->sb->org)) {
             a->out.used_authorization = 1;
             return allow(a, &a->sb);
         }

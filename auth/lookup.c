@@ -332,7 +332,15 @@ static void on_fetch(void *arg, redisReply *r, const char *err)
             break;
         v2 = hash_field(r, f2);
         e->v.str = strdup(v1);
-        e->v.num = v2 ? strtol(v2, NULL, 10) : 0;
+        e->v.num = 0;
+        if (v2 != NULL) {
+            /* Strict digits: "garbage" must not read as 0, which means "never expires". */
+            size_t k = 0;
+            long num = 0;
+            for (; v2[k] >= '0' && v2[k] <= '9' && k < 12; k++)
+                num = num * 10 + (v2[k] - '0');
+            e->v.num = k > 0 && v2[k] == '\0' ? num : -1;
+        }
         e->v.found = e->v.str != NULL;
         break;
     }

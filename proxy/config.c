@@ -278,6 +278,10 @@ static const char *apply(struct px_config *c, char **w, int n)
         c->listen[c->nlisten++].tls = n == 3;
         return NULL;
     }
+    if (!strcmp(d, "metrics_listen")) {
+        NEED(1);
+        return parse_addr(w[1], &c->metrics) ? "bad address (expected IP:PORT)" : NULL;
+    }
     if (!strcmp(d, "domains")) {
         if (n < 2)
             return "expects at least one domain";

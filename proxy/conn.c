@@ -28,6 +28,7 @@
 #include "proxy/browser.h"
 #include "proxy/errors.h"
 #include "proxy/h1.h"
+#include "proxy/metrics.h"
 #include "proxy/server.h"
 #include "proxy/upstream.h"
 #include "routing/route.h"
@@ -312,6 +313,7 @@ void px_conn_attach(struct px_server *srv, struct bufferevent *bev, const struct
     c->srv = srv;
     c->id = ++srv->next_conn_id;
     c->bev = bev;
+    px_metrics.accepted++;
     c->tls = (flags & PX_CONN_TLS) != 0;
     c->h2_stream = (flags & PX_CONN_H2_STREAM) != 0;
     memcpy(&c->peer, sa, sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
@@ -370,6 +372,9 @@ static void access_log(struct px_conn *c)
     struct px_str path = c->path;
     const char *q;
 
+    if (c->status > 0 && c->status < 600)
+        px_metrics.responses[c->status / 100]++;
+    px_metrics.bytes_out += c->bytes_out;
     if (f == NULL)
         return;
     /* The query may hold DAYTONA_SANDBOX_AUTH_KEY or signatures: never log it. */

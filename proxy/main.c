@@ -19,6 +19,7 @@
 
 #include "auth/lookup.h"
 #include "tls/tls.h"
+#include "proxy/metrics.h"
 #include "proxy/px.h"
 #include "proxy/server.h"
 #include "proxy/upstream.h"
@@ -185,6 +186,11 @@ static int run_worker(struct px_config *cfg)
     }
     if (srv.pool == NULL || px_lookup_init(srv.base, cfg) != 0 || open_listeners(&srv) != 0)
         return 1;
+    struct evconnlistener *metrics = px_metrics_listen(&srv);
+    if (cfg->metrics.addrlen != 0 && metrics == NULL) {
+        px_log(PX_ERR, "cannot listen on metrics_listen: %s", strerror(errno));
+        return 1;
+    }
     sigs[0] = evsignal_new(srv.base, SIGTERM, on_term, &srv);
     sigs[1] = evsignal_new(srv.base, SIGINT, on_term, &srv);
     sigs[2] = evsignal_new(srv.base, SIGHUP, on_hup, &srv);
@@ -196,6 +202,8 @@ static int run_worker(struct px_config *cfg)
     px_log(PX_INFO, "worker %u exiting", srv.pid);
     px_conn_close_all(&srv);
     close_listeners();
+    if (metrics != NULL)
+        evconnlistener_free(metrics);
     for (int i = 0; i < 3; i++)
         event_free(sigs[i]);
     if (shutdown_timer != NULL)

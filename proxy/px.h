@@ -128,6 +128,7 @@ struct px_config {
     int cache_ttl;        /* seconds a positive lookup is served from memory */
     double lookup_rate;   /* cache misses per second allowed (flood bound) */
     double lookup_burst;
+    struct px_listen_cfg metrics; /* metrics_listen; addrlen 0 when off */
     struct px_tls_cfg tls[PX_MAX_TLS];
     int ntls;
     char *upstream_ca; /* owned; CA file for https runners, NULL = system store */

@@ -305,3 +305,98 @@ def test_many_connections_then_health(px, runner):
             s.close()
     assert px.health_ok()
     assert px.alive()
+
+
+# -------------------------------------------- SIGINT, SIGHUP, workers --
+
+def test_sigint_drains_like_sigterm(proxy, runner):
+    p = proxy(settings={"shutdown_timeout": "10"})
+    result = {}
+    t = threading.Thread(target=_slow_request, args=(p, "/slow?name=intdrain", result))
+    t.start()
+    runner.wait_for("/slow?name=intdrain")
+    os.kill(p.proc.pid, signal.SIGINT)
+    wait_until(lambda: not port_is_listening(p.port), timeout=5,
+               what="listener closed after SIGINT")
+    assert p.proc.poll() is None
+    runner.signal("intdrain")
+    t.join(10)
+    assert result.get("status") == 200, result
+    assert p.proc.wait(10) == 0
+
+
+def test_sighup_reloads_config_keeping_connections(proxy, runner, dead_port):
+    p = proxy()
+    with p.raw() as c:
+        c.send(f"GET /before HTTP/1.1\r\nHost: {host(3000, PUB)}\r\n\r\n")
+        assert c.read_response().status == 200
+        assert p.get("/x", host=host(3000, "addedlater")).status_code == 401
+        with open(p.conf_path, "a") as f:
+            f.write(f"sandbox addedlater runner_url=http://127.0.0.1:{runner.port} "
+                    "runner_key=runner-key-7f3a9c public=1 auth_token=t-added\n")
+        os.kill(p.proc.pid, signal.SIGHUP)
+        wait_until(lambda: p.get("/x", host=host(3000, "addedlater")).status_code == 200,
+                   timeout=5, what="new sandbox served after SIGHUP")
+        # the connection opened before the reload still works
+        c.send(f"GET /after HTTP/1.1\r\nHost: {host(3000, PUB)}\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 200 and r.json()["target"].endswith("/after")
+    assert p.alive()
+
+
+def test_sighup_bad_config_keeps_old(proxy, runner):
+    p = proxy()
+    text = open(p.conf_path).read()
+    with open(p.conf_path, "a") as f:
+        f.write("frobnicate yes\n")
+    os.kill(p.proc.pid, signal.SIGHUP)
+    # the refusal is logged, naming the line; the old config keeps serving
+    wait_until(lambda: "frobnicate" in p.log() or ":%d" % (text.count("\n") + 1) in p.log(),
+               timeout=5, what="reload refusal logged")
+    assert p.alive()
+    assert p.health_ok()
+    assert p.get("/still", host=host(3000, PUB)).status_code == 200
+    assert p.get("/x", host=host(3000, PRIV)).status_code == 401
+
+
+def _children(pid):
+    kids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    kids.append(int(d))
+            except OSError:
+                pass
+    return kids
+
+
+def test_workers_share_listener_and_stop_together(proxy, runner):
+    p = proxy(settings={"workers": "2"})
+    kids = wait_until(lambda: (lambda k: k if len(k) >= 2 else None)(_children(p.proc.pid)),
+                      timeout=5, what="two worker processes")
+    for i in range(10):
+        with p.raw() as c:
+            c.send(f"GET /w/{i} HTTP/1.1\r\nHost: {host(3000, PUB)}\r\nConnection: close\r\n\r\n")
+            assert c.read_response().status == 200
+    assert len(runner.find("/w/")) == 10
+    p.terminate()
+    assert p.proc.wait(10) == 0
+    wait_until(lambda: not [k for k in kids if os.path.exists(f"/proc/{k}")
+                            and open(f"/proc/{k}/stat").read().rsplit(")", 1)[1].split()[0]
+                            != "Z"],
+               timeout=5, what="workers gone after SIGTERM to the master")
+
+
+def test_metrics_listener(proxy, runner):
+    mport = free_port()
+    p = proxy(extra=[f"metrics_listen 127.0.0.1:{mport}"])
+    assert p.get("/m", host=host(3000, PUB)).status_code == 200
+    wait_until(lambda: port_is_listening(mport), timeout=5, what="metrics listener")
+    r = requests.get(f"http://127.0.0.1:{mport}/metrics", timeout=5)
+    assert r.status_code == 200
+    assert "# TYPE" in r.text, r.text[:500]
+    # metrics are not served on the proxy listener
+    assert p.get("/metrics").status_code == 404

@@ -318,3 +318,48 @@ def test_websocket_client_close_closes_upstream(px, runner):
     c.close()
     wait_until(lambda: not [x for x in runner.conns() if x["id"] == conn_id][0]["open"],
                timeout=5, what="runner-side websocket connection closed")
+
+
+# ------------------------------------------------------ response headers --
+
+def test_response_hop_by_hop_stripped(px, runner):
+    r = raw_exchange(px.port, request_bytes("GET", "/hopresp", host(3000, PUB)))
+    assert r is not None and r.status == 200, r
+    names = [k.lower() for k, _ in r.headers]
+    assert "x-resp-hop" not in names, r.headers
+    assert "proxy-connection" not in names, r.headers
+    for v in r.header_all("Connection"):
+        assert "x-resp-hop" not in v.lower()
+    assert r.header("X-Resp-Kept") == "yes"
+    assert sorted(r.header_all("Set-Cookie")) == ["a=1; Path=/", "b=2; Path=/"]
+    assert r.body == b"hop"
+
+
+# ------------------------------------------------- query auth parameter --
+
+@pytest.mark.parametrize("query,forwarded", [
+    ("a=1&DAYTONA_SANDBOX_AUTH_KEY={t}&b=%2F+x", "a=1&b=%2F+x"),
+    ("DAYTONA_SANDBOX_AUTH_KEY={t}&z=%41%42&y", "z=%41%42&y"),
+    ("b=2&a=1&DAYTONA_SANDBOX_AUTH_KEY={t}", "b=2&a=1"),
+])
+def test_query_auth_key_consumed_rest_byte_exact(px, runner, query, forwarded):
+    r = raw_exchange(px.port, request_bytes("GET", "/qk?" + query.format(t=PRIV_TOKEN),
+                                            host(3000, PRIV)))
+    assert r is not None and r.status == 200, r
+    rec = runner.requests()[0]
+    assert rec["target"] == runner_prefix(PRIV, 3000) + "/qk?" + forwarded
+    assert PRIV_TOKEN not in str(rec)
+
+
+def test_query_auth_key_only_param(px, runner):
+    r = raw_exchange(px.port, request_bytes("GET", f"/qk?DAYTONA_SANDBOX_AUTH_KEY={PRIV_TOKEN}",
+                                            host(3000, PRIV)))
+    assert r is not None and r.status == 200, r
+    assert runner.requests()[0]["target"] in (runner_prefix(PRIV, 3000) + "/qk",
+                                              runner_prefix(PRIV, 3000) + "/qk?")
+
+
+def test_query_auth_key_wrong_401(px, runner):
+    r = px.get("/qk?DAYTONA_SANDBOX_AUTH_KEY=wrong", host=host(3000, PRIV))
+    assert r.status_code == 401
+    assert runner.requests() == []

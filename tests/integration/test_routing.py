@@ -288,7 +288,8 @@ def test_toolbox_redirect_location_gets_prefix(px, runner):
     r = px.get(f"/toolbox/{PRIV}/redirect?to=/files/somewhere%3Fa",
                headers={"X-Daytona-Preview-Token": PRIV_TOKEN})
     assert r.status_code == 302
-    assert r.headers["Location"] == f"/toolbox/{PRIV}/files/somewhere%3Fa"
+    # the runner decodes its `to` parameter, so it sends Location: /files/somewhere?a
+    assert r.headers["Location"] == f"/toolbox/{PRIV}/files/somewhere?a"
 
 
 def test_toolbox_redirect_location_already_prefixed_unchanged(px, runner):
@@ -325,4 +326,28 @@ def test_toolbox_only_env_overrides_file(proxy, runner):
     p = proxy(settings={"toolbox_only": "off"}, env={"TOOLBOX_ONLY_MODE": "true"})
     r = p.get("/x", host=host(3000, PUB))
     assert r.status_code == 404
+    assert runner.requests() == []
+
+
+# ------------------------------------------------------------ route order --
+
+def test_preview_host_paths_go_to_the_app(px, runner):
+    """On a preview host, /health and /toolbox/... belong to the sandbox app."""
+    r = px.get("/health", host=host(3000, PUB))
+    assert r.status_code == 200
+    r = px.get(f"/toolbox/{PRIV}/files", host=host(3000, PUB))
+    assert r.status_code == 200
+    assert [x["target"] for x in runner.requests()] == [
+        runner_prefix(PUB, 3000) + "/health",
+        runner_prefix(PUB, 3000) + f"/toolbox/{PRIV}/files"]
+
+
+def test_http10_without_host_is_a_base_host_request(px, runner):
+    """HTTP/1.0 does not require Host (RFC 9112 section 3.2 requires it of
+    HTTP/1.1 only); load-balancer probes such as HAProxy's default
+    `option httpchk` send exactly this. With no Host it cannot be a preview
+    host, so it is a base-host request and /health answers."""
+    r = raw_exchange(px.port, b"GET /health HTTP/1.0\r\n\r\n")
+    assert r is not None and r.status == 200, r
+    assert r.json()["status"] == "ok"
     assert runner.requests() == []

@@ -107,3 +107,42 @@ def test_keepalive_connection_survives_short_idle(proxy, runner):
             assert r.status == 200
             assert r.json()["target"] == runner_prefix(PUB, 3000) + f"/two/{i}"
             assert not c.is_closed(timeout=1.2)
+
+
+def test_runner_garbage_response_502(px, runner):
+    r = px.get("/garbage", host=host(3000, PUB))
+    assert r.status_code == 502
+    assert px.health_ok()
+
+
+def test_ws_idle_timeout(proxy, runner):
+    import base64
+    import os
+    p = proxy(settings={"ws_idle_timeout": "1"})
+    with p.raw(timeout=8) as c:
+        key = base64.b64encode(os.urandom(16)).decode()
+        c.send(request_bytes("GET", "/ws", host(3000, PUB), headers=[
+            ("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Key", key),
+            ("Sec-WebSocket-Version", "13")]))
+        assert c.read_response().status == 101
+        c.send(b"active")
+        got = b""
+        while len(got) < 6:
+            got += c.read_some()
+        t0 = time.monotonic()
+        assert c.is_closed(timeout=8), "idle WebSocket tunnel not closed"
+        assert time.monotonic() - t0 < 5
+
+
+def test_stopped_sandbox_with_wake_gets_503_retry_after(proxy, runner, dead_port):
+    p = proxy(sandboxes=[
+        f"sandbox sleepy runner_url=http://127.0.0.1:{dead_port} runner_key=k public=1 "
+        "state=stopped wake=http",
+        f"sandbox sleepy2 runner_url=http://127.0.0.1:{dead_port} runner_key=k public=1 "
+        "state=stopped wake=none",
+    ])
+    r = p.get("/x", host=host(3000, "sleepy"))
+    assert r.status_code == 503, r.text
+    assert r.headers.get("Retry-After") == "5"
+    r = p.get("/x", host=host(3000, "sleepy2"))
+    assert r.status_code == 502, r.text

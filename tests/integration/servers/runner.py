@@ -27,6 +27,10 @@ App endpoints ({app}, query parameters in brackets)
   /slow?name=X                         wait for signal X (max 30 s), then echo
   /close-after                         echo, then close (no Connection: close sent)
   /abort                               close without any response
+  /garbage                             answer with bytes that are not HTTP, close
+  /eof-body?n=N                        body delimited by connection close
+  /bighdr?n=N                          response with an N-byte header value
+  /hopresp                             response with hop-by-hop headers, 2 Set-Cookie
   /trailers                            chunked response with a trailer
   Upgrade: websocket (any path)        101, then echo raw bytes back
   anything else                        echo: JSON of what was received
@@ -415,6 +419,34 @@ def handle_request(conn, nreq, method, target, version, headers):
 
     if path == "/abort":
         return False
+
+    if path == "/garbage":
+        conn.send(b"THIS IS NOT HTTP\r\n\r\n")
+        return False
+
+    if path == "/eof-body":
+        # no Content-Length, no chunking: the body ends when the connection does
+        nbytes = int(q.get("n", "100000"))
+        data = random.Random(int(q.get("seed", "1"))).randbytes(nbytes)
+        conn.send(status_line(200).encode() + b"Content-Type: application/octet-stream\r\n"
+                  b"Connection: close\r\n\r\n" + data)
+        return False
+
+    if path == "/bighdr":
+        nbytes = int(q.get("n", "20000"))
+        send_response(conn, 200, [("Content-Type", "text/plain"), ("X-Big", "v" * nbytes)] + ka,
+                      b"big-header", head=head, rec=rec)
+        return keep
+
+    if path == "/hopresp":
+        send_response(conn, 200, [("Content-Type", "text/plain"),
+                                  ("Connection", "X-Resp-Hop"),
+                                  ("X-Resp-Hop", "must-go"),
+                                  ("Proxy-Connection", "keep-alive"),
+                                  ("X-Resp-Kept", "yes"),
+                                  ("Set-Cookie", "a=1; Path=/"),
+                                  ("Set-Cookie", "b=2; Path=/")], b"hop", head=head, rec=rec)
+        return keep
 
     if path == "/trailers":
         send_response(conn, 200, [("Content-Type", "text/plain"), ("Trailer", "X-Runner-Trailer"),
