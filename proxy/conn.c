@@ -354,6 +354,38 @@ static void handoff_h2(struct px_conn *c)
     conn_close(c);
 }
 
+/* ---- small writers: printf is measurable on the per-request path ---- */
+
+static void add_str(struct evbuffer *o, const char *s)
+{
+    evbuffer_add(o, s, strlen(s));
+}
+
+static void add_slice(struct evbuffer *o, struct px_str s)
+{
+    evbuffer_add(o, s.p, s.len);
+}
+
+static void add_u64(struct evbuffer *o, uint64_t v)
+{
+    char b[24];
+    int i = sizeof(b);
+
+    do {
+        b[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    evbuffer_add(o, b + i, sizeof(b) - (size_t)i);
+}
+
+/* "Name: value\r\n" */
+static void add_field(struct evbuffer *o, const char *name, struct px_str value)
+{
+    add_str(o, name);
+    add_slice(o, value);
+    evbuffer_add(o, "\r\n", 2);
+}
+
 /* ---- access log ---- */
 
 static double ms_since(const struct timeval *t)
@@ -562,6 +594,14 @@ static void route(struct px_conn *c)
                 c->path = PX_STR("/");
             }
         }
+    }
+    if (hostval.len == 0 && r->http_minor == 0) {
+        /* HTTP/1.0 needs no Host (RFC 9112 3.2): health probes send none. With
+         * no host it cannot name a sandbox, so only the base routes apply. */
+        c->host[0] = '\0';
+        c->authority = PX_STR_NULL;
+        snprintf(c->loghost, sizeof(c->loghost), "-");
+        return base_routes(c);
     }
     if (hostval.len == 0 || hostval.len >= sizeof(c->host))
         return fail(c, 400, "BAD_HOST", "missing or oversized Host header");
@@ -969,12 +1009,18 @@ static void build_request(struct px_conn *c, struct evbuffer *out)
     struct px_str conn_value = PX_STR_NULL, target = c->path;
     const struct px_hdr *xfh = NULL, *xff = NULL, *xfp = NULL;
 
-    evbuffer_add_printf(out, "%.*s ", (int)r->method.len, r->method.p);
+    add_slice(out, r->method);
+    evbuffer_add(out, " ", 1);
     if (c->toolbox) {
-        evbuffer_add_printf(out, "/sandboxes/%s/toolbox", sb->id);
+        add_str(out, "/sandboxes/");
+        add_str(out, sb->id);
+        add_str(out, "/toolbox");
         target = c->toolbox_rest;
     } else if (!sb->direct) {
-        evbuffer_add_printf(out, "/sandboxes/%s/toolbox/proxy/%u", sb->id, c->port);
+        add_str(out, "/sandboxes/");
+        add_str(out, sb->id);
+        add_str(out, "/toolbox/proxy/");
+        add_u64(out, c->port);
     }
     const char *q = memchr(target.p, '?', target.len);
     if (q != NULL && c->has_query_token) {
@@ -996,9 +1042,9 @@ static void build_request(struct px_conn *c, struct evbuffer *out)
     }
     evbuffer_add(out, " HTTP/1.1\r\n", 11);
     if (sb->direct && !c->toolbox)
-        evbuffer_add_printf(out, "Host: %.*s\r\n", (int)r->host.len, r->host.p);
+        add_field(out, "Host: ", r->host);
     else
-        evbuffer_add_printf(out, "Host: %s\r\n", sb->runner_authority);
+        add_field(out, "Host: ", px_str_make(sb->runner_authority, strlen(sb->runner_authority)));
 
     for (int i = 0; i < r->nhdrs; i++)
         if (px_str_ieq(r->hdrs[i].name, PX_STR("connection")))
@@ -1023,27 +1069,31 @@ static void build_request(struct px_conn *c, struct evbuffer *out)
         evbuffer_add(out, "\r\n", 2);
     }
     /* Replace semantics: whatever the client sent, the runner sees only ours. */
-    evbuffer_add_printf(out, "X-Daytona-Authorization: Bearer %s\r\n",
-                        sb->runner_key ? sb->runner_key : "");
+    add_field(out, "X-Daytona-Authorization: Bearer ",
+              sb->runner_key ? px_str_make(sb->runner_key, strlen(sb->runner_key)) : PX_STR_NULL);
     if (xfh != NULL) /* custom-domain front ends send the original host [compat] */
-        evbuffer_add_printf(out, "X-Forwarded-Host: %.*s\r\n", (int)xfh->value.len, xfh->value.p);
+        add_field(out, "X-Forwarded-Host: ", xfh->value);
     else
-        evbuffer_add_printf(out, "X-Forwarded-Host: %.*s\r\n", (int)r->host.len, r->host.p);
+        add_field(out, "X-Forwarded-Host: ", r->host);
     if (xff != NULL && c->peer_trusted)
         evbuffer_add_printf(out, "X-Forwarded-For: %.*s, %s\r\n", (int)xff->value.len,
                             xff->value.p, c->peer_ip);
     else
-        evbuffer_add_printf(out, "X-Forwarded-For: %s\r\n", c->peer_ip);
+        add_field(out, "X-Forwarded-For: ", px_str_make(c->peer_ip, strlen(c->peer_ip)));
     if (xfp != NULL && c->peer_trusted)
         evbuffer_add_printf(out, "X-Forwarded-Proto: %.*s\r\n", (int)xfp->value.len, xfp->value.p);
     else
-        evbuffer_add_printf(out, "X-Forwarded-Proto: %s\r\n",
-                            c->srv->cfg->external_https || c->tls ? "https" : "http");
-    evbuffer_add_printf(out, "X-Request-Id: %s\r\n", c->reqid);
+        add_str(out, c->srv->cfg->external_https || c->tls ? "X-Forwarded-Proto: https\r\n"
+                                                           : "X-Forwarded-Proto: http\r\n");
+    add_field(out, "X-Request-Id: ", px_str_make(c->reqid, strlen(c->reqid)));
     if (r->ws_upgrade)
         evbuffer_add(out, "Connection: Upgrade\r\nUpgrade: websocket\r\n", 41);
     if (c->req_body == BODY_LENGTH)
-        evbuffer_add_printf(out, "Content-Length: %lld\r\n", (long long)r->content_length);
+    {
+        add_str(out, "Content-Length: ");
+        add_u64(out, (uint64_t)r->content_length);
+        evbuffer_add(out, "\r\n", 2);
+    }
     else if (c->req_body == BODY_CHUNKED)
         evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
     else if (r->content_length == 0)
@@ -1198,8 +1248,11 @@ static void add_response_head(struct px_conn *c, struct evbuffer *out)
     for (int i = 0; i < rs->nhdrs; i++)
         if (px_str_ieq(rs->hdrs[i].name, PX_STR("connection")))
             conn_value = rs->hdrs[i].value;
-    evbuffer_add_printf(out, "HTTP/1.%d %d %.*s\r\n", minor, rs->status, (int)rs->reason.len,
-                        rs->reason.p);
+    add_str(out, minor ? "HTTP/1.1 " : "HTTP/1.0 ");
+    add_u64(out, (uint64_t)rs->status);
+    evbuffer_add(out, " ", 1);
+    add_slice(out, rs->reason);
+    evbuffer_add(out, "\r\n", 2);
     for (int i = 0; i < rs->nhdrs; i++) {
         const struct px_hdr *f = &rs->hdrs[i];
         if (rs->status == 101 &&
@@ -1236,7 +1289,9 @@ static void add_response_head(struct px_conn *c, struct evbuffer *out)
     }
     switch (c->resp_body) {
     case BODY_LENGTH:
-        evbuffer_add_printf(out, "Content-Length: %lld\r\n", (long long)c->resp_left);
+        add_str(out, "Content-Length: ");
+        add_u64(out, (uint64_t)c->resp_left);
+        evbuffer_add(out, "\r\n", 2);
         break;
     case BODY_CHUNKED:
         if (minor == 1)

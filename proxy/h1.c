@@ -10,9 +10,31 @@
 
 #include "proxy/h1.h"
 
-static int tchar(unsigned char c)
+/* RFC 9110 5.6.2 token characters, as a table: this runs for every header byte. */
+static const unsigned char TCHAR[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+};
+
+static inline int tchar(unsigned char c)
 {
-    return isalnum(c) || (c && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+    return TCHAR[c];
+}
+
+/* Field value bytes: everything but controls other than HTAB, and DEL. */
+static inline int bad_value_byte(unsigned char c)
+{
+    return (c < 0x20 && c != '\t') || c == 0x7f;
 }
 
 enum px_parse px_h1_find_head(struct evbuffer *in, size_t max_line, size_t max_head,
@@ -69,8 +91,12 @@ static int scan_head(const char *p, size_t len, const char **why)
 
     while (i < len) {
         size_t s = i;
-        while (i < len && p[i] != '\r' && p[i] != '\n')
-            i++;
+        const char *cr = memchr(p + i, '\r', len - i);
+        i = cr != NULL ? (size_t)(cr - p) : len;
+        if (memchr(p + s, '\n', i - s) != NULL) { /* a bare LF inside the line */
+            *why = "bare CR or LF in the request head";
+            return -1;
+        }
         if (i + 1 >= len || p[i] != '\r' || p[i + 1] != '\n') {
             *why = "bare CR or LF in the request head";
             return -1;
@@ -91,8 +117,7 @@ static int scan_head(const char *p, size_t len, const char **why)
                 return -1;
             }
             for (k++; k < i; k++) {
-                unsigned char c = (unsigned char)p[k];
-                if ((c < 0x20 && c != '\t') || c == 0x7f) {
+                if (bad_value_byte((unsigned char)p[k])) {
                     *why = "control character in a header value";
                     return -1;
                 }

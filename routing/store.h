@@ -21,6 +21,7 @@ struct px_sandbox {
     int direct;
     int warning; /* -1 follow the global switch, else 0/1 */
     int wake_http;
+    unsigned packed : 1; /* made by px_sandbox_dup(): read-only, one block */
     /* parsed from runner_url */
     int runner_tls;
     char *runner_host;      /* owned; host without brackets */

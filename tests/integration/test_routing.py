@@ -351,3 +351,15 @@ def test_http10_without_host_is_a_base_host_request(px, runner):
     assert r is not None and r.status == 200, r
     assert r.json()["status"] == "ok"
     assert runner.requests() == []
+
+
+@pytest.mark.parametrize("bad_host", [
+    "..proxy.test", f"3000-{PUB}..proxy.test", f".3000-{PUB}.proxy.test",
+    f"3000-{PUB}.proxy.test/x", f"3000-{PUB}\\x.proxy.test", "[::1", f"3000-{PUB}.proxy.test:abc",
+    "a b",
+])
+def test_malformed_host_header_400(px, runner, bad_host):
+    """Host edge cases after nginx-tests http_host.t (STYLE 11)."""
+    r = raw_exchange(px.port, f"GET /x HTTP/1.1\r\nHost: {bad_host}\r\n\r\n".encode())
+    assert r is not None and r.status == 400, r
+    assert runner.requests() == []

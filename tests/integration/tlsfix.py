@@ -273,6 +273,7 @@ class H2Client:
         self.goaway = None
         self.closed = False
         self.auto_ack = True
+        self.no_stream_ack = set()   # streams whose DATA we do not acknowledge
         self.flush()
 
     def close(self):
@@ -318,7 +319,10 @@ class H2Client:
 
     def _send_pending(self):
         for st in self.streams.values():
-            while st.pending and not st.reset:
+            if st.reset is not None:
+                st.pending, st.end_after = b"", False
+                continue
+            while st.pending:
                 try:
                     win = self.conn.local_flow_control_window(st.id)
                 except Exception:
@@ -329,9 +333,16 @@ class H2Client:
                     break
                 self.conn.send_data(st.id, st.pending[:n])
                 st.pending = st.pending[n:]
-            if not st.pending and st.end_after and not st.reset:
+            if not st.pending and st.end_after:
                 st.end_after = False
                 self.conn.end_stream(st.id)
+
+    def reset(self, sid, code=8):
+        """Send RST_STREAM (default CANCEL) for sid."""
+        st = self.streams[sid]
+        st.reset, st.pending, st.end_after = code, b"", False
+        self.conn.reset_stream(sid, code)
+        self.flush()
 
     def _handle(self, ev):
         if isinstance(ev, h2.events.ResponseReceived):
@@ -345,7 +356,11 @@ class H2Client:
             if st is not None:
                 st.data += ev.data
             if self.auto_ack and ev.flow_controlled_length:
-                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                if ev.stream_id in self.no_stream_ack:
+                    # open the connection window only: this stream stays stalled
+                    self.conn.increment_flow_control_window(ev.flow_controlled_length)
+                else:
+                    self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
         elif isinstance(ev, h2.events.StreamEnded):
             self.streams[ev.stream_id].ended = True
         elif isinstance(ev, h2.events.StreamReset):
