@@ -1477,6 +1477,7 @@ static void on_response_bytes(struct px_conn *c)
 static void start_tunnel(struct px_conn *c)
 {
     struct bufferevent *client = c->bev, *runner = c->up->bev;
+    int raw = !c->tls && !c->h2_stream && !c->up->tls;
     const struct px_hdr *skip = px_head_get(&c->req, PX_STR("x-daytona-skip-last-activity-update"));
     int activity = skip == NULL || !px_str_ieq(skip->value, PX_STR("true"));
 
@@ -1490,7 +1491,7 @@ static void start_tunnel(struct px_conn *c)
     c->bev = NULL;
     c->up->bev = NULL;
     upstream_drop(c);
-    px_splice_start(c->srv, client, runner, c->sb->id, activity);
+    px_splice_start(c->srv, client, runner, c->sb->id, activity, raw);
     conn_close(c);
 }
 

@@ -1,16 +1,26 @@
 /* splice.c — a bidirectional byte relay between a client and a runner.
  *
- * Backpressure: when one side's output passes HIGH_WATER, the other side stops
- * reading until the output drains to half (STYLE 5, libevent le-proxy.c).
- * Closing: when either side ends (FIN or RST), what it sent before is flushed to
- * the other side, then both close. Idle: a tunnel with no bytes in either
- * direction for ws_idle_timeout is closed, which also reaps half-open and dead
- * peers (libevent's per-direction read timeout alone would close a tunnel that
- * is busy in one direction only, so a timeout re-arms when the other direction
- * moved recently). */
+ * Two engines behind one interface:
+ *  - raw: both ends are plain sockets. The bufferevents are dismantled and we
+ *    drive the file descriptors ourselves: read up to 64 KiB straight into the
+ *    other side's output buffer and write it out at once, so an echoed message
+ *    costs about one read and one write per direction, and EV_WRITE is
+ *    registered only while a peer is slow. (libevent's socket bufferevents read
+ *    at most 4 KiB per call and re-arm EV_WRITE for every message.) A FIN is
+ *    forwarded as shutdown(SHUT_WR): half-closed tunnels keep the other
+ *    direction open until it ends too, or until the idle timeout.
+ *  - bev: an end is TLS or an HTTP/2 stream's pair; bytes move between the
+ *    bufferevents, and either side ending closes both after a flush.
+ * Both apply backpressure (a side whose peer has HIGH_WATER unsent bytes stops
+ * reading) and close tunnels idle in both directions for ws_idle_timeout,
+ * which also reaps dead and half-open peers. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -19,23 +29,31 @@
 #include "ws/ws.h"
 
 #define HIGH_WATER (256 * 1024)
+#define READ_CHUNK (64 * 1024)
 #define FLUSH_TIMEOUT 10
+
+struct side {
+    evutil_socket_t fd;   /* raw engine: owned */
+    struct event *rev;    /* raw engine: owned; EV_READ with the idle timeout */
+    struct event *wev;    /* raw engine: owned; EV_WRITE while out is not empty */
+    struct evbuffer *out; /* raw engine: owned; bytes waiting to be written to fd */
+    unsigned rd_eof : 1;  /* fd sent FIN: nothing more to read */
+    unsigned wr_shut : 1; /* we sent FIN to fd */
+    unsigned paused : 1;  /* reading stopped because the peer's out is full */
+};
 
 struct px_splice {
     struct px_server *srv;      /* borrowed; outlives us */
-    struct bufferevent *a;      /* owned: the client */
-    struct bufferevent *b;      /* owned: the runner */
+    int raw;
+    struct side s[2];           /* raw: [0] client, [1] runner */
+    struct bufferevent *a;      /* bev engine: owned, the client */
+    struct bufferevent *b;      /* bev engine: owned, the runner */
     struct event *tick;         /* owned; activity refresh, NULL when opted out */
     char *sandbox_id;           /* owned */
     time_t last_io;
-    unsigned closing : 1;       /* one side ended: flushing the other, then destroy */
+    unsigned closing : 1;       /* bev engine: one side ended, flushing the other */
     struct px_splice *next, *prev; /* srv->splices */
 };
-
-static struct bufferevent *other(struct px_splice *s, struct bufferevent *bev)
-{
-    return bev == s->a ? s->b : s->a;
-}
 
 static void destroy(struct px_splice *s)
 {
@@ -50,15 +68,190 @@ static void destroy(struct px_splice *s)
     srv->nsplices--;
     if (s->tick != NULL)
         event_free(s->tick);
-    /* A bufferevent pair (an HTTP/2 stream) learns of the end only by a flush;
-     * sockets ignore it. */
-    bufferevent_flush(s->a, EV_READ | EV_WRITE, BEV_FINISHED);
-    bufferevent_free(s->a);
-    bufferevent_free(s->b);
+    if (s->raw) {
+        for (int i = 0; i < 2; i++) {
+            if (s->s[i].rev != NULL)
+                event_free(s->s[i].rev);
+            if (s->s[i].wev != NULL)
+                event_free(s->s[i].wev);
+            if (s->s[i].out != NULL)
+                evbuffer_free(s->s[i].out);
+            if (s->s[i].fd >= 0)
+                evutil_closesocket(s->s[i].fd);
+        }
+    } else {
+        /* A bufferevent pair (an HTTP/2 stream) learns of the end only by a
+         * flush; sockets ignore it. */
+        bufferevent_flush(s->a, EV_READ | EV_WRITE, BEV_FINISHED);
+        bufferevent_free(s->a);
+        bufferevent_free(s->b);
+    }
     free(s->sandbox_id);
     free(s);
     if (srv->draining && srv->nconns == 0 && srv->nsplices == 0 && srv->nh2 == 0)
         event_base_loopexit(srv->base, NULL);
+}
+
+/* ---- raw engine ---- */
+
+static void raw_idle_arm(struct px_splice *s, struct side *d)
+{
+    struct timeval idle = {s->srv->cfg->ws_idle_timeout, 0};
+    event_add(d->rev, &idle);
+}
+
+/* Writes what d->out holds. Returns -1 when the peer is gone. */
+static int raw_flush(struct px_splice *s, int j)
+{
+    struct side *d = &s->s[j];
+    struct side *src = &s->s[1 - j];
+
+    while (evbuffer_get_length(d->out) > 0) {
+        int n = evbuffer_write(d->out, d->fd);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                break;
+            return -1;
+        }
+        s->last_io = time(NULL);
+    }
+    if (evbuffer_get_length(d->out) > 0) {
+        event_add(d->wev, NULL);
+        return 0;
+    }
+    event_del(d->wev);
+    if (src->paused && !src->rd_eof) { /* the slow side caught up */
+        src->paused = 0;
+        raw_idle_arm(s, src);
+    }
+    if (src->rd_eof && !d->wr_shut) { /* forward the FIN once everything is out */
+        shutdown(d->fd, SHUT_WR);
+        d->wr_shut = 1;
+    }
+    return 0;
+}
+
+static int raw_done(const struct px_splice *s)
+{
+    return s->s[0].rd_eof && s->s[1].rd_eof && evbuffer_get_length(s->s[0].out) == 0 &&
+           evbuffer_get_length(s->s[1].out) == 0;
+}
+
+static void raw_on_read(evutil_socket_t fd, short what, void *arg)
+{
+    struct px_splice *s = arg;
+    int i = s->s[0].fd == fd ? 0 : 1; /* which side fired */
+    struct side *src = &s->s[i];
+    struct side *dst = &s->s[1 - i];
+
+    if (what & EV_TIMEOUT) {
+        if (time(NULL) - s->last_io < s->srv->cfg->ws_idle_timeout) {
+            raw_idle_arm(s, src);
+            return;
+        }
+        destroy(s); /* idle both ways: a dead or half-open peer */
+        return;
+    }
+    for (int rounds = 0; rounds < 4; rounds++) {
+        struct evbuffer_iovec v[1];
+        if (evbuffer_reserve_space(dst->out, READ_CHUNK, v, 1) < 1) {
+            destroy(s);
+            return;
+        }
+        ssize_t n = read(fd, v[0].iov_base, v[0].iov_len);
+        if (n < 0) {
+            evbuffer_commit_space(dst->out, v, 0);
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                break;
+            destroy(s); /* RST: nothing useful can follow */
+            return;
+        }
+        v[0].iov_len = (size_t)n;
+        evbuffer_commit_space(dst->out, v, 1);
+        if (n == 0) {
+            src->rd_eof = 1;
+            event_del(src->rev);
+            break;
+        }
+        s->last_io = time(NULL);
+        if ((size_t)n < READ_CHUNK)
+            break; /* drained: skip the read that would say EAGAIN */
+    }
+    if (raw_flush(s, 1 - i) != 0) {
+        destroy(s);
+        return;
+    }
+    if (raw_done(s)) {
+        destroy(s);
+        return;
+    }
+    if (!src->rd_eof && evbuffer_get_length(dst->out) >= HIGH_WATER) {
+        src->paused = 1; /* the peer is slow: stop reading until it drains */
+        event_del(src->rev);
+    }
+}
+
+static void raw_on_write(evutil_socket_t fd, short what, void *arg)
+{
+    struct px_splice *s = arg;
+    int j = s->s[0].fd == fd ? 0 : 1;
+    (void)what;
+
+    if (raw_flush(s, j) != 0 || raw_done(s))
+        destroy(s);
+}
+
+/* Moves src's bytes to the end of dst. A bufferevent may hold its buffers
+ * frozen (moves and copies then fail); it is about to be freed, so thaw them. */
+static void take(struct evbuffer *dst, struct evbuffer *src)
+{
+    evbuffer_unfreeze(src, 0);
+    evbuffer_unfreeze(src, 1);
+    evbuffer_add_buffer(dst, src);
+}
+
+/* Takes the sockets out of their bufferevents, with what they had buffered. */
+static int raw_start(struct px_splice *s, struct bufferevent *client, struct bufferevent *runner)
+{
+    struct bufferevent *bev[2] = {client, runner};
+
+    for (int i = 0; i < 2; i++) {
+        struct side *d = &s->s[i];
+        d->out = evbuffer_new();
+        d->rev = event_new(s->srv->base, bufferevent_getfd(bev[i]), EV_READ | EV_PERSIST,
+                           raw_on_read, s);
+        d->wev = event_new(s->srv->base, bufferevent_getfd(bev[i]), EV_WRITE | EV_PERSIST,
+                           raw_on_write, s);
+        if (d->out == NULL || d->rev == NULL || d->wev == NULL) {
+            bufferevent_free(client);
+            bufferevent_free(runner);
+            return -1;
+        }
+    }
+    /* Unsent bytes stay in order: what each bev still had to write goes first
+     * (the 101 head, for the client); then what each had read is for the other. */
+    for (int i = 0; i < 2; i++)
+        take(s->s[i].out, bufferevent_get_output(bev[i]));
+    for (int i = 0; i < 2; i++)
+        take(s->s[1 - i].out, bufferevent_get_input(bev[i]));
+    for (int i = 0; i < 2; i++) {
+        s->s[i].fd = bufferevent_getfd(bev[i]); /* ours from here */
+        bufferevent_setfd(bev[i], -1);          /* detach: freeing it must not close the fd */
+        bufferevent_free(bev[i]);
+    }
+    for (int i = 0; i < 2; i++) {
+        raw_idle_arm(s, &s->s[i]);
+        if (raw_flush(s, i) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- bufferevent engine ---- */
+
+static struct bufferevent *other(struct px_splice *s, struct bufferevent *bev)
+{
+    return bev == s->a ? s->b : s->a;
 }
 
 static void relay(struct px_splice *s, struct bufferevent *src)
@@ -106,7 +299,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
             bufferevent_enable(bev, what & BEV_EVENT_READING ? EV_READ : EV_WRITE);
             return;
         }
-        destroy(s); /* idle both ways: a dead or half-open peer */
+        destroy(s);
         return;
     }
     if (s->closing) { /* the side we were flushing to failed too */
@@ -128,6 +321,25 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     bufferevent_enable(dst, EV_WRITE);
 }
 
+static void bev_start(struct px_splice *s)
+{
+    struct timeval idle = {s->srv->cfg->ws_idle_timeout, 0};
+
+    for (int i = 0; i < 2; i++) {
+        struct bufferevent *bev = i ? s->b : s->a;
+        bufferevent_setcb(bev, on_read, on_write, on_event, s);
+        bufferevent_setwatermark(bev, EV_READ, 0, 0);
+        bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
+        bufferevent_set_timeouts(bev, &idle, NULL);
+        bufferevent_enable(bev, EV_READ | EV_WRITE);
+    }
+    /* Bytes after the 101 head are already WebSocket frames. */
+    relay(s, s->a);
+    relay(s, s->b);
+}
+
+/* ---- common ---- */
+
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct px_splice *s = arg;
@@ -138,10 +350,9 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 }
 
 int px_splice_start(struct px_server *srv, struct bufferevent *client, struct bufferevent *runner,
-                    const char *sandbox_id, int activity)
+                    const char *sandbox_id, int activity, int raw)
 {
     struct px_splice *s = calloc(1, sizeof(*s));
-    struct timeval idle = {srv->cfg->ws_idle_timeout, 0};
     struct timeval tick = {PX_ACTIVITY_REFRESH, 0};
 
     if (s == NULL || (s->sandbox_id = strdup(sandbox_id)) == NULL) {
@@ -151,27 +362,26 @@ int px_splice_start(struct px_server *srv, struct bufferevent *client, struct bu
         return -1;
     }
     s->srv = srv;
-    s->a = client;
-    s->b = runner;
     s->last_io = time(NULL);
-    if (activity && (s->tick = event_new(srv->base, -1, EV_PERSIST, on_tick, s)) != NULL)
-        evtimer_add(s->tick, &tick);
     s->next = srv->splices;
     if (srv->splices != NULL)
         srv->splices->prev = s;
     srv->splices = s;
     srv->nsplices++;
-    for (int i = 0; i < 2; i++) {
-        struct bufferevent *bev = i ? runner : client;
-        bufferevent_setcb(bev, on_read, on_write, on_event, s);
-        bufferevent_setwatermark(bev, EV_READ, 0, 0);
-        bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
-        bufferevent_set_timeouts(bev, &idle, NULL);
-        bufferevent_enable(bev, EV_READ | EV_WRITE);
+    if (activity && (s->tick = event_new(srv->base, -1, EV_PERSIST, on_tick, s)) != NULL)
+        evtimer_add(s->tick, &tick);
+    if (raw) {
+        s->raw = 1;
+        s->s[0].fd = s->s[1].fd = -1;
+        if (raw_start(s, client, runner) != 0) {
+            destroy(s);
+            return -1;
+        }
+        return 0;
     }
-    /* Bytes after the 101 head are already WebSocket frames. */
-    relay(s, client);
-    relay(s, runner);
+    s->a = client;
+    s->b = runner;
+    bev_start(s);
     return 0;
 }
 
