@@ -1197,16 +1197,19 @@ static int connect_upstream(struct px_conn *c, int allow_pool)
 
 static void forward(struct px_conn *c)
 {
-    struct evbuffer *head;
-
     if (connect_upstream(c, 1) != 0)
         return fail(c, 502, NULL, "cannot connect to the runner");
-    if ((head = evbuffer_new()) == NULL)
-        return conn_close(c);
     gettimeofday(&c->t_upstream, NULL);
-    build_request(c, head);
-    up_write_buffer(c, head);
-    evbuffer_free(head);
+    if (c->replay == NULL) { /* the common case: straight into the socket's buffer */
+        build_request(c, bufferevent_get_output(c->up->bev));
+    } else {
+        struct evbuffer *head = evbuffer_new();
+        if (head == NULL)
+            return conn_close(c);
+        build_request(c, head);
+        up_write_buffer(c, head);
+        evbuffer_free(head);
+    }
     set_state(c, PX_CONN_STREAM);
     pump_request(c);
 }
@@ -1604,7 +1607,9 @@ static void on_client_event(struct bufferevent *bev, short what, void *arg)
         conn_close(c);
         break;
     case PX_CONN_STREAM:
-        if ((what & BEV_EVENT_EOF) && c->req_done) {
+        if ((what & BEV_EVENT_EOF) && c->req_done && !c->h2_stream) {
+            /* (An HTTP/2 stream's end means it was reset or its connection died:
+             * nobody will read the answer, so it falls through to the abort.) */
             /* Half-close after a complete request: finish the response, then close. */
             c->keepalive = 0;
             bufferevent_disable(c->bev, EV_READ);

@@ -229,8 +229,7 @@ const struct px_hdr *px_head_get(const struct px_head *h, struct px_str name)
 
 void px_head_free(struct px_head *h)
 {
-    free(h->buf);
-    free(h->hdrs);
+    free(h->hdrs); /* the head's bytes live in the same block */
     memset(h, 0, sizeof(*h));
 }
 
@@ -281,13 +280,14 @@ static int parse_common(struct px_head *h, const char *data, size_t len, int max
         *why = "too many header fields";
         return -2;
     }
-    h->buf = malloc(len + 1);
     h->cap = nf > 0 ? nf : 1;
-    h->hdrs = malloc(sizeof(*h->hdrs) * (size_t)h->cap);
-    if (h->buf == NULL || h->hdrs == NULL) {
+    /* One block: the header array, then the head's bytes. */
+    h->hdrs = malloc(sizeof(*h->hdrs) * (size_t)h->cap + len + 1);
+    if (h->hdrs == NULL) {
         *why = "out of memory";
         return -3;
     }
+    h->buf = (char *)(h->hdrs + h->cap);
     memcpy(h->buf, data, len);
     h->buf[len] = '\0';
     h->len = len;

@@ -137,13 +137,26 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
         px_log(PX_WARN, "SIGHUP: keeping the old configuration: %s", err);
         return;
     }
+    if (srv->tls != NULL) {
+        struct px_tls *t = px_tls_load(cfg, err, sizeof(err));
+        if (t == NULL || ntls_sets == (int)(sizeof(tls_sets) / sizeof(tls_sets[0]))) {
+            px_log(PX_WARN, "SIGHUP: keeping the old configuration and certificates: %s",
+                   t == NULL ? err : "too many reloads");
+            px_tls_free(t);
+            px_config_free(cfg);
+            return;
+        }
+        tls_sets[ntls_sets++] = t;
+        srv->tls = t; /* new handshakes use the new certificates; open connections keep theirs */
+    }
     configs[nconfigs++] = cfg;
     if (cfg->cookie_secret == NULL && srv->cfg->cookie_secret != NULL)
         cfg->cookie_secret = strdup(srv->cfg->cookie_secret); /* keep issued cookies valid */
     srv->cfg = cfg;
     px_lookup_set_config(cfg);
     px_log_level = cfg->log_level;
-    px_log(PX_INFO, "SIGHUP: configuration reloaded (listeners unchanged)");
+    px_log(PX_INFO, "SIGHUP: configuration%s reloaded (listeners unchanged)",
+           srv->tls != NULL ? " and certificates" : "");
 }
 
 static int run_worker(struct px_config *cfg)

@@ -571,7 +571,10 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user
             budget(h, &h->settings, "SETTINGS flood");
         break;
     case NGHTTP2_RST_STREAM:
-        budget(h, &h->resets, "rapid reset");
+        /* Only resets that cancel work count: a client answers DATA that was in
+         * flight for a stream it already reset with more RST_STREAMs. */
+        if (get_stream(h, f->hd.stream_id) != NULL)
+            budget(h, &h->resets, "rapid reset");
         break;
     case NGHTTP2_DATA:
         if (f->hd.length == 0 && !(f->hd.flags & NGHTTP2_FLAG_END_STREAM))
@@ -669,8 +672,15 @@ static void on_read(struct bufferevent *bev, void *arg)
         h->in_ng--;
         if (n < 0) {
             px_log(PX_INFO, "h2: closing: %s", nghttp2_strerror((int)n));
-            h2_send(h); /* nghttp2 may have a GOAWAY queued */
-            h->doomed = 1;
+            /* A fatal receive error queues nothing by itself: say why before closing. */
+            nghttp2_session_terminate_session(h->ng, n == NGHTTP2_ERR_FLOODED ||
+                                                             n == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS
+                                                         ? NGHTTP2_ENHANCE_YOUR_CALM
+                                                         : NGHTTP2_PROTOCOL_ERROR);
+            h2_send(h);
+            /* No more reading; h2_send() closes once the GOAWAY is written. */
+            bufferevent_disable(h->bev, EV_READ);
+            evbuffer_drain(in, evbuffer_get_length(in));
             break;
         }
         evbuffer_drain(in, (size_t)n);

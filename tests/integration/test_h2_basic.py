@@ -12,7 +12,7 @@ import time
 import pytest
 
 from helpers import (BASE_DOMAIN, DIRECT, PRIV, PRIV_TOKEN, PUB, RUNNER_KEY, host, pattern_bytes,
-                     raw_exchange, request_bytes, runner_prefix, wait_until)
+                     raw_exchange, request_bytes, runner_prefix)
 from tlsfix import *  # noqa: F401,F403
 from tlsfix import H2Client, curl, sha256_file
 
@@ -347,7 +347,7 @@ def test_upload_to_stalled_upstream_is_flow_controlled(tp, pki):
         n = 64 * MiB
         with client(tp, pki, True, timeout=30) as c:
             sid = c.request("POST", "/sink", h, [("content-length", str(n))], body=bytes(n))
-            deadline = time.monotonic() + 3
+            deadline = time.monotonic() + 2
             while time.monotonic() < deadline:
                 c.pump_once(0.2)
             sent = n - len(c.streams[sid].pending)
@@ -377,3 +377,21 @@ def test_many_connections_and_client_disconnects(tp, pki, runner):
     assert tp.health_ok()
     with client(tp, pki, True) as c:
         assert c.get("/x", h).status == 200
+
+
+def test_curl_h2c_prior_knowledge_and_upgrade_header(tp, runner):
+    """curl --http2-prior-knowledge speaks h2c to the plaintext listener; plain
+    --http2 on http:// sends `Upgrade: h2c`, which the proxy may ignore (answer
+    HTTP/1.1) but must not pass to the runner."""
+    h = host(3000, PUB)
+    base = ["--resolve", f"{h}:{tp.port}:127.0.0.1", "-w", "\n%{http_version} %{http_code}"]
+    p = curl(["--http2-prior-knowledge"] + base + [f"http://{h}:{tp.port}/pk"])
+    body, _, tail = p.stdout.rpartition(b"\n")
+    assert tail.split() == [b"2", b"200"], (p.stdout[-300:], p.stderr)
+    assert json.loads(body)["target"].endswith("/pk")
+    p = curl(["--http2"] + base + [f"http://{h}:{tp.port}/upg"])
+    body, _, tail = p.stdout.rpartition(b"\n")
+    assert tail.split()[1] == b"200", (p.stdout[-300:], p.stderr)
+    rec = runner.wait_for("/upg")[0]
+    names = [k.lower() for k, _ in rec["headers"]]
+    assert "upgrade" not in names and "http2-settings" not in names, rec["headers"]

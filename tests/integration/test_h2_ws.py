@@ -6,7 +6,6 @@ WebSocket frames both ways; the test builds and parses (masked) frames itself.
 Upstreams: servers/ws_echo.py in direct mode (sandbox sbxdirect, preview host
 {wsport}-sbxdirect.{domain}), and runner.py in runner-path mode (it echoes raw
 bytes after its 101, and records the upgrade request it got)."""
-import json
 import os
 import struct
 

@@ -104,7 +104,7 @@ def test_sighup_keeps_h2_connection_streaming(rp, pki, live, runner):
         assert st.status == 200 and bytes(st.data) == pattern_bytes(3000000)
         st = c.get("/after-hup", h)
         assert st.status == 200
-    assert wait_until(lambda: peer_cert(rp.tls_port, h, pki)[0] == pki.cn("a2"), timeout=5,
+    assert wait_until(lambda: peer_cert(rp.tls_port, h, pki)[0] == pki.cn("a2"), timeout=3,
                       what="new certificate")
 
 
@@ -123,11 +123,11 @@ def test_sighup_with_broken_certificate_keeps_old(rp, pki, live, runner):
     # ... and a log line names the problem
     wait_until(lambda: any(("tls_cert" in ln or live[0] in ln or "certificate" in ln.lower())
                            for ln in rp.log()[mark:].splitlines()),
-               timeout=5, what="a log line about the broken certificate")
+               timeout=3, what="a log line about the broken certificate")
     # a later good reload works again
     install(pki, "a2", live)
     hup(rp)
-    wait_until(lambda: peer_cert(rp.tls_port, h, pki)[0] == pki.cn("a2"), timeout=5,
+    wait_until(lambda: peer_cert(rp.tls_port, h, pki)[0] == pki.cn("a2"), timeout=3,
                what="the new certificate after fixing the file")
 
 
@@ -140,7 +140,7 @@ def test_sighup_with_mismatched_key_keeps_old(rp, pki, live, runner):
     wait_until(lambda: any(("tls_cert" in ln or live[0] in ln or "key" in ln.lower())
                            for ln in rp.log()[mark:].splitlines()
                            if "SIGHUP" in ln or "tls" in ln.lower()),
-               timeout=5, what="a log line about the mismatched key")
+               timeout=3, what="a log line about the mismatched key")
 
 
 def test_sighup_unchanged_certificates_keep_serving(rp, pki, runner):

@@ -132,7 +132,8 @@ def tls_proxy(proxy, pki):
     with .tls_port. The plaintext listener of the factory stays as well."""
     def make(certs=None, settings=None, extra=(), **kw):
         port = free_port()
-        s = {"domains": DOMAINS}
+        # shutdown_timeout 2: a teardown that has to wait for it costs less
+        s = {"domains": DOMAINS, "shutdown_timeout": "2"}
         s.update(settings or {})
         p = proxy(settings=s, extra=tls_lines(pki, port, certs) + list(extra), **kw)
         p.tls_port = port
