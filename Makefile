@@ -1,8 +1,9 @@
 # preview-proxy — see README.md. `make run` and `make test` install what they need.
 PKGS    := libevent libevent_openssl libevent_pthreads openssl libnghttp2 hiredis
 APT_PKGS := build-essential pkg-config libevent-dev libssl-dev libnghttp2-dev libhiredis-dev \
-            libhttp-parser-dev libcmocka-dev redis-server curl wrk nginx-light nghttp2-client \
-            python3 python3-pytest python3-requests python3-websockets python3-h2
+            libhttp-parser-dev python3 redis-server curl
+TEST_PKGS := libcmocka-dev wrk nginx-light nghttp2-client openssl python3-pytest \
+            python3-requests python3-websockets python3-h2
 CC      ?= cc
 SAN     ?= 0
 BUILD   := build
@@ -24,7 +25,7 @@ LIB_OBJ   := $(filter-out $(BUILD)/obj/proxy/main.o,$(PROXY_OBJ))
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps run test test-unit test-integration test-san check clean bench
+.PHONY: all deps test-deps run test test-unit test-integration test-san check clean bench
 
 all: $(BUILD)/preview-proxy $(BUILD)/proxyctl
 
@@ -44,19 +45,20 @@ $(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJ)
 
 # Installs missing Debian packages (needs root on a fresh machine).
 deps:
-	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	fi
-	@for s in tests/browser/setup.sh tests/terminal/setup.sh; do [ -f $$s ] && sh $$s || exit 1; done
+	@./scripts/apt-install.sh $(APT_PKGS)
+
+# What the tests need on top: test tools, Chromium and the npm packages of the
+# browser tests (never a downloaded browser).
+test-deps: deps
+	@./scripts/apt-install.sh $(TEST_PKGS)
+	@for s in tests/browser/setup.sh tests/terminal/setup.sh; do sh $$s || exit 1; done
 
 run: deps
 	$(MAKE) all
 	./scripts/run-demo.sh $(BUILD)/preview-proxy
 
 # Everything, twice: the normal build, then the ASan+UBSan build (make check).
-test: deps
+test: test-deps
 	$(MAKE) all
 	$(MAKE) test-unit
 	$(MAKE) test-integration
@@ -75,7 +77,7 @@ test-integration: $(BUILD)/preview-proxy $(BUILD)/proxyctl
 test-san:
 	ASAN_OPTIONS=quarantine_size_mb=16:detect_leaks=1 $(MAKE) SAN=1 all test-unit test-integration
 
-check: deps
+check: test-deps
 	$(MAKE) test-san
 
 bench: all
