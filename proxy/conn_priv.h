@@ -1,0 +1,159 @@
+/* conn_priv.h — the connection module's private vocabulary, shared by
+ * conn.c (lifetime, client I/O, local responses), route.c (routing and
+ * authentication) and forward.c (the runner side). Nothing outside proxy/
+ * includes it. */
+#ifndef PX_CONN_PRIV_H
+#define PX_CONN_PRIV_H
+
+#include <arpa/inet.h>
+#include <sys/time.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "proxy/h1.h"
+#include "proxy/px.h"
+#include "proxy/server.h"
+#include "routing/route.h"
+
+struct px_auth;
+struct px_lk;
+struct px_sandbox;
+struct px_upstream;
+
+#define PX_HIGH_WATER (256 * 1024)
+#define PX_REPLAY_MAX (256 * 1024) /* SPEC 9: retry only bodies buffered whole */
+#define PX_MAX_RESP_HEAD (64 * 1024)
+
+enum px_conn_state {
+    PX_CONN_IDLE = 0, /* between requests; keepalive timer armed */
+    PX_CONN_HEAD,     /* reading a request head; header timer armed */
+    PX_CONN_AUTH,     /* auth lookup in flight; no timer (the lookup has its own) */
+    PX_CONN_STREAM,   /* request forwarded; upstream timers on the upstream bev */
+    PX_CONN_CLOSING,  /* flushing our output, then destroy */
+};
+
+enum body_kind { BODY_NONE = 0, BODY_LENGTH, BODY_CHUNKED, BODY_EOF };
+
+enum resp_state { RESP_HEAD = 0, RESP_BODY, RESP_DONE };
+
+struct px_conn {
+    uint64_t id;                 /* for logs; never reused */
+    enum px_conn_state state;
+    struct px_server *srv;       /* borrowed; outlives us */
+    struct bufferevent *bev;     /* owned; frees the fd */
+    struct event *timer;         /* owned; keepalive / header timer */
+    char peer_ip[INET6_ADDRSTRLEN];
+    struct sockaddr_storage peer;
+    unsigned tls : 1;            /* the client reached us over TLS */
+    unsigned h2_stream : 1;      /* an HTTP/2 stream bridged by tls/h2.c */
+    unsigned nreq;               /* requests seen on this connection */
+    unsigned peer_trusted : 1;
+    unsigned busy;               /* >0 while our frames are on the stack */
+    unsigned doomed : 1;         /* destroy as soon as busy == 0 */
+    struct px_conn *next, *prev; /* srv->conns */
+
+    /* The current exchange; reset by exchange_reset(). */
+    struct px_head req;          /* owned */
+    int have_req;
+    char reqid[24];
+    struct timeval t_start, t_upstream;
+    char loghost[80];            /* redacted host for the access log */
+    char host[256];              /* lowercased Host; the auth label points into it */
+    struct px_str label;         /* slice of host (or of req.buf for toolbox) */
+    struct px_str authority;     /* the routed authority as received: absolute-form target, else Host */
+    char *set_cookie;            /* owned; a full Set-Cookie line for the response, or NULL */
+    struct px_str path;          /* slice of req.buf: path+query as received */
+    struct px_auth *auth;        /* owned by auth/; we only cancel it */
+    struct px_lk *dom_lk;        /* owned by lookup.c; custom-domain lookup, we only cancel it */
+    char dom_sandbox[256];       /* the sandbox a custom domain names; the label points here */
+    struct px_host hinfo;        /* the parsed Host; slices into host */
+    struct px_sandbox *sb;       /* owned; the resolved sandbox */
+    unsigned port;               /* preview port */
+    unsigned toolbox : 1;
+    unsigned drop_authorization : 1;
+    struct px_str toolbox_rest;  /* slice of req.buf */
+    struct px_str query_token;   /* slice of req.buf */
+    unsigned has_query_token : 1;
+
+    enum body_kind req_body;
+    int64_t req_left;            /* BODY_LENGTH: bytes still to read */
+    struct px_chunked req_ch;
+    unsigned req_done : 1;       /* whole request body read from the client */
+    unsigned keepalive : 1;      /* keep the client connection after this exchange */
+
+    struct px_upstream *up;      /* owned; NULL until forwarded */
+    struct evbuffer *replay;     /* owned; bytes sent on a reused connection, for one retry */
+    unsigned retried : 1;
+    unsigned resp_seen : 1;      /* any response byte came back */
+
+    enum resp_state resp_st;
+    struct px_head resp;         /* owned */
+    enum body_kind resp_body;
+    int64_t resp_left;
+    struct px_chunked resp_ch;
+    unsigned resp_chunk_out : 1; /* we chunk an EOF-delimited body for the client */
+    unsigned up_reusable : 1;
+    unsigned no_activity : 1;    /* X-Daytona-Skip-Last-Activity-Update: true */
+    int status;                  /* status sent to the client, 0 before */
+    uint64_t bytes_out;          /* response body bytes sent */
+};
+
+#define clog(c, lvl, ...)                                                                          \
+    do {                                                                                           \
+        if ((lvl) <= px_log_level) {                                                               \
+            char ctx_[160];                                                                        \
+            snprintf(ctx_, sizeof(ctx_), "conn=%llu st=%s host=%s",                                \
+                     (unsigned long long)(c)->id, px_conn_state_name((c)->state),                          \
+                     (c)->loghost[0] ? (c)->loghost : "-");                                        \
+            px_logf((lvl), ctx_, __VA_ARGS__);                                                     \
+        }                                                                                          \
+    } while (0)
+
+/* conn.c */
+const char *px_conn_state_name(enum px_conn_state st);
+void px_conn_set_state(struct px_conn *c, enum px_conn_state next);
+void px_conn_arm_timer(struct px_conn *c, int seconds);
+void px_conn_upstream_drop(struct px_conn *c);
+void px_conn_destroy(struct px_conn *c);
+/* Safe at any depth (STYLE 8): destroys now, or when the callbacks unwind. */
+void px_conn_close(struct px_conn *c);
+/* Stop reading, flush what we wrote, then destroy. */
+void px_conn_linger(struct px_conn *c);
+void px_conn_access_log(struct px_conn *c);
+int px_conn_wants_html(const struct px_conn *c);
+/* A complete response of our own; the connection is kept only if the request
+ * body was read whole and the client wants it kept. */
+void px_conn_respond(struct px_conn *c, int status, const char *ctype, struct evbuffer *body,
+                     const char *extra_headers);
+/* A response without a body or Content-Length (204). */
+void px_conn_respond_bare(struct px_conn *c, int status, const char *headers);
+void px_conn_fail(struct px_conn *c, int status, const char *code, const char *message);
+/* A request we cannot even frame: answer and close, nothing is forwarded. */
+void px_conn_fail_close(struct px_conn *c, int status, const char *message);
+void px_conn_loghost(struct px_conn *c, const struct px_host *h, int label_is_id);
+void px_conn_exchange_done(struct px_conn *c);
+void px_conn_step(struct px_conn *c);
+struct px_str px_path_only(struct px_str p);
+
+/* route.c: called once the request head is parsed */
+void px_route_request(struct px_conn *c);
+
+/* forward.c */
+void px_fwd_start(struct px_conn *c);
+void px_fwd_pump_request(struct px_conn *c);
+void px_fwd_on_response(struct px_conn *c);
+
+#define ENTER(c) ((c)->busy++)
+/* Leaving a callback: a finished exchange may leave a pipelined request waiting. */
+#define LEAVE(c)                                                                                   \
+    do {                                                                                           \
+        if ((c)->busy == 1 && !(c)->doomed && (c)->state == PX_CONN_IDLE &&                        \
+            evbuffer_get_length(bufferevent_get_input((c)->bev)) > 0)                              \
+            px_conn_step(c);                                                                          \
+        if (--(c)->busy == 0 && (c)->doomed)                                                       \
+            px_conn_destroy(c);                                                                       \
+    } while (0)
+
+#endif

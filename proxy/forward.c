@@ -1,0 +1,728 @@
+/* forward.c — the runner side of an exchange: the forwarded request head
+ * (SPEC 9 header rules), the upstream connection and its one retry, body
+ * pumping with backpressure both ways, the response head and body, wake-on-
+ * request, and the hand-over of WebSockets to ws/. Part of the connection
+ * module: it shares struct px_conn (conn_priv.h). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/time.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include "auth/activity.h"
+#include "proxy/browser.h"
+#include "proxy/conn_priv.h"
+#include "proxy/errors.h"
+#include "proxy/upstream.h"
+#include "routing/route.h"
+#include "routing/store.h"
+#include "ws/ws.h"
+
+static void on_up_read(struct bufferevent *bev, void *arg);
+static void on_up_write(struct bufferevent *bev, void *arg);
+static void on_up_event(struct bufferevent *bev, short what, void *arg);
+static void start_tunnel(struct px_conn *c);
+
+static void add_str(struct evbuffer *o, const char *s)
+{
+    evbuffer_add(o, s, strlen(s));
+}
+
+static void add_slice(struct evbuffer *o, struct px_str s)
+{
+    evbuffer_add(o, s.p, s.len);
+}
+
+static void add_u64(struct evbuffer *o, uint64_t v)
+{
+    char b[24];
+    int i = sizeof(b);
+
+    do {
+        b[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    evbuffer_add(o, b + i, sizeof(b) - (size_t)i);
+}
+
+/* "Name: value\r\n" */
+static void add_field(struct evbuffer *o, const char *name, struct px_str value)
+{
+    add_str(o, name);
+    add_slice(o, value);
+    evbuffer_add(o, "\r\n", 2);
+}
+
+static int hop_by_hop(struct px_str name, struct px_str conn_value)
+{
+    static const struct px_str hop[] = {
+        PX_STR("connection"), PX_STR("keep-alive"), PX_STR("proxy-connection"),
+        PX_STR("te"), PX_STR("trailer"), PX_STR("transfer-encoding"), PX_STR("upgrade"),
+        PX_STR("content-length"),
+    };
+    for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
+        if (px_str_ieq(name, hop[i]))
+            return 1;
+    return conn_value.len && px_token_list_has(conn_value, name);
+}
+
+/* Headers the proxy consumes or sets itself (SPEC 9). */
+static int consumed(const struct px_conn *c, struct px_str name)
+{
+    if (px_str_ieq(name, PX_STR("host")) || px_str_ieq(name, PX_STR("x-daytona-authorization")) ||
+        px_str_ieq(name, PX_STR("x-daytona-preview-token")) ||
+        px_str_ieq(name, PX_STR("x-daytona-disable-cors")) ||
+        px_str_ieq(name, PX_STR("x-forwarded-for")) ||
+        px_str_ieq(name, PX_STR("x-forwarded-proto")) ||
+        px_str_ieq(name, PX_STR("x-forwarded-host")))
+        return 1;
+    if (name.len >= 15 && !strncasecmp(name.p, "x-daytona-skip-", 15))
+        return 1;
+    if (c->drop_authorization && px_str_ieq(name, PX_STR("authorization")))
+        return 1;
+    return 0;
+}
+
+/* Copies the Cookie value without the proxy's own cookies. */
+static void add_cookie_filtered(struct evbuffer *out, struct px_str v)
+{
+    size_t i = 0;
+    int n = 0;
+
+    while (i < v.len) {
+        size_t s = i;
+        while (i < v.len && v.p[i] != ';')
+            i++;
+        struct px_str ck = px_str_make(v.p + s, i - s);
+        while (ck.len && (ck.p[0] == ' ' || ck.p[0] == '\t'))
+            ck.p++, ck.len--;
+        i++;
+        if (ck.len == 0 || (ck.len >= 21 && !strncmp(ck.p, "daytona-sandbox-auth-", 21)) ||
+            (ck.len >= 30 && !strncmp(ck.p, "daytona-preview-page-accepted=", 30)))
+            continue;
+        evbuffer_add_printf(out, n++ ? "; %.*s" : "Cookie: %.*s", (int)ck.len, ck.p);
+    }
+    if (n)
+        evbuffer_add(out, "\r\n", 2);
+}
+
+/* Appends the forwarded request head to out. */
+static void build_request(struct px_conn *c, struct evbuffer *out)
+{
+    const struct px_head *r = &c->req;
+    const struct px_sandbox *sb = c->sb;
+    struct px_str conn_value = PX_STR_NULL, target = c->path;
+    const struct px_hdr *xfh = NULL, *xff = NULL, *xfp = NULL;
+
+    add_slice(out, r->method);
+    evbuffer_add(out, " ", 1);
+    if (c->toolbox) {
+        add_str(out, "/sandboxes/");
+        add_str(out, sb->id);
+        add_str(out, "/toolbox");
+        target = c->toolbox_rest;
+    } else if (!sb->direct) {
+        add_str(out, "/sandboxes/");
+        add_str(out, sb->id);
+        add_str(out, "/toolbox/proxy/");
+        add_u64(out, c->port);
+    }
+    const char *q = memchr(target.p, '?', target.len);
+    if (q != NULL && c->has_query_token) {
+        /* Drop the consumed auth parameter; every other byte stays as received. */
+        struct px_str query = px_str_make(q + 1, target.len - (size_t)(q + 1 - target.p));
+        char *tmp = malloc(query.len + 1);
+        int found;
+        evbuffer_add(out, target.p, (size_t)(q - target.p));
+        if (tmp != NULL) {
+            size_t n = px_query_strip(query, PX_STR("DAYTONA_SANDBOX_AUTH_KEY"), tmp, &found, NULL);
+            if (n > 0) {
+                evbuffer_add(out, "?", 1);
+                evbuffer_add(out, tmp, n);
+            }
+            free(tmp);
+        }
+    } else {
+        evbuffer_add(out, target.p, target.len);
+    }
+    evbuffer_add(out, " HTTP/1.1\r\n", 11);
+    if (sb->direct && !c->toolbox)
+        add_field(out, "Host: ", r->host);
+    else
+        add_field(out, "Host: ", px_str_make(sb->runner_authority, strlen(sb->runner_authority)));
+
+    for (int i = 0; i < r->nhdrs; i++)
+        if (px_str_ieq(r->hdrs[i].name, PX_STR("connection")))
+            conn_value = r->hdrs[i].value;
+    for (int i = 0; i < r->nhdrs; i++) {
+        const struct px_hdr *f = &r->hdrs[i];
+        if (px_str_ieq(f->name, PX_STR("x-forwarded-host")))
+            xfh = f;
+        else if (px_str_ieq(f->name, PX_STR("x-forwarded-for")))
+            xff = f;
+        else if (px_str_ieq(f->name, PX_STR("x-forwarded-proto")))
+            xfp = f;
+        if (hop_by_hop(f->name, conn_value) || consumed(c, f->name))
+            continue;
+        if (px_str_ieq(f->name, PX_STR("cookie"))) {
+            add_cookie_filtered(out, f->value);
+            continue;
+        }
+        evbuffer_add(out, f->name.p, f->name.len);
+        evbuffer_add(out, ": ", 2);
+        evbuffer_add(out, f->value.p, f->value.len);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    /* Replace semantics: whatever the client sent, the runner sees only ours. */
+    add_field(out, "X-Daytona-Authorization: Bearer ",
+              sb->runner_key ? px_str_make(sb->runner_key, strlen(sb->runner_key)) : PX_STR_NULL);
+    if (xfh != NULL) /* custom-domain front ends send the original host [compat] */
+        add_field(out, "X-Forwarded-Host: ", xfh->value);
+    else
+        add_field(out, "X-Forwarded-Host: ", r->host);
+    if (xff != NULL && c->peer_trusted)
+        evbuffer_add_printf(out, "X-Forwarded-For: %.*s, %s\r\n", (int)xff->value.len,
+                            xff->value.p, c->peer_ip);
+    else
+        add_field(out, "X-Forwarded-For: ", px_str_make(c->peer_ip, strlen(c->peer_ip)));
+    if (xfp != NULL && c->peer_trusted)
+        evbuffer_add_printf(out, "X-Forwarded-Proto: %.*s\r\n", (int)xfp->value.len, xfp->value.p);
+    else
+        add_str(out, c->srv->cfg->external_https || c->tls ? "X-Forwarded-Proto: https\r\n"
+                                                           : "X-Forwarded-Proto: http\r\n");
+    add_field(out, "X-Request-Id: ", px_str_make(c->reqid, strlen(c->reqid)));
+    if (r->ws_upgrade)
+        evbuffer_add(out, "Connection: Upgrade\r\nUpgrade: websocket\r\n", 41);
+    if (c->req_body == BODY_LENGTH)
+    {
+        add_str(out, "Content-Length: ");
+        add_u64(out, (uint64_t)r->content_length);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    else if (c->req_body == BODY_CHUNKED)
+        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+    else if (r->content_length == 0)
+        evbuffer_add(out, "Content-Length: 0\r\n", 19);
+    evbuffer_add(out, "\r\n", 2);
+}
+
+static int idempotent(enum http_method m)
+{
+    return m == HTTP_GET || m == HTTP_HEAD || m == HTTP_OPTIONS || m == HTTP_PUT ||
+           m == HTTP_DELETE;
+}
+
+/* Writes bytes to the upstream, keeping a copy while a retry is still possible. */
+static void up_write_buffer(struct px_conn *c, struct evbuffer *data)
+{
+    struct evbuffer *out = bufferevent_get_output(c->up->bev);
+
+    if (c->replay != NULL) {
+        if (evbuffer_get_length(c->replay) + evbuffer_get_length(data) > PX_REPLAY_MAX) {
+            evbuffer_free(c->replay);
+            c->replay = NULL;
+        } else {
+            evbuffer_add_buffer_reference(c->replay, data);
+        }
+    }
+    evbuffer_add_buffer(out, data);
+}
+
+/* Moves request body bytes from the client to the upstream. */
+void px_fwd_pump_request(struct px_conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *tmp;
+
+    if (c->req_done || c->up == NULL)
+        return;
+    if ((tmp = evbuffer_new()) == NULL)
+        return px_conn_close(c);
+    if (c->req_body == BODY_LENGTH) {
+        size_t avail = evbuffer_get_length(in);
+        size_t n = (int64_t)avail < c->req_left ? avail : (size_t)c->req_left;
+        evbuffer_remove_buffer(in, tmp, n);
+        c->req_left -= (int64_t)n;
+        if (c->req_left == 0)
+            c->req_done = 1;
+    } else if (c->req_body == BODY_CHUNKED) {
+        switch (px_chunked_feed(&c->req_ch, in, tmp)) {
+        case PX_PARSE_OK:
+            c->req_done = 1;
+            break;
+        case PX_PARSE_AGAIN:
+            break;
+        case PX_PARSE_BAD:
+            evbuffer_free(tmp);
+            clog(c, PX_INFO, "bad chunked request body");
+            px_conn_upstream_drop(c);
+            if (c->status == 0)
+                return px_conn_fail_close(c, 400, "malformed chunked body");
+            return px_conn_close(c);
+        }
+    }
+    if (evbuffer_get_length(tmp) > 0)
+        up_write_buffer(c, tmp);
+    evbuffer_free(tmp);
+    if (c->req_done) {
+        /* SPEC 9: response_header_timeout counts from the end of the request. */
+        struct timeval tv = {c->srv->cfg->response_header_timeout, 0};
+        if (c->resp_st == RESP_HEAD)
+            bufferevent_set_timeouts(c->up->bev, &tv, NULL);
+        return;
+    }
+    if (evbuffer_get_length(bufferevent_get_output(c->up->bev)) >= PX_HIGH_WATER) {
+        bufferevent_disable(c->bev, EV_READ);
+        bufferevent_setwatermark(c->up->bev, EV_WRITE, PX_HIGH_WATER / 2, 0);
+    }
+}
+
+static int connect_upstream(struct px_conn *c, int allow_pool)
+{
+    const struct px_sandbox *sb = c->sb;
+    int port = sb->direct && !c->toolbox ? (int)c->port : sb->runner_port;
+    struct timeval tv = {c->srv->cfg->connect_timeout, 0};
+
+    int tls = sb->runner_tls && !(sb->direct && !c->toolbox);
+
+    c->up = allow_pool ? px_pool_take(c->srv->pool, sb->runner_host, port, tls) : NULL;
+    if (c->up == NULL) {
+        if ((c->up = px_upstream_connect(c->srv, sb->runner_host, port, tls)) == NULL)
+            return -1;
+        bufferevent_set_timeouts(c->up->bev, NULL, &tv); /* connect timeout */
+    }
+    bufferevent_setcb(c->up->bev, on_up_read, on_up_write, on_up_event, c);
+    bufferevent_enable(c->up->bev, EV_READ | EV_WRITE);
+    if (c->up->reused && idempotent(c->req.m) && !c->req.ws_upgrade) {
+        if ((c->replay = evbuffer_new()) == NULL)
+            return -1;
+    }
+    return 0;
+}
+
+void px_fwd_start(struct px_conn *c)
+{
+    if (connect_upstream(c, 1) != 0)
+        return px_conn_fail(c, 502, NULL, "cannot connect to the runner");
+    gettimeofday(&c->t_upstream, NULL);
+    if (c->replay == NULL) { /* the common case: straight into the socket's buffer */
+        build_request(c, bufferevent_get_output(c->up->bev));
+    } else {
+        struct evbuffer *head = evbuffer_new();
+        if (head == NULL)
+            return px_conn_close(c);
+        build_request(c, head);
+        up_write_buffer(c, head);
+        evbuffer_free(head);
+    }
+    px_conn_set_state(c, PX_CONN_STREAM);
+    px_fwd_pump_request(c);
+}
+
+/* The pooled connection was stale: one fresh attempt with the same bytes. */
+static int retry(struct px_conn *c)
+{
+    struct evbuffer *replay = c->replay;
+
+    if (replay == NULL || c->retried || c->resp_seen)
+        return -1;
+    clog(c, PX_INFO, "retrying on a fresh connection after a stale pooled one failed");
+    c->replay = NULL;
+    px_conn_upstream_drop(c);
+    c->retried = 1;
+    if (connect_upstream(c, 0) != 0) {
+        evbuffer_free(replay);
+        return -1;
+    }
+    evbuffer_add_buffer(bufferevent_get_output(c->up->bev), replay);
+    evbuffer_free(replay);
+    if (c->req_done) {
+        struct timeval tv = {c->srv->cfg->response_header_timeout, 0};
+        struct timeval ctv = {c->srv->cfg->connect_timeout, 0};
+        bufferevent_set_timeouts(c->up->bev, &tv, &ctv);
+    }
+    return 0;
+}
+
+static void add_response_head(struct px_conn *c, struct evbuffer *out)
+{
+    const struct px_head *rs = &c->resp;
+    struct px_str conn_value = PX_STR_NULL;
+    int minor = c->req.http_minor;
+    int cors = px_head_get(&c->req, PX_STR("origin")) != NULL && !px_cors_disabled(&c->req);
+
+    for (int i = 0; i < rs->nhdrs; i++)
+        if (px_str_ieq(rs->hdrs[i].name, PX_STR("connection")))
+            conn_value = rs->hdrs[i].value;
+    add_str(out, minor ? "HTTP/1.1 " : "HTTP/1.0 ");
+    add_u64(out, (uint64_t)rs->status);
+    evbuffer_add(out, " ", 1);
+    add_slice(out, rs->reason);
+    evbuffer_add(out, "\r\n", 2);
+    for (int i = 0; i < rs->nhdrs; i++) {
+        const struct px_hdr *f = &rs->hdrs[i];
+        if (rs->status == 101 &&
+            (px_str_ieq(f->name, PX_STR("upgrade")) || px_str_ieq(f->name, PX_STR("connection"))))
+            goto copy;
+        if (hop_by_hop(f->name, conn_value))
+            continue;
+        if (cors && px_cors_owned_header(f->name))
+            continue; /* ours replace the sandbox's: never two Allow-Origin headers */
+        if (c->toolbox && rs->status / 100 == 3 && px_str_ieq(f->name, PX_STR("location"))) {
+            /* [compat] keep redirects inside /toolbox/{id} */
+            char pre[300];
+            int n = snprintf(pre, sizeof(pre), "/toolbox/%s", c->sb->id);
+            if (f->value.len < (size_t)n || memcmp(f->value.p, pre, (size_t)n) != 0) {
+                evbuffer_add_printf(out, "Location: %s%s%.*s\r\n", pre,
+                                    f->value.len && f->value.p[0] == '/' ? "" : "/",
+                                    (int)f->value.len, f->value.p);
+                continue;
+            }
+        }
+    copy:
+        evbuffer_add(out, f->name.p, f->name.len);
+        evbuffer_add(out, ": ", 2);
+        evbuffer_add(out, f->value.p, f->value.len);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    if (c->set_cookie != NULL)
+        evbuffer_add(out, c->set_cookie, strlen(c->set_cookie));
+    if (cors)
+        px_cors_headers(out, &c->req);
+    if (rs->status == 101) {
+        evbuffer_add(out, "\r\n", 2);
+        return;
+    }
+    switch (c->resp_body) {
+    case BODY_LENGTH:
+        add_str(out, "Content-Length: ");
+        add_u64(out, (uint64_t)c->resp_left);
+        evbuffer_add(out, "\r\n", 2);
+        break;
+    case BODY_CHUNKED:
+        if (minor == 1)
+            evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+        else
+            c->keepalive = 0; /* HTTP/1.0 client: de-chunk and close to delimit */
+        break;
+    case BODY_EOF:
+        if (minor == 1) {
+            evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+            c->resp_chunk_out = 1;
+        } else {
+            c->keepalive = 0;
+        }
+        break;
+    case BODY_NONE:
+        if (rs->content_length >= 0) /* HEAD, 304: keep the representation's length */
+            evbuffer_add_printf(out, "Content-Length: %lld\r\n", (long long)rs->content_length);
+        else if (rs->status != 204 && rs->status != 304 && c->req.m != HTTP_HEAD)
+            evbuffer_add(out, "Content-Length: 0\r\n", 19);
+        break;
+    }
+    if (!c->req_done || c->srv->draining)
+        c->keepalive = 0;
+    if (!c->keepalive)
+        evbuffer_add(out, "Connection: close\r\n", 19);
+    else if (minor == 0)
+        evbuffer_add(out, "Connection: keep-alive\r\n", 24);
+    evbuffer_add(out, "\r\n", 2);
+}
+
+/* Reads the response head. Returns 1 when the body phase may start. */
+static int read_response_head(struct px_conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->up->bev);
+    size_t head_len;
+    int status;
+    const char *why = "malformed response head";
+
+    for (;;) {
+        switch (px_h1_find_head(in, PX_MAX_RESP_HEAD, PX_MAX_RESP_HEAD, &head_len, &status)) {
+        case PX_PARSE_AGAIN:
+            return 0;
+        case PX_PARSE_BAD:
+            goto bad;
+        case PX_PARSE_OK:
+            break;
+        }
+        const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)head_len);
+        px_head_free(&c->resp);
+        if (data == NULL || px_h1_parse_response(&c->resp, data, head_len, 1000, &why) != 0)
+            goto bad;
+        evbuffer_drain(in, head_len);
+        if (c->resp.status == 101) {
+            if (!c->req.ws_upgrade)
+                goto bad;
+            return 1;
+        }
+        if (c->resp.status / 100 != 1)
+            break;
+        /* 1xx: relay 100 Continue to a client that asked for it; drop the rest. */
+        if (c->resp.status == 100 && c->req.expect_continue && c->req.http_minor == 1)
+            evbuffer_add(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    }
+    c->up_reusable = c->resp.keepalive;
+    if (!px_h1_response_has_body(&c->resp, c->req.m)) {
+        c->resp_body = BODY_NONE;
+    } else if (c->resp.chunked) {
+        c->resp_body = BODY_CHUNKED;
+    } else if (c->resp.content_length >= 0) {
+        c->resp_body = c->resp.content_length > 0 ? BODY_LENGTH : BODY_NONE;
+        c->resp_left = c->resp.content_length;
+        if (c->resp.content_length == 0)
+            c->resp.content_length = 0;
+    } else {
+        c->resp_body = BODY_EOF;
+        c->up_reusable = 0;
+    }
+    return 1;
+bad:
+    clog(c, PX_WARN, "runner sent %s", why);
+    px_conn_upstream_drop(c);
+    if (c->status == 0)
+        px_conn_fail(c, 502, NULL, "the runner sent an invalid response");
+    else
+        px_conn_close(c);
+    return -1;
+}
+
+static void response_done(struct px_conn *c)
+{
+    c->resp_st = RESP_DONE;
+    if (c->up != NULL) {
+        int reusable = c->up_reusable && c->req_done;
+        struct px_upstream *up = c->up;
+        c->up = NULL;
+        px_upstream_release(c->srv->pool, up, reusable);
+    }
+    px_conn_exchange_done(c);
+}
+
+/* Moves response body bytes to the client. */
+static void pump_response(struct px_conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->up->bev);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+
+    switch (c->resp_body) {
+    case BODY_NONE:
+        return response_done(c);
+    case BODY_LENGTH: {
+        size_t avail = evbuffer_get_length(in);
+        size_t n = (int64_t)avail < c->resp_left ? avail : (size_t)c->resp_left;
+        evbuffer_remove_buffer(in, out, n);
+        c->resp_left -= (int64_t)n;
+        c->bytes_out += n;
+        if (c->resp_left == 0) {
+            if (evbuffer_get_length(in) > 0)
+                c->up_reusable = 0; /* the runner sent more than it announced */
+            return response_done(c);
+        }
+        break;
+    }
+    case BODY_CHUNKED: {
+        uint64_t t0 = c->resp_ch.total;
+        /* An HTTP/1.0 client gets plain bytes, delimited by close. */
+        c->resp_ch.plain = c->req.http_minor == 0;
+        enum px_parse r = px_chunked_feed(&c->resp_ch, in, out);
+        c->bytes_out += c->resp_ch.total - t0;
+        if (r == PX_PARSE_BAD) {
+            clog(c, PX_WARN, "runner sent a malformed chunked body");
+            px_conn_upstream_drop(c);
+            return px_conn_close(c);
+        }
+        if (r == PX_PARSE_OK)
+            return response_done(c);
+        break;
+    }
+    case BODY_EOF: {
+        size_t n = evbuffer_get_length(in);
+        if (n == 0)
+            break;
+        if (c->resp_chunk_out)
+            evbuffer_add_printf(out, "%zx\r\n", n);
+        evbuffer_remove_buffer(in, out, n);
+        if (c->resp_chunk_out)
+            evbuffer_add(out, "\r\n", 2);
+        c->bytes_out += n;
+        break;
+    }
+    }
+    if (c->up != NULL && evbuffer_get_length(out) >= PX_HIGH_WATER) {
+        bufferevent_disable(c->up->bev, EV_READ);
+        bufferevent_setwatermark(c->bev, EV_WRITE, PX_HIGH_WATER / 2, 0);
+    }
+}
+
+void px_fwd_on_response(struct px_conn *c)
+{
+    if (c->resp_st == RESP_HEAD) {
+        int r = read_response_head(c);
+        if (r <= 0)
+            return;
+        if (c->resp.status == 101)
+            return start_tunnel(c);
+        add_response_head(c, bufferevent_get_output(c->bev));
+        c->status = c->resp.status;
+        c->resp_st = RESP_BODY;
+        /* Streaming bodies (SSE, downloads) may idle for long; bound them by the
+         * long-lived connection timeout instead of the header timeout. */
+        struct timeval tv = {c->srv->cfg->ws_idle_timeout, 0};
+        bufferevent_set_timeouts(c->up->bev, &tv, NULL);
+        px_conn_arm_timer(c, PX_ACTIVITY_REFRESH);
+    }
+    if (c->resp_st == RESP_BODY)
+        pump_response(c);
+}
+
+static void start_tunnel(struct px_conn *c)
+{
+    struct bufferevent *client = c->bev, *runner = c->up->bev;
+    int raw = !c->tls && !c->h2_stream && !c->up->tls;
+    const struct px_hdr *skip = px_head_get(&c->req, PX_STR("x-daytona-skip-last-activity-update"));
+    int activity = skip == NULL || !px_str_ieq(skip->value, PX_STR("true"));
+
+    c->status = 101;
+    add_response_head(c, bufferevent_get_output(c->bev));
+    px_conn_access_log(c);
+    c->have_req = 0;
+    /* Both sockets leave this connection, whose per-request state is freed:
+     * an idle tunnel then costs only what ws/ keeps. */
+    evtimer_del(c->timer);
+    c->bev = NULL;
+    c->up->bev = NULL;
+    px_conn_upstream_drop(c);
+    px_splice_start(c->srv, client, runner, c->sb->id, activity, raw);
+    px_conn_close(c);
+}
+
+static void on_up_read(struct bufferevent *bev, void *arg)
+{
+    struct px_conn *c = arg;
+    (void)bev;
+
+    ENTER(c);
+    c->resp_seen = 1;
+    if (c->replay != NULL) { /* a byte came back: the request can no longer be retried */
+        evbuffer_free(c->replay);
+        c->replay = NULL;
+    }
+    if (c->state == PX_CONN_STREAM)
+        px_fwd_on_response(c);
+    LEAVE(c);
+}
+
+static void on_up_write(struct bufferevent *bev, void *arg)
+{
+    struct px_conn *c = arg;
+    (void)bev;
+
+    ENTER(c);
+    if (c->state == PX_CONN_STREAM) {
+        /* The runner drained below the low mark: resume reading the client. */
+        bufferevent_setwatermark(c->up->bev, EV_WRITE, 0, 0);
+        bufferevent_enable(c->bev, EV_READ);
+        if (evbuffer_get_length(bufferevent_get_input(c->bev)))
+            px_fwd_pump_request(c);
+    }
+    LEAVE(c);
+}
+
+/* SPEC 10: a stopped sandbox that wants waking, or one already starting. */
+static int sandbox_asleep(const struct px_conn *c)
+{
+    const char *st = c->sb->state ? c->sb->state : "started";
+
+    return !strcmp(st, "starting") || (c->sb->wake_http && !strcmp(st, "stopped"));
+}
+
+static void starting(struct px_conn *c)
+{
+    struct evbuffer *b = evbuffer_new();
+
+    if (b == NULL)
+        return px_conn_close(c);
+    if (!strcmp(c->sb->state ? c->sb->state : "", "stopped"))
+        px_activity_wake(c->sb->id);
+    if (px_conn_wants_html(c)) {
+        px_starting_page(b, c->reqid);
+        px_conn_respond(c, 503, "text/html; charset=utf-8", b, "Retry-After: 5\r\n");
+    } else {
+        struct px_error e = {503, "SANDBOX_STARTING", "the sandbox is starting; retry shortly"};
+        const char *ct = px_error_body(c->srv->cfg, b, &e, c->req.method, px_path_only(c->path),
+                                       c->reqid, 0);
+        px_conn_respond(c, 503, ct, b, "Retry-After: 5\r\n");
+    }
+    evbuffer_free(b);
+}
+
+static void on_up_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct px_conn *c = arg;
+    (void)bev;
+
+    ENTER(c);
+    if (what & BEV_EVENT_CONNECTED) {
+        c->up->connected = 1;
+        px_upstream_nodelay(c->up);
+        bufferevent_set_timeouts(c->up->bev, NULL, NULL);
+        if (c->req_done) {
+            struct timeval tv = {c->srv->cfg->response_header_timeout, 0};
+            bufferevent_set_timeouts(c->up->bev, &tv, NULL);
+        }
+        goto out;
+    }
+    if (c->state != PX_CONN_STREAM)
+        goto out;
+    if ((what & BEV_EVENT_EOF) && c->resp_st == RESP_BODY && c->resp_body == BODY_EOF) {
+        pump_response(c);
+        if (c->resp_chunk_out)
+            evbuffer_add(bufferevent_get_output(c->bev), "0\r\n\r\n", 5);
+        c->up_reusable = 0;
+        response_done(c);
+        goto out;
+    }
+    if (c->resp_st == RESP_HEAD) {
+        int timeout = (what & BEV_EVENT_TIMEOUT) != 0;
+        int connecting = !c->up->connected;
+        if (c->up->tls && connecting && !timeout) {
+            SSL *ssl = bufferevent_openssl_get_ssl(c->up->bev);
+            long vr = ssl != NULL ? SSL_get_verify_result(ssl) : X509_V_OK;
+            if (vr != X509_V_OK) {
+                clog(c, PX_WARN, "runner TLS certificate verification failed: %s",
+                     X509_verify_cert_error_string(vr));
+                px_conn_upstream_drop(c);
+                px_conn_fail(c, 502, "RUNNER_TLS_ERROR", "the runner's TLS certificate is not trusted");
+                goto out;
+            }
+        }
+        if (!timeout && c->up->reused && retry(c) == 0)
+            goto out;
+        px_conn_upstream_drop(c);
+        if (connecting && sandbox_asleep(c))
+            starting(c);
+        else if (timeout)
+            px_conn_fail(c, 504, NULL,
+                 connecting ? "timed out connecting to the runner"
+                            : "the sandbox service did not answer in time");
+        else
+            px_conn_fail(c, 502, NULL,
+                 connecting ? "the sandbox service (or its runner) refused the connection"
+                            : "the runner closed the connection before answering");
+        goto out;
+    }
+    /* Mid-body failure: the status line is out, so all we can do is close. */
+    clog(c, PX_INFO, "runner connection ended mid-response");
+    px_conn_upstream_drop(c);
+    c->keepalive = 0;
+    px_conn_access_log(c);
+    c->have_req = 0;
+    px_conn_close(c);
+out:
+    LEAVE(c);
+}

@@ -1,0 +1,332 @@
+/* route.c — the request's way through the proxy after its head is read:
+ * the route decision of SPEC 2, the preview flow of SPEC 3 (CORS preflight,
+ * authentication, the warning page), custom domains and the accept endpoint.
+ * Part of the connection module: it shares struct px_conn (conn_priv.h). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "auth/activity.h"
+#include "auth/auth.h"
+#include "auth/lookup.h"
+#include "proxy/browser.h"
+#include "proxy/conn_priv.h"
+#include "proxy/errors.h"
+#include "routing/route.h"
+#include "routing/store.h"
+
+static void start_auth(struct px_conn *c, struct px_str label);
+static void preview_flow(struct px_conn *c, unsigned port, struct px_str label);
+static void base_routes(struct px_conn *c);
+static void accept_warning(struct px_conn *c);
+static void on_domain(void *arg, const struct px_lk_value *v, const char *err);
+static void make_set_cookie(struct px_conn *c, const char *value);
+static int warning_applies(const struct px_conn *c);
+static void show_warning(struct px_conn *c);
+
+void px_route_request(struct px_conn *c)
+{
+    struct px_head *r = &c->req;
+    const struct px_config *cfg = c->srv->cfg;
+    struct px_str hostval = r->host;
+    struct http_parser_url u;
+    char *hostbuf = c->host;
+    struct px_host h;
+    enum px_host_kind kind;
+
+    c->path = r->target;
+    if (r->target.len > 0 && r->target.p[0] != '/') {
+        /* absolute-form: its authority wins over Host (RFC 9112 3.2.2) */
+        http_parser_url_init(&u);
+        if (r->target.len == 1 && r->target.p[0] == '*') {
+            if (r->m != HTTP_OPTIONS)
+                return px_conn_fail_close(c, 400, "bad request target");
+            c->path = PX_STR("*");
+        } else if (http_parser_parse_url(r->target.p, r->target.len, 0, &u) != 0 ||
+                   !(u.field_set & (1 << UF_HOST))) {
+            return px_conn_fail_close(c, 400, "bad request target");
+        } else {
+            size_t hs = u.field_data[UF_HOST].off, hl = u.field_data[UF_HOST].len;
+            if (u.field_set & (1 << UF_PORT))
+                hl = u.field_data[UF_PORT].off + u.field_data[UF_PORT].len - hs;
+            hostval = px_str_make(r->target.p + hs, hl);
+            if (u.field_set & (1 << UF_PATH)) {
+                size_t ps = u.field_data[UF_PATH].off;
+                c->path = px_str_make(r->target.p + ps, r->target.len - ps);
+            } else if (u.field_set & (1 << UF_QUERY)) {
+                return px_conn_fail_close(c, 400, "bad request target");
+            } else {
+                c->path = PX_STR("/");
+            }
+        }
+    }
+    if (hostval.len == 0 && r->http_minor == 0) {
+        /* HTTP/1.0 needs no Host (RFC 9112 3.2): health probes send none. With
+         * no host it cannot name a sandbox, so only the base routes apply. */
+        c->host[0] = '\0';
+        c->authority = PX_STR_NULL;
+        snprintf(c->loghost, sizeof(c->loghost), "-");
+        return base_routes(c);
+    }
+    if (hostval.len == 0 || hostval.len >= sizeof(c->host))
+        return px_conn_fail(c, 400, "BAD_HOST", "missing or oversized Host header");
+    memcpy(hostbuf, hostval.p, hostval.len);
+    c->authority = hostval;
+    kind = px_host_parse(hostbuf, hostval.len, cfg->domains, cfg->ndomains, &h);
+    if (kind == PX_HOST_BAD)
+        return px_conn_fail(c, 400, "BAD_HOST", h.why);
+
+    c->hinfo = h;
+    if (px_str_eq(px_path_only(c->path), PX_STR("/accept-daytona-preview-warning")) &&
+        r->m == HTTP_POST)
+        return accept_warning(c);
+    if (kind == PX_HOST_PREVIEW)
+        return preview_flow(c, h.port, h.label);
+    px_conn_loghost(c, &h, 0);
+    if (cfg->ndomains > 0 && px_host_is_base(&h, cfg->domains, cfg->ndomains))
+        return base_routes(c);
+    /* Not one of our base domains: maybe a custom domain (SPEC 2, 5). */
+    c->dom_lk = px_lookup(PX_LK_DOMAIN, h.name, on_domain, c);
+}
+
+static void on_domain(void *arg, const struct px_lk_value *v, const char *err)
+{
+    struct px_conn *c = arg;
+    const struct px_config *cfg = c->srv->cfg;
+
+    c->dom_lk = NULL;
+    if (err != NULL) {
+        if (px_str_eq(px_path_only(c->path), PX_STR("/health")))
+            return base_routes(c);
+        return px_conn_fail(c, err == px_err_busy ? 429 : 503, NULL,
+                    "cannot look up the custom domain right now; try again shortly");
+    }
+    if (v->found && strlen(v->str) < sizeof(c->dom_sandbox) && v->num > 0 && v->num <= 65535) {
+        strcpy(c->dom_sandbox, v->str);
+        for (char *p = c->dom_sandbox; *p; p++)
+            *p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+        return preview_flow(c, (unsigned)v->num,
+                            px_str_make(c->dom_sandbox, strlen(c->dom_sandbox)));
+    }
+    if (cfg->ndomains > 0)
+        return px_conn_fail(c, 404, NULL, "unknown host");
+    base_routes(c);
+}
+
+static void preview_flow(struct px_conn *c, unsigned port, struct px_str label)
+{
+    const struct px_config *cfg = c->srv->cfg;
+    struct px_host lh = {.port = port, .label = label};
+
+    c->port = port;
+    px_conn_loghost(c, &lh, 0);
+    if (cfg->toolbox_only && port != 2280)
+        return px_conn_fail(c, 404, NULL, "only the toolbox port is served here");
+    if (c->path.len == 0 || c->path.p[0] != '/')
+        return px_conn_fail(c, 400, NULL, "bad request target");
+    if (px_path_has_dot_segment(c->path))
+        return px_conn_fail(c, 400, "BAD_PATH", "dot segments are not allowed in the path");
+    /* SPEC 3, 7: preflights carry no credentials, so they are answered before auth. */
+    if (px_cors_is_preflight(&c->req) && !px_cors_disabled(&c->req)) {
+        struct evbuffer *h = evbuffer_new();
+        if (h == NULL)
+            return px_conn_close(c);
+        px_cors_preflight_headers(h, &c->req);
+        evbuffer_add(h, "", 1);
+        c->status = 204;
+        px_conn_respond_bare(c, 204, (const char *)evbuffer_pullup(h, -1));
+        evbuffer_free(h);
+        return;
+    }
+    start_auth(c, label);
+}
+
+static void base_routes(struct px_conn *c)
+{
+    struct px_head *r = &c->req;
+    struct px_str p = c->path, id;
+    struct px_str po = px_path_only(p);
+
+    c->port = 0;
+    if (px_str_eq(po, PX_STR("/health")) && (r->m == HTTP_GET || r->m == HTTP_HEAD)) {
+        struct evbuffer *b = evbuffer_new();
+        if (b == NULL)
+            return px_conn_close(c);
+        evbuffer_add_printf(b, "{\"status\":\"ok\",\"version\":\"%s\"}", PX_VERSION);
+        px_conn_respond(c, 200, "application/json", b, NULL);
+        evbuffer_free(b);
+        return;
+    }
+    if (px_path_toolbox(po, &id, &c->toolbox_rest) == 0) {
+        c->toolbox = 1;
+        c->port = 2280;
+        c->toolbox_rest = px_str_make(c->toolbox_rest.p, p.len - (size_t)(c->toolbox_rest.p - p.p));
+        px_conn_loghost(c, NULL, 0);
+        if (px_path_has_dot_segment(p))
+            return px_conn_fail(c, 400, "BAD_PATH", "dot segments are not allowed in the path");
+        if (id.len >= 256)
+            return px_conn_fail(c, 400, NULL, "sandbox ID too long");
+        /* IDs are case-insensitive like the host label they usually come from. */
+        for (size_t i = 0; i < id.len; i++)
+            ((char *)id.p)[i] = (char)(id.p[i] >= 'A' && id.p[i] <= 'Z' ? id.p[i] + 32 : id.p[i]);
+        return start_auth(c, id);
+    }
+    return px_conn_fail(c, 404, NULL, "no route for this path");
+}
+
+/* SPEC 6: POST /accept-daytona-preview-warning?redirect=URL on any host. */
+static void accept_warning(struct px_conn *c)
+{
+    const struct px_config *cfg = c->srv->cfg;
+    const char *q = memchr(c->path.p, '?', c->path.len);
+    struct px_str redirect = PX_STR_NULL, host = c->authority;
+    char target[2048], hdrs[2600];
+    int found = 0;
+
+    if (q != NULL) {
+        struct px_str query = px_str_make(q + 1, c->path.len - (size_t)(q + 1 - c->path.p));
+        char tmp[1];
+        (void)tmp;
+        for (size_t i = 0; i < query.len && !found;) {
+            size_t st = i;
+            while (i < query.len && query.p[i] != '&')
+                i++;
+            if (i - st >= 9 && !memcmp(query.p + st, "redirect=", 9)) {
+                redirect = px_str_make(query.p + st + 9, i - st - 9);
+                found = 1;
+            }
+            i++;
+        }
+    }
+    px_safe_redirect(redirect, host, target, sizeof(target));
+    size_t hl = strcspn(c->host, ":");
+    snprintf(hdrs, sizeof(hdrs),
+             "Location: %s\r\n" PX_WARNING_HEADERS
+             "Set-Cookie: daytona-preview-page-accepted=true; Max-Age=86400; Path=/; HttpOnly; "
+             "Domain=%.*s; %s\r\n",
+             target, (int)hl, c->host,
+             cfg->external_https || c->tls ? "Secure; SameSite=None" : "SameSite=Lax");
+    px_conn_respond(c, 302, NULL, NULL, hdrs);
+}
+
+/* SPEC 6: all must hold for the warning page. */
+static int warning_applies(const struct px_conn *c)
+{
+    const struct px_config *cfg = c->srv->cfg;
+    const struct px_hdr *skip = px_head_get(&c->req, PX_STR("x-daytona-skip-preview-warning"));
+    const struct px_hdr *ua = px_head_get(&c->req, PX_STR("user-agent"));
+    int on = c->sb->warning >= 0 ? c->sb->warning : cfg->preview_warning;
+
+    return on && !c->toolbox && !px_port_reserved(c->port) && !c->req.ws_upgrade &&
+           (skip == NULL || !px_str_ieq(skip->value, PX_STR("true"))) && ua != NULL &&
+           px_ua_is_browser(ua->value) && !px_warning_accepted(&c->req);
+}
+
+static void show_warning(struct px_conn *c)
+{
+    struct evbuffer *b = evbuffer_new(), *url = evbuffer_new();
+
+    if (b == NULL || url == NULL) {
+        if (b)
+            evbuffer_free(b);
+        if (url)
+            evbuffer_free(url);
+        return px_conn_close(c);
+    }
+    evbuffer_add_printf(url, "%s://%.*s",
+                        c->srv->cfg->external_https || c->tls ? "https" : "http",
+                        (int)c->authority.len, c->authority.p);
+    evbuffer_add(url, c->path.p, c->path.len);
+    size_t n = evbuffer_get_length(url);
+    px_warning_page(b, px_str_make((const char *)evbuffer_pullup(url, -1), n));
+    px_conn_respond(c, 200, "text/html; charset=utf-8", b, PX_WARNING_HEADERS);
+    evbuffer_free(b);
+    evbuffer_free(url);
+}
+
+static void on_auth(void *arg, struct px_auth_out *out)
+{
+    struct px_conn *c = arg;
+
+    c->auth = NULL;
+    if (out->status != 0) {
+        px_sandbox_free(out->sb);
+        free(out->cookie_value);
+        return px_conn_fail(c, out->status, out->code, out->message);
+    }
+    c->sb = out->sb;
+    c->drop_authorization = out->used_authorization;
+    if (out->cookie_value != NULL) {
+        make_set_cookie(c, out->cookie_value);
+        free(out->cookie_value);
+    }
+    /* SPEC 8: activity, unless the caller opted out; never on the critical path. */
+    const struct px_hdr *skip = px_head_get(&c->req, PX_STR("x-daytona-skip-last-activity-update"));
+    c->no_activity = skip != NULL && px_str_ieq(skip->value, PX_STR("true"));
+    if (!c->no_activity)
+        px_activity_touch(c->sb->id);
+    if (out->label_is_sandbox && !c->toolbox) {
+        struct px_host h = {.port = c->port,
+                            .label = px_str_make(c->sb->id, strlen(c->sb->id))};
+        px_conn_loghost(c, &h, 1);
+    }
+    /* The warning needs the sandbox's own override, so it comes after auth; the
+     * page carries the auth cookie so the click-through needs no new lookup. */
+    if (warning_applies(c))
+        return show_warning(c);
+    px_fwd_start(c);
+}
+
+/* SPEC 4.5: Secure and SameSite follow the external scheme. */
+static void make_set_cookie(struct px_conn *c, const char *value)
+{
+    const struct px_config *cfg = c->srv->cfg;
+    struct px_str dom = c->toolbox ? PX_STR_NULL : px_str_make(c->host, strcspn(c->host, ":"));
+    char buf[1200];
+    int n;
+
+    if (cfg->cookie_domain != NULL)
+        dom = px_str_make(cfg->cookie_domain, strlen(cfg->cookie_domain));
+    n = snprintf(buf, sizeof(buf),
+                 "Set-Cookie: daytona-sandbox-auth-%.*s=%s; Max-Age=3600; Path=/; HttpOnly; %s%s%.*s\r\n",
+                 (int)c->label.len, c->label.p, value,
+                 cfg->external_https || c->tls ? "Secure; SameSite=None" : "SameSite=Lax",
+                 dom.len ? "; Domain=" : "", (int)dom.len, dom.p);
+    if (n > 0 && (size_t)n < sizeof(buf))
+        c->set_cookie = strdup(buf);
+}
+
+static void start_auth(struct px_conn *c, struct px_str label)
+{
+    struct px_auth_in in = {0};
+    const char *q = memchr(c->path.p, '?', c->path.len);
+
+    if (q != NULL) {
+        struct px_str query = px_str_make(q + 1, c->path.len - (size_t)(q + 1 - c->path.p));
+        int found = 0;
+        /* Only to find the value; the rewrite happens when the target is built. */
+        for (size_t i = 0; i < query.len;) {
+            size_t s = i;
+            while (i < query.len && query.p[i] != '&')
+                i++;
+            struct px_str param = px_str_make(query.p + s, i - s);
+            static const char key[] = "DAYTONA_SANDBOX_AUTH_KEY=";
+            if (!found && param.len >= sizeof(key) - 1 && !memcmp(param.p, key, sizeof(key) - 1)) {
+                c->query_token = px_str_make(param.p + sizeof(key) - 1, param.len - sizeof(key) + 1);
+                c->has_query_token = 1;
+                found = 1;
+            }
+            i++;
+        }
+    }
+    c->label = label;
+    in.cfg = c->srv->cfg;
+    in.now = time(NULL);
+    in.req = &c->req;
+    in.label = label;
+    in.port = c->port;
+    in.toolbox = c->toolbox;
+    in.query_token = c->query_token;
+    in.has_query_token = c->has_query_token;
+    c->auth = px_auth_start(&in, on_auth, c);
+}
