@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <sys/time.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -209,6 +210,9 @@ void px_conn_attach(struct px_server *srv, struct bufferevent *bev, const struct
     c->srv = srv;
     c->id = ++srv->next_conn_id;
     c->bev = bev;
+    /* libevent reads 4 KiB at a time by default; large bodies want bigger bites. */
+    bufferevent_set_max_single_read(bev, PX_MAX_SINGLE_IO);
+    bufferevent_set_max_single_write(bev, PX_MAX_SINGLE_IO);
     px_metrics.accepted++;
     c->tls = (flags & PX_CONN_TLS) != 0;
     c->h2_stream = (flags & PX_CONN_H2_STREAM) != 0;
@@ -382,7 +386,7 @@ void px_conn_fail(struct px_conn *c, int status, const char *code, const char *m
         snprintf(c->reqid, sizeof(c->reqid), "%x-%llx", c->srv->pid,
                  (unsigned long long)++c->srv->next_req_id);
     ctype = px_error_body(c->srv->cfg, body, &e, method, path, c->reqid, px_conn_wants_html(c));
-    if (status >= 500)
+    if (status >= 500 && px_log_allow(10)) /* a dead runner must not flood the log */
         clog(c, PX_WARN, "%d %s", status, message ? message : px_status_text(status));
     px_conn_respond(c, status, ctype, body, NULL);
     evbuffer_free(body);
@@ -414,6 +418,33 @@ void px_conn_loghost(struct px_conn *c, const struct px_host *h, int label_is_id
         snprintf(c->loghost, sizeof(c->loghost), "%u-<signed>", c->port);
 }
 
+
+void px_bev_slurp(struct bufferevent *bev, size_t budget)
+{
+    evutil_socket_t fd = bufferevent_getfd(bev);
+    struct evbuffer *in = bufferevent_get_input(bev);
+
+    /* A socket bufferevent keeps the back of its input frozen except while it
+     * reads itself; we read on its behalf, then restore that. */
+    evbuffer_unfreeze(in, 0);
+    while (fd >= 0 && budget > 0) {
+        struct evbuffer_iovec v[1];
+        size_t want = budget < 65536 ? budget : 65536;
+        if (evbuffer_reserve_space(in, (ev_ssize_t)want, v, 1) < 1)
+            break;
+        ssize_t n = read(fd, v[0].iov_base, want);
+        if (n <= 0) { /* EAGAIN, EOF or an error: libevent's own read reports it */
+            evbuffer_commit_space(in, v, 0);
+            break;
+        }
+        v[0].iov_len = (size_t)n;
+        evbuffer_commit_space(in, v, 1);
+        if ((size_t)n < want)
+            break; /* the socket is drained */
+        budget -= (size_t)n;
+    }
+    evbuffer_freeze(in, 0);
+}
 
 struct px_str px_path_only(struct px_str p)
 {
@@ -585,8 +616,12 @@ void px_conn_step(struct px_conn *c)
 static void on_client_read(struct bufferevent *bev, void *arg)
 {
     struct px_conn *c = arg;
-    (void)bev;
+
     ENTER(c);
+    /* Request bodies (uploads): bigger bites, as for responses in forward.c. */
+    if (c->state == PX_CONN_STREAM && !c->req_done && !c->tls && !c->h2_stream && c->up != NULL &&
+        evbuffer_get_length(bufferevent_get_output(c->up->bev)) < PX_HIGH_WATER)
+        px_bev_slurp(bev, PX_HIGH_WATER);
     px_conn_step(c);
     LEAVE(c);
 }

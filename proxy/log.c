@@ -33,3 +33,26 @@ void px_logf(enum px_level lvl, const char *ctx, const char *fmt, ...)
     /* One fprintf per line so lines of concurrent workers do not interleave. */
     fprintf(stderr, "%s %s %s%s%s\n", ts, level_names[lvl], ctx ? ctx : "", ctx ? " " : "", msg);
 }
+
+static time_t allow_sec;
+static int allow_used;
+static unsigned long allow_dropped;
+
+int px_log_allow(int per_second)
+{
+    time_t now = time(NULL);
+
+    if (now != allow_sec) {
+        if (allow_dropped > 0)
+            fprintf(stderr, "(%lu similar log lines suppressed)\n", allow_dropped);
+        allow_sec = now;
+        allow_used = 0;
+        allow_dropped = 0;
+    }
+    if (allow_used >= per_second) {
+        allow_dropped++;
+        return 0;
+    }
+    allow_used++;
+    return 1;
+}

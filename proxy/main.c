@@ -170,7 +170,15 @@ static int run_worker(struct px_config *cfg)
     srv.pid = (unsigned)getpid();
     srv.tls = ntls_sets > 0 ? tls_sets[ntls_sets - 1] : NULL;
     px_srv = &srv;
-    if ((srv.base = event_base_new()) == NULL) {
+    /* The changelist folds the add/remove pairs a request makes on one fd within
+     * a loop turn into at most one epoll_ctl. */
+    struct event_config *ec = event_config_new();
+    if (ec != NULL)
+        event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    srv.base = ec != NULL ? event_base_new_with_config(ec) : event_base_new();
+    if (ec != NULL)
+        event_config_free(ec);
+    if (srv.base == NULL) {
         px_log(PX_ERR, "cannot create the event loop");
         return 1;
     }

@@ -13,6 +13,9 @@
 
 #define PX_VERSION "0.1.0"
 
+/* Largest read or write per socket call (libevent's default is 4 KiB reads). */
+#define PX_MAX_SINGLE_IO (128 * 1024)
+
 /* A borrowed byte slice: never NUL-terminated unless said so. */
 struct px_str {
     const char *p;
@@ -50,6 +53,11 @@ extern enum px_level px_log_level;
  * "conn=42 st=HEAD host=3000-<signed>", built by the caller; NULL for none. */
 void px_logf(enum px_level lvl, const char *ctx, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Like px_logf() but at most `per_second` lines per second per call site family;
+ * the rest are counted and reported in the next line that gets through. For
+ * messages a misbehaving peer can trigger at request rate (502s, 504s). */
+int px_log_allow(int per_second);
+
 #define px_log(lvl, ...)                                                                           \
     do {                                                                                           \
         if ((lvl) <= px_log_level)                                                                 \
