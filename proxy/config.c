@@ -258,6 +258,15 @@ static const char *apply(struct px_config *c, char **w, int n)
     INT_DIRECTIVE("redis_db", redis_db, 0, 1000)
     INT_DIRECTIVE("cache_ttl", cache_ttl, 1, 3600)
 #undef INT_DIRECTIVE
+    if (!strcmp(d, "max_body_size")) {
+        NEED(1);
+        if (!strcmp(w[1], "0")) {
+            c->max_body_size = 0;
+            return NULL;
+        }
+        return px_config_parse_size(w[1], &c->max_body_size) ? "bad size (bytes, k, m; 0 = no limit)"
+                                                            : NULL;
+    }
     if (!strcmp(d, "max_request_line") || !strcmp(d, "max_header_size")) {
         NEED(1);
         if (px_config_parse_size(w[1], &sz) != 0 || sz < 64)

@@ -492,6 +492,8 @@ static void parse_head(struct px_conn *c, size_t head_len)
         c->req_body = BODY_NONE;
         c->req_done = 1;
     }
+    if (c->srv->cfg->max_body_size > 0 && c->req.content_length > (int64_t)c->srv->cfg->max_body_size)
+        return px_conn_fail_close(c, 413, "request body larger than max_body_size");
     px_conn_set_state(c, PX_CONN_AUTH);
     px_route_request(c);
 }

@@ -148,6 +148,12 @@ void px_route_request(struct px_conn *c);
 void px_fwd_start(struct px_conn *c);
 void px_fwd_pump_request(struct px_conn *c);
 void px_fwd_on_response(struct px_conn *c);
+/* Header filtering (SPEC 9), exported for the unit tests: hop-by-hop fields
+ * (RFC 9110 7.6.1, including those Connection names), the fields the proxy
+ * consumes or sets itself, and the Cookie line without the proxy's cookies. */
+int px_fwd_hop_by_hop(struct px_str name, struct px_str conn_value);
+int px_fwd_consumed(struct px_str name, int drop_authorization);
+void px_fwd_add_cookie(struct evbuffer *out, struct px_str v);
 
 #define ENTER(c) ((c)->busy++)
 /* Leaving a callback: a finished exchange may leave a pipelined request waiting. */

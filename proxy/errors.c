@@ -202,8 +202,11 @@ const char *px_error_body(const struct px_config *cfg, struct evbuffer *out,
         "margin-top:0}.c{color:#6b7280;font-size:.85rem}code{background:#eef0f3;padding:0 .25rem;"
         "border-radius:4px}</style></head><body><main><h1>%d %s</h1><p>",
         e->status, px_status_text(e->status), e->status, px_status_text(e->status));
-    px_html_escape(out, px_str_make(msg, strlen(msg)));
-    evbuffer_add_printf(out, "</p><p>%s</p><p class=\"c\">Code <code>%s</code> &middot; "
+    /* Messages are written for logs and JSON ("the runner ..."): a sentence on a page. */
+    char first[2] = {msg[0] >= 'a' && msg[0] <= 'z' ? (char)(msg[0] - 32) : msg[0], 0};
+    px_html_escape(out, px_str_make(first, msg[0] ? 1 : 0));
+    px_html_escape(out, px_str_make(msg + (msg[0] ? 1 : 0), strlen(msg) - (msg[0] ? 1 : 0)));
+    evbuffer_add_printf(out, ".</p><p>%s</p><p class=\"c\">Code <code>%s</code> &middot; "
                              "request ID <code>%s</code> &middot; %s</p></main></body></html>\n",
                         advice(e->status), code, request_id, ts);
     return "text/html; charset=utf-8";

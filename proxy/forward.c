@@ -57,7 +57,7 @@ static void add_field(struct evbuffer *o, const char *name, struct px_str value)
     evbuffer_add(o, "\r\n", 2);
 }
 
-static int hop_by_hop(struct px_str name, struct px_str conn_value)
+int px_fwd_hop_by_hop(struct px_str name, struct px_str conn_value)
 {
     static const struct px_str hop[] = {
         PX_STR("connection"), PX_STR("keep-alive"), PX_STR("proxy-connection"),
@@ -71,7 +71,7 @@ static int hop_by_hop(struct px_str name, struct px_str conn_value)
 }
 
 /* Headers the proxy consumes or sets itself (SPEC 9). */
-static int consumed(const struct px_conn *c, struct px_str name)
+int px_fwd_consumed(struct px_str name, int drop_authorization)
 {
     if (px_str_ieq(name, PX_STR("host")) || px_str_ieq(name, PX_STR("x-daytona-authorization")) ||
         px_str_ieq(name, PX_STR("x-daytona-preview-token")) ||
@@ -82,13 +82,13 @@ static int consumed(const struct px_conn *c, struct px_str name)
         return 1;
     if (name.len >= 15 && !strncasecmp(name.p, "x-daytona-skip-", 15))
         return 1;
-    if (c->drop_authorization && px_str_ieq(name, PX_STR("authorization")))
+    if (drop_authorization && px_str_ieq(name, PX_STR("authorization")))
         return 1;
     return 0;
 }
 
 /* Copies the Cookie value without the proxy's own cookies. */
-static void add_cookie_filtered(struct evbuffer *out, struct px_str v)
+void px_fwd_add_cookie(struct evbuffer *out, struct px_str v)
 {
     size_t i = 0;
     int n = 0;
@@ -166,10 +166,10 @@ static void build_request(struct px_conn *c, struct evbuffer *out)
             xff = f;
         else if (px_str_ieq(f->name, PX_STR("x-forwarded-proto")))
             xfp = f;
-        if (hop_by_hop(f->name, conn_value) || consumed(c, f->name))
+        if (px_fwd_hop_by_hop(f->name, conn_value) || px_fwd_consumed(f->name, c->drop_authorization))
             continue;
         if (px_str_ieq(f->name, PX_STR("cookie"))) {
-            add_cookie_filtered(out, f->value);
+            px_fwd_add_cookie(out, f->value);
             continue;
         }
         evbuffer_add(out, f->name.p, f->name.len);
@@ -264,6 +264,15 @@ void px_fwd_pump_request(struct px_conn *c)
                 return px_conn_fail_close(c, 400, "malformed chunked body");
             return px_conn_close(c);
         }
+    }
+    size_t cap = c->srv->cfg->max_body_size;
+    if (cap > 0 && c->req_body == BODY_CHUNKED && c->req_ch.total > cap) {
+        /* A chunked body has no length to check up front: cut it off here. */
+        evbuffer_free(tmp);
+        px_conn_upstream_drop(c);
+        if (c->status == 0)
+            return px_conn_fail_close(c, 413, "request body larger than max_body_size");
+        return px_conn_close(c);
     }
     if (evbuffer_get_length(tmp) > 0)
         up_write_buffer(c, tmp);
@@ -368,7 +377,7 @@ static void add_response_head(struct px_conn *c, struct evbuffer *out)
         if (rs->status == 101 &&
             (px_str_ieq(f->name, PX_STR("upgrade")) || px_str_ieq(f->name, PX_STR("connection"))))
             goto copy;
-        if (hop_by_hop(f->name, conn_value))
+        if (px_fwd_hop_by_hop(f->name, conn_value))
             continue;
         if (cors && px_cors_owned_header(f->name))
             continue; /* ours replace the sandbox's: never two Allow-Origin headers */

@@ -120,6 +120,7 @@ struct px_config {
         ws_idle_timeout, upstream_idle_timeout, shutdown_timeout;
     int upstream_keepalive; /* idle connections kept per upstream */
     size_t max_request_line, max_header_size;
+    size_t max_body_size; /* 0: no limit (Daytona has none; uploads can be GBs) */
     int max_headers;
     struct px_cidr trusted[PX_MAX_TRUSTED];
     int ntrusted;

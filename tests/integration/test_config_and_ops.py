@@ -400,3 +400,21 @@ def test_metrics_listener(proxy, runner):
     assert "# TYPE" in r.text, r.text[:500]
     # metrics are not served on the proxy listener
     assert p.get("/metrics").status_code == 404
+
+
+def test_max_body_size_413(proxy, runner):
+    """max_body_size: a declared length over it gets 413 before anything is
+    forwarded; a chunked body that grows past it is cut off with 413."""
+    p = proxy(extra=["max_body_size 1k"])
+    h = host(3000, PUB)
+    r = p.request("POST", "/upload", host=h, data=b"x" * 2048)
+    assert r.status_code == 413
+    assert r.json()["code"] == "PAYLOAD_TOO_LARGE"
+    r = p.request("POST", "/upload", host=h, data=b"x" * 1000)
+    assert r.status_code == 200
+    chunks = (b"y" * 600 for _ in range(4))  # requests sends this chunked
+    r = p.request("POST", "/upload", host=h, data=chunks)
+    assert r.status_code == 413
+    # the runner never received a complete body over the limit
+    assert [x for x in runner.requests() if (x.get("body_len") or 0) > 1024] == []
+    assert p.health_ok()
