@@ -103,6 +103,37 @@ wait_port "$PROXY_PORT"
 HOST="$SRV_PORT-bench.proxy.test"
 DIRECT_HOST="127.0.0.1:$SRV_PORT"
 
+# nginx as the same WebSocket proxy (1 worker, same CPU as ours), for context:
+# what any proxy in the path costs on this machine and topology.
+NGINX_PORT=""
+if command -v nginx >/dev/null; then
+    NGINX_PORT=$(free_port)
+    mkdir -p "$WORK/nginx/logs"
+    cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+error_log $WORK/nginx/error.log;
+pid $WORK/nginx/nginx.pid;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://127.0.0.1:$SRV_PORT;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_read_timeout 3600s;
+        }
+    }
+}
+EOF
+    "${PIN_PROXY[@]}" nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" >/dev/null 2>&1 &
+    PIDS+=($!)
+    wait_port "$NGINX_PORT"
+fi
+
 # one round trip each way, so both paths work before anything is measured
 timeout 20 "$WORK/ws_load" echo "$PROXY_PORT" "$HOST" 2 1 64 >/dev/null || die "no echo through the proxy: $(tail -5 "$WORK/proxy.log")"
 timeout 20 "$WORK/ws_load" echo "$SRV_PORT" "$DIRECT_HOST" 2 1 64 >/dev/null || die "no direct echo"
@@ -150,6 +181,7 @@ t_before=$(cpu_ticks "$PROXY_PID")
 for _ in $(seq "$ROUNDS"); do
     run_echo direct "$SRV_PORT" "$DIRECT_HOST"
     run_echo proxy "$PROXY_PORT" "$HOST"
+    if [ -n "$NGINX_PORT" ]; then run_echo nginx "$NGINX_PORT" "$HOST"; fi
 done
 t_after=$(cpu_ticks "$PROXY_PID")
 kill -0 "$PROXY_PID" 2>/dev/null || die "proxy died during the echo test"
@@ -157,6 +189,12 @@ kill -0 "$PROXY_PID" 2>/dev/null || die "proxy died during the echo test"
 dm=$(median <<<"${MSGS[direct]}"); pm=$(median <<<"${MSGS[proxy]}")
 db=$(median <<<"${MBS[direct]}"); pb=$(median <<<"${MBS[proxy]}")
 ratio=$(awk -v a="$pm" -v b="$dm" 'BEGIN {printf "%.2f", a / b}')
+nm=""; nb=""; nratio="n/a"; pn="n/a"
+if [ -n "$NGINX_PORT" ]; then
+    nm=$(median <<<"${MSGS[nginx]}"); nb=$(median <<<"${MBS[nginx]}")
+    nratio=$(awk -v a="$nm" -v b="$dm" 'BEGIN {printf "%.2f", a / b}')
+    pn=$(awk -v a="$pm" -v b="$nm" 'BEGIN {printf "%.2f", a / b}')
+fi
 hz=$(getconf CLK_TCK)
 proxy_cpu=$(awk -v t=$((t_after - t_before)) -v hz="$hz" -v r="$ROUNDS" -v s="$SECS" 'BEGIN {printf "%.0f", 100 * t / hz / (r * s)}')
 
@@ -169,6 +207,7 @@ idle WebSockets through the proxy:  $IDLE_CONNS open in ${open_secs}s (asked: $W
 echo, $CONNS connections, $SIZE-byte binary frames, ${SECS}s x $ROUNDS round(s) (medians):
   direct: $dm msg/s  $db MB/s
   proxy:  $pm msg/s  $pb MB/s   (proxy CPU while busy: ${proxy_cpu}% of one core)
-  proxy/direct: $ratio   (target >= 0.8)
+  nginx:  ${nm:-n/a} msg/s  ${nb:-n/a} MB/s   (nginx as the same WebSocket proxy, same CPU)
+  proxy/direct: $ratio   (target >= 0.8)   nginx/direct: $nratio   proxy/nginx: $pn
 load generator: bench/ws_load.c (C, epoll, one thread) + its C echo server, pinned to CPU $CPU_LOAD (WS_PIN=$PIN); proxy on CPU $CPU_PROXY
 EOF
