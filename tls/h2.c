@@ -151,7 +151,8 @@ static void calm_down(struct px_h2 *h, const char *why)
     if (h->doomed)
         return;
     h->srv->h2_goaways++;
-    px_log(PX_WARN, "h2: %s: GOAWAY ENHANCE_YOUR_CALM (%lu so far)", why, h->srv->h2_goaways);
+    if (px_log_allow(10)) /* an attacker with many connections must not flood the log */
+        px_log(PX_WARN, "h2: %s: GOAWAY ENHANCE_YOUR_CALM (%lu so far)", why, h->srv->h2_goaways);
     nghttp2_session_terminate_session(h->ng, NGHTTP2_ENHANCE_YOUR_CALM);
 }
 
@@ -671,7 +672,8 @@ static void on_read(struct bufferevent *bev, void *arg)
         ssize_t n = nghttp2_session_mem_recv(h->ng, p, len);
         h->in_ng--;
         if (n < 0) {
-            px_log(PX_INFO, "h2: closing: %s", nghttp2_strerror((int)n));
+            if (px_log_allow(10))
+                px_log(PX_INFO, "h2: closing: %s", nghttp2_strerror((int)n));
             /* A fatal receive error queues nothing by itself: say why before closing. */
             nghttp2_session_terminate_session(h->ng, n == NGHTTP2_ERR_FLOODED ||
                                                              n == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS
