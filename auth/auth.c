@@ -36,7 +36,7 @@ enum step {
 };
 
 struct px_auth {
-    struct px_auth_in in;     /* by value; slices borrowed from the request */
+    struct px_auth_in in; /* by value; slices borrowed from the request */
     px_auth_cb cb;
     void *arg;
     enum step step;
@@ -63,7 +63,8 @@ static void allow(struct px_auth *a, struct px_sandbox **owned)
     a->out.status = 0;
     a->out.sb = *owned;
     *owned = NULL;
-    a->out.label_is_sandbox = px_str_eq(a->in.label, px_str_make(a->out.sb->id, strlen(a->out.sb->id)));
+    a->out.label_is_sandbox =
+        px_str_eq(a->in.label, px_str_make(a->out.sb->id, strlen(a->out.sb->id)));
     finish(a);
 }
 
@@ -132,8 +133,7 @@ static void on_lookup(void *arg, const struct px_lk_value *v, const char *err)
         break;
     case ST_PUBLIC:
     case ST_TOKEN:
-    case ST_FAIL:
-        break;
+    case ST_FAIL: break;
     }
     if (!a->in_run)
         run(a);
@@ -171,8 +171,7 @@ static void step(struct px_auth *a)
     const struct px_auth_in *in = &a->in;
 
     switch (a->step) {
-    case ST_SANDBOX:
-        return lookup(a, PX_LK_SANDBOX, in->label);
+    case ST_SANDBOX: return lookup(a, PX_LK_SANDBOX, in->label);
     case ST_PUBLIC:
         if (a->sb != NULL && a->sb->is_public && !px_port_reserved(in->port) && !in->toolbox)
             return allow(a, &a->sb);
@@ -216,13 +215,14 @@ static void step(struct px_auth *a)
         a->step = ST_COOKIE;
         struct px_str value, id;
         char name[300];
-        int n = snprintf(name, sizeof(name), PX_COOKIE_PREFIX "%.*s", (int)in->label.len,
-                         in->label.p);
+        int n =
+            snprintf(name, sizeof(name), PX_COOKIE_PREFIX "%.*s", (int)in->label.len, in->label.p);
         if (in->cfg->cookie_secret == NULL ||
             px_cookie_find(in->req, px_str_make(name, (size_t)n), &value) != 0)
             goto no_cookie;
         a->tried_cookie = 1;
-        if (px_cookie_verify(in->cfg->cookie_secret, in->label, in->port, value, in->now, &id) != 0 ||
+        if (px_cookie_verify(in->cfg->cookie_secret, in->label, in->port, value, in->now, &id) !=
+                0 ||
             id.len >= sizeof(a->id))
             goto no_cookie;
         memcpy(a->id, id.p, id.len);
@@ -290,8 +290,9 @@ static void step(struct px_auth *a)
             a->out.message = "the authentication backend is unavailable; try again shortly";
         } else {
             a->out.status = 401;
-            a->out.code = a->tried_bearer || a->tried_token || a->tried_cookie ? "INVALID_CREDENTIALS"
-                                                                               : "UNAUTHORIZED";
+            a->out.code = a->tried_bearer || a->tried_token || a->tried_cookie
+                              ? "INVALID_CREDENTIALS"
+                              : "UNAUTHORIZED";
             a->out.message =
                 a->tried_bearer || a->tried_token || a->tried_cookie
                     ? "the credentials sent are not valid for this sandbox and port (checked: "

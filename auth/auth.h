@@ -17,22 +17,22 @@ struct px_sandbox;
 struct px_auth_in {
     const struct px_config *cfg; /* borrowed */
     time_t now;
-    const struct px_head *req;   /* borrowed; lives until the callback */
-    struct px_str label;         /* sandbox ID or signed token (lowercased) */
-    unsigned port;               /* 2280 for toolbox requests */
-    unsigned toolbox : 1;        /* /toolbox/{id}/... on a base host */
-    struct px_str query_token;   /* DAYTONA_SANDBOX_AUTH_KEY value, or empty */
+    const struct px_head *req; /* borrowed; lives until the callback */
+    struct px_str label;       /* sandbox ID or signed token (lowercased) */
+    unsigned port;             /* 2280 for toolbox requests */
+    unsigned toolbox : 1;      /* /toolbox/{id}/... on a base host */
+    struct px_str query_token; /* DAYTONA_SANDBOX_AUTH_KEY value, or empty */
     unsigned has_query_token : 1;
 };
 
 struct px_auth_out {
-    int status;              /* 0 allowed, else 401/403/404/503 */
-    const char *code;        /* static; for the error body */
-    const char *message;     /* static; safe to show */
-    struct px_sandbox *sb;   /* owned by the receiver once the callback runs; NULL on refusal */
+    int status;            /* 0 allowed, else 401/403/404/503 */
+    const char *code;      /* static; for the error body */
+    const char *message;   /* static; safe to show */
+    struct px_sandbox *sb; /* owned by the receiver once the callback runs; NULL on refusal */
     unsigned used_authorization : 1; /* the Bearer header was ours: do not forward it */
     unsigned label_is_sandbox : 1;   /* the host label is a sandbox ID (safe to log) */
-    char *cookie_value;      /* owned by the receiver: set daytona-sandbox-auth-{label} to it */
+    char *cookie_value; /* owned by the receiver: set daytona-sandbox-auth-{label} to it */
 };
 
 typedef void (*px_auth_cb)(void *arg, struct px_auth_out *out);

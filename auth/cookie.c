@@ -91,8 +91,7 @@ int px_cookie_verify(const char *secret, struct px_str label, unsigned port, str
      * neither holds a dot, while a sandbox ID might. */
     if ((d2 = memrchr(p, '.', (size_t)(end - p))) == NULL || d2 == p)
         return -1;
-    if ((d1 = memrchr(p, '.', (size_t)(d2 - p))) == NULL || d1 == p || d2 == d1 + 1 ||
-        d2 - d1 > 12)
+    if ((d1 = memrchr(p, '.', (size_t)(d2 - p))) == NULL || d1 == p || d2 == d1 + 1 || d2 - d1 > 12)
         return -1;
     for (const char *q = d1 + 1; q < d2; q++) {
         if (*q < '0' || *q > '9')

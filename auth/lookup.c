@@ -33,25 +33,25 @@ struct waiter {
 };
 
 struct entry {
-    char *key;                /* owned; "{kind}:{key}" */
+    char *key; /* owned; "{kind}:{key}" */
     uint64_t hash;
     enum px_lk_kind kind;
     unsigned pending : 1;
-    unsigned stale : 1;       /* invalidated while pending: deliver, do not keep */
+    unsigned stale : 1; /* invalidated while pending: deliver, do not keep */
     time_t expires;
-    struct px_lk_value v;     /* owned contents */
-    struct waiter *waiters;   /* owned list while pending */
-    struct entry *next;       /* bucket chain */
+    struct px_lk_value v;   /* owned contents */
+    struct waiter *waiters; /* owned list while pending */
+    struct entry *next;     /* bucket chain */
 };
 
 static struct {
     struct event_base *base;
     const struct px_config *cfg;
-    struct px_redis *redis;   /* owned; NULL in memory mode */
+    struct px_redis *redis; /* owned; NULL in memory mode */
     struct entry *buckets[NBUCKETS];
     unsigned long nentries;
-    struct event *sweep;      /* owned */
-    double tokens;            /* miss budget */
+    struct event *sweep; /* owned */
+    double tokens;       /* miss budget */
     struct timespec refill;
     struct px_lookup_stats stats;
 } L;
@@ -344,9 +344,7 @@ static void on_fetch(void *arg, redisReply *r, const char *err)
         e->v.found = e->v.str != NULL;
         break;
     }
-    case PX_LK_REVOKED:
-        e->v.found = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
-        break;
+    case PX_LK_REVOKED: e->v.found = r->type == REDIS_REPLY_INTEGER && r->integer > 0; break;
     }
     deliver(e, NULL);
 }

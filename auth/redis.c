@@ -17,18 +17,18 @@
 #define BACKOFF_MAX_MS 2000
 
 struct link {
-    struct px_redis *r;       /* borrowed: the owner */
-    redisAsyncContext *ac;    /* owned by hiredis once connected; NULL while down */
-    struct event *retry;      /* owned; reconnect timer */
+    struct px_redis *r;    /* borrowed: the owner */
+    redisAsyncContext *ac; /* owned by hiredis once connected; NULL while down */
+    struct event *retry;   /* owned; reconnect timer */
     int backoff_ms;
     unsigned up : 1;
-    unsigned sub : 1;         /* the subscriber link */
+    unsigned sub : 1; /* the subscriber link */
 };
 
 struct px_redis {
-    struct event_base *base;       /* borrowed */
-    const struct px_config *cfg;   /* borrowed */
-    char *channel;                 /* owned */
+    struct event_base *base;     /* borrowed */
+    const struct px_config *cfg; /* borrowed */
+    char *channel;               /* owned */
     px_redis_msg_cb on_msg;
     px_redis_resync_cb on_resync;
     void *arg;
@@ -37,9 +37,9 @@ struct px_redis {
 };
 
 struct cmd {
-    px_redis_cb cb;        /* NULL once reported (timeout) */
+    px_redis_cb cb; /* NULL once reported (timeout) */
     void *arg;
-    struct event *timer;   /* owned */
+    struct event *timer; /* owned */
 };
 
 static void link_connect(struct link *l);

@@ -18,8 +18,8 @@ static int contains(struct px_str hay, const char *needle)
 int px_ua_is_browser(struct px_str ua)
 {
     static const char *const families[] = {
-        "Chrome/", "Chromium/", "Firefox/", "Safari/", "Edg/", "Edge/", "OPR/", "Opera",
-        "SamsungBrowser/", "Vivaldi/", "Brave/",
+        "Chrome/", "Chromium/", "Firefox/",        "Safari/",  "Edg/",   "Edge/",
+        "OPR/",    "Opera",     "SamsungBrowser/", "Vivaldi/", "Brave/",
     };
     static const char *const bots[] = {"bot", "crawl", "spider", "slurp", "preview-proxy"};
 
@@ -91,7 +91,8 @@ void px_warning_page(struct evbuffer *out, struct px_str target)
         "enter passwords or personal data you would not give them.</p>"
         "<p class=\"url\">");
     px_html_escape(out, target);
-    evbuffer_add_printf(out, "</p><form method=\"POST\" action=\"/accept-daytona-preview-warning?redirect=");
+    evbuffer_add_printf(
+        out, "</p><form method=\"POST\" action=\"/accept-daytona-preview-warning?redirect=");
     if (enc != NULL) {
         px_url_encode(enc, target);
         size_t n = evbuffer_get_length(enc);

@@ -19,7 +19,8 @@ void px_warning_page(struct evbuffer *out, struct px_str target_url);
 
 /* The headers the warning page and the accept answer carry. */
 #define PX_WARNING_HEADERS                                                                         \
-    "Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; form-action 'self'\r\n" \
+    "Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; form-action "         \
+    "'self'\r\n"                                                                                   \
     "X-Content-Type-Options: nosniff\r\n"
 
 /* Decides where the accept endpoint may redirect: writes the target into out

@@ -238,12 +238,12 @@ static const char *apply(struct px_config *c, char **w, int n)
 #define NEED(k)                                                                                    \
     do {                                                                                           \
         if (n != (k) + 1)                                                                          \
-            return (k) == 1 ? "expects one value" : "wrong number of values";                     \
+            return (k) == 1 ? "expects one value" : "wrong number of values";                      \
     } while (0)
 #define INT_DIRECTIVE(name, field, lo, hi)                                                         \
     if (!strcmp(d, name)) {                                                                        \
         NEED(1);                                                                                   \
-        return parse_int(w[1], lo, hi, &c->field) == 0 ? NULL : "bad number";                    \
+        return parse_int(w[1], lo, hi, &c->field) == 0 ? NULL : "bad number";                      \
     }
     INT_DIRECTIVE("connect_timeout", connect_timeout, 1, 86400)
     INT_DIRECTIVE("response_header_timeout", response_header_timeout, 1, 86400)
@@ -264,8 +264,9 @@ static const char *apply(struct px_config *c, char **w, int n)
             c->max_body_size = 0;
             return NULL;
         }
-        return px_config_parse_size(w[1], &c->max_body_size) ? "bad size (bytes, k, m; 0 = no limit)"
-                                                            : NULL;
+        return px_config_parse_size(w[1], &c->max_body_size)
+                   ? "bad size (bytes, k, m; 0 = no limit)"
+                   : NULL;
     }
     if (!strcmp(d, "max_request_line") || !strcmp(d, "max_header_size")) {
         NEED(1);

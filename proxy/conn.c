@@ -55,7 +55,6 @@ const char *px_conn_state_name(enum px_conn_state st)
     return "?";
 }
 
-
 void px_conn_set_state(struct px_conn *c, enum px_conn_state next)
 {
     clog(c, PX_DEBUG, "%s -> %s", px_conn_state_name(c->state), px_conn_state_name(next));
@@ -153,7 +152,6 @@ void px_conn_close(struct px_conn *c)
         px_conn_destroy(c);
 }
 
-
 /* Stop reading, flush what we wrote, then destroy. */
 void px_conn_linger(struct px_conn *c)
 {
@@ -168,7 +166,6 @@ void px_conn_linger(struct px_conn *c)
     bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
     px_conn_arm_timer(c, 10); /* a peer that never reads does not keep us */
 }
-
 
 void px_conn_accept(struct px_server *srv, int fd, const struct sockaddr *sa, int salen, int tls)
 {
@@ -216,8 +213,8 @@ void px_conn_attach(struct px_server *srv, struct bufferevent *bev, const struct
     px_metrics.accepted++;
     c->tls = (flags & PX_CONN_TLS) != 0;
     c->h2_stream = (flags & PX_CONN_H2_STREAM) != 0;
-    memcpy(&c->peer, sa, sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                                   : sizeof(struct sockaddr_in));
+    memcpy(&c->peer, sa,
+           sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
     if (sa->sa_family == AF_INET)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->peer_ip,
                   sizeof(c->peer_ip));
@@ -256,10 +253,6 @@ static void handoff_h2(struct px_conn *c)
 
 /* ---- small writers: printf is measurable on the per-request path ---- */
 
-
-
-
-
 /* ---- access log ---- */
 
 static double ms_since(const struct timeval *t)
@@ -292,8 +285,7 @@ void px_conn_access_log(struct px_conn *c)
     strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
     fprintf(f, "%s ACCESS id=%s conn=%llu peer=%s %.*s host=%s path=", ts, c->reqid,
             (unsigned long long)c->id, c->peer_ip, c->have_req ? (int)c->req.method.len : 1,
-            c->have_req ? c->req.method.p : "-",
-            c->loghost[0] ? c->loghost : "-");
+            c->have_req ? c->req.method.p : "-", c->loghost[0] ? c->loghost : "-");
     for (size_t i = 0; i < path.len; i++) {
         unsigned char ch = (unsigned char)path.p[i];
         if (ch > 0x20 && ch < 0x7f && ch != '"')
@@ -302,8 +294,8 @@ void px_conn_access_log(struct px_conn *c)
             fprintf(f, "%%%02X", ch);
     }
     fprintf(f, " status=%d bytes=%llu upstream_ms=%.1f total_ms=%.1f\n", c->status,
-            (unsigned long long)c->bytes_out,
-            c->t_upstream.tv_sec ? ms_since(&c->t_upstream) : 0.0, ms_since(&c->t_start));
+            (unsigned long long)c->bytes_out, c->t_upstream.tv_sec ? ms_since(&c->t_upstream) : 0.0,
+            ms_since(&c->t_start));
 }
 
 /* ---- local responses ---- */
@@ -323,7 +315,7 @@ int px_conn_wants_html(const struct px_conn *c)
 /* Writes a complete response of our own. The connection is kept only if the
  * request body is fully read and the client wants it kept. */
 void px_conn_respond(struct px_conn *c, int status, const char *ctype, struct evbuffer *body,
-                    const char *extra_headers)
+                     const char *extra_headers)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
     size_t blen = body ? evbuffer_get_length(body) : 0;
@@ -418,7 +410,6 @@ void px_conn_loghost(struct px_conn *c, const struct px_host *h, int label_is_id
         snprintf(c->loghost, sizeof(c->loghost), "%u-<signed>", c->port);
 }
 
-
 void px_bev_slurp(struct bufferevent *bev, size_t budget)
 {
     evutil_socket_t fd = bufferevent_getfd(bev);
@@ -451,13 +442,6 @@ struct px_str px_path_only(struct px_str p)
     const char *q = memchr(p.p, '?', p.len);
     return q ? px_str_make(p.p, (size_t)(q - p.p)) : p;
 }
-
-
-
-
-
-
-
 
 /* Called once the body framing of the request is known. */
 static void parse_head(struct px_conn *c, size_t head_len)
@@ -492,7 +476,8 @@ static void parse_head(struct px_conn *c, size_t head_len)
         c->req_body = BODY_NONE;
         c->req_done = 1;
     }
-    if (c->srv->cfg->max_body_size > 0 && c->req.content_length > (int64_t)c->srv->cfg->max_body_size)
+    if (c->srv->cfg->max_body_size > 0 &&
+        c->req.content_length > (int64_t)c->srv->cfg->max_body_size)
         return px_conn_fail_close(c, 413, "request body larger than max_body_size");
     px_conn_set_state(c, PX_CONN_AUTH);
     px_route_request(c);
@@ -523,47 +508,24 @@ static void read_head(struct px_conn *c)
         px_conn_arm_timer(c, cfg->client_header_timeout);
     }
     switch (px_h1_find_head(in, cfg->max_request_line, cfg->max_header_size, &head_len, &status)) {
-    case PX_PARSE_AGAIN:
-        return;
+    case PX_PARSE_AGAIN: return;
     case PX_PARSE_BAD:
         evbuffer_drain(in, evbuffer_get_length(in));
-        return px_conn_fail_close(c, status, status == 414   ? "request line too long"
-                                     : status == 431 ? "request header fields too large"
-                                                     : "malformed request head");
-    case PX_PARSE_OK:
-        evtimer_del(c->timer);
-        return parse_head(c, head_len);
+        return px_conn_fail_close(c, status,
+                                  status == 414   ? "request line too long"
+                                  : status == 431 ? "request header fields too large"
+                                                  : "malformed request head");
+    case PX_PARSE_OK: evtimer_del(c->timer); return parse_head(c, head_len);
     }
 }
 
 /* ---- auth ---- */
 
-
-
-
-
 /* ---- forwarding ---- */
-
-
-
-
-
-
-
-
-
-
 
 /* ---- response ---- */
 
-
-
-
-
-
-
 /* ---- WebSocket: hand over to ws/ after 101 ---- */
-
 
 /* ---- exchange end ---- */
 
@@ -595,14 +557,9 @@ void px_conn_step(struct px_conn *c)
         uint64_t before = c->srv->next_req_id;
         switch (c->state) {
         case PX_CONN_IDLE:
-        case PX_CONN_HEAD:
-            read_head(c);
-            break;
-        case PX_CONN_AUTH:
-            return;
-        case PX_CONN_STREAM:
-            px_fwd_pump_request(c);
-            return;
+        case PX_CONN_HEAD: read_head(c); break;
+        case PX_CONN_AUTH: return;
+        case PX_CONN_STREAM: px_fwd_pump_request(c); return;
         case PX_CONN_CLOSING:
             evbuffer_drain(bufferevent_get_input(c->bev),
                            evbuffer_get_length(bufferevent_get_input(c->bev)));
@@ -650,8 +607,7 @@ static void on_client_write(struct bufferevent *bev, void *arg)
         break;
     case PX_CONN_IDLE:
     case PX_CONN_HEAD:
-    case PX_CONN_AUTH:
-        break;
+    case PX_CONN_AUTH: break;
     }
     LEAVE(c);
 }
@@ -674,9 +630,7 @@ static void on_client_event(struct bufferevent *bev, short what, void *arg)
     case PX_CONN_IDLE:
     case PX_CONN_HEAD:
     case PX_CONN_AUTH:
-    case PX_CONN_CLOSING:
-        px_conn_close(c);
-        break;
+    case PX_CONN_CLOSING: px_conn_close(c); break;
     case PX_CONN_STREAM:
         if ((what & BEV_EVENT_EOF) && c->req_done && !c->h2_stream) {
             /* (An HTTP/2 stream's end means it was reset or its connection died:
@@ -696,11 +650,6 @@ static void on_client_event(struct bufferevent *bev, short what, void *arg)
     }
     LEAVE(c);
 }
-
-
-
-
-
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -722,9 +671,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
         break;
     case PX_CONN_IDLE:
     case PX_CONN_CLOSING:
-    case PX_CONN_AUTH:
-        px_conn_close(c);
-        break;
+    case PX_CONN_AUTH: px_conn_close(c); break;
     }
     LEAVE(c);
 }

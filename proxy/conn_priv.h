@@ -39,74 +39,73 @@ enum body_kind { BODY_NONE = 0, BODY_LENGTH, BODY_CHUNKED, BODY_EOF };
 enum resp_state { RESP_HEAD = 0, RESP_BODY, RESP_DONE };
 
 struct px_conn {
-    uint64_t id;                 /* for logs; never reused */
+    uint64_t id; /* for logs; never reused */
     enum px_conn_state state;
-    struct px_server *srv;       /* borrowed; outlives us */
-    struct bufferevent *bev;     /* owned; frees the fd */
-    struct event *timer;         /* owned; keepalive / header timer */
+    struct px_server *srv;   /* borrowed; outlives us */
+    struct bufferevent *bev; /* owned; frees the fd */
+    struct event *timer;     /* owned; keepalive / header timer */
     char peer_ip[INET6_ADDRSTRLEN];
     struct sockaddr_storage peer;
-    unsigned tls : 1;            /* the client reached us over TLS */
-    unsigned h2_stream : 1;      /* an HTTP/2 stream bridged by tls/h2.c */
-    unsigned nreq;               /* requests seen on this connection */
+    unsigned tls : 1;       /* the client reached us over TLS */
+    unsigned h2_stream : 1; /* an HTTP/2 stream bridged by tls/h2.c */
+    unsigned nreq;          /* requests seen on this connection */
     unsigned peer_trusted : 1;
     unsigned busy;               /* >0 while our frames are on the stack */
     unsigned doomed : 1;         /* destroy as soon as busy == 0 */
     struct px_conn *next, *prev; /* srv->conns */
 
     /* The current exchange; reset by exchange_reset(). */
-    struct px_head req;          /* owned */
+    struct px_head req; /* owned */
     int have_req;
     char reqid[24];
     struct timeval t_start, t_upstream;
-    char loghost[80];            /* redacted host for the access log */
-    char host[256];              /* lowercased Host; the auth label points into it */
-    struct px_str label;         /* slice of host (or of req.buf for toolbox) */
-    struct px_str authority;     /* the routed authority as received: absolute-form target, else Host */
-    char *set_cookie;            /* owned; a full Set-Cookie line for the response, or NULL */
-    struct px_str path;          /* slice of req.buf: path+query as received */
-    struct px_auth *auth;        /* owned by auth/; we only cancel it */
-    struct px_lk *dom_lk;        /* owned by lookup.c; custom-domain lookup, we only cancel it */
-    char dom_sandbox[256];       /* the sandbox a custom domain names; the label points here */
-    struct px_host hinfo;        /* the parsed Host; slices into host */
-    struct px_sandbox *sb;       /* owned; the resolved sandbox */
-    unsigned port;               /* preview port */
+    char loghost[80];        /* redacted host for the access log */
+    char host[256];          /* lowercased Host; the auth label points into it */
+    struct px_str label;     /* slice of host (or of req.buf for toolbox) */
+    struct px_str authority; /* the routed authority as received: absolute-form target, else Host */
+    char *set_cookie;        /* owned; a full Set-Cookie line for the response, or NULL */
+    struct px_str path;      /* slice of req.buf: path+query as received */
+    struct px_auth *auth;    /* owned by auth/; we only cancel it */
+    struct px_lk *dom_lk;    /* owned by lookup.c; custom-domain lookup, we only cancel it */
+    char dom_sandbox[256];   /* the sandbox a custom domain names; the label points here */
+    struct px_host hinfo;    /* the parsed Host; slices into host */
+    struct px_sandbox *sb;   /* owned; the resolved sandbox */
+    unsigned port;           /* preview port */
     unsigned toolbox : 1;
     unsigned drop_authorization : 1;
-    struct px_str toolbox_rest;  /* slice of req.buf */
-    struct px_str query_token;   /* slice of req.buf */
+    struct px_str toolbox_rest; /* slice of req.buf */
+    struct px_str query_token;  /* slice of req.buf */
     unsigned has_query_token : 1;
 
     enum body_kind req_body;
-    int64_t req_left;            /* BODY_LENGTH: bytes still to read */
+    int64_t req_left; /* BODY_LENGTH: bytes still to read */
     struct px_chunked req_ch;
-    unsigned req_done : 1;       /* whole request body read from the client */
-    unsigned keepalive : 1;      /* keep the client connection after this exchange */
+    unsigned req_done : 1;  /* whole request body read from the client */
+    unsigned keepalive : 1; /* keep the client connection after this exchange */
 
-    struct px_upstream *up;      /* owned; NULL until forwarded */
-    struct evbuffer *replay;     /* owned; bytes sent on a reused connection, for one retry */
+    struct px_upstream *up;  /* owned; NULL until forwarded */
+    struct evbuffer *replay; /* owned; bytes sent on a reused connection, for one retry */
     unsigned retried : 1;
-    unsigned resp_seen : 1;      /* any response byte came back */
+    unsigned resp_seen : 1; /* any response byte came back */
 
     enum resp_state resp_st;
-    struct px_head resp;         /* owned */
+    struct px_head resp; /* owned */
     enum body_kind resp_body;
     int64_t resp_left;
     struct px_chunked resp_ch;
     unsigned resp_chunk_out : 1; /* we chunk an EOF-delimited body for the client */
     unsigned up_reusable : 1;
-    unsigned no_activity : 1;    /* X-Daytona-Skip-Last-Activity-Update: true */
-    int status;                  /* status sent to the client, 0 before */
-    uint64_t bytes_out;          /* response body bytes sent */
+    unsigned no_activity : 1; /* X-Daytona-Skip-Last-Activity-Update: true */
+    int status;               /* status sent to the client, 0 before */
+    uint64_t bytes_out;       /* response body bytes sent */
 };
 
 #define clog(c, lvl, ...)                                                                          \
     do {                                                                                           \
         if ((lvl) <= px_log_level) {                                                               \
             char ctx_[160];                                                                        \
-            snprintf(ctx_, sizeof(ctx_), "conn=%llu st=%s host=%s",                                \
-                     (unsigned long long)(c)->id, px_conn_state_name((c)->state),                          \
-                     (c)->loghost[0] ? (c)->loghost : "-");                                        \
+            snprintf(ctx_, sizeof(ctx_), "conn=%llu st=%s host=%s", (unsigned long long)(c)->id,   \
+                     px_conn_state_name((c)->state), (c)->loghost[0] ? (c)->loghost : "-");        \
             px_logf((lvl), ctx_, __VA_ARGS__);                                                     \
         }                                                                                          \
     } while (0)
@@ -161,9 +160,9 @@ void px_fwd_add_cookie(struct evbuffer *out, struct px_str v);
     do {                                                                                           \
         if ((c)->busy == 1 && !(c)->doomed && (c)->state == PX_CONN_IDLE &&                        \
             evbuffer_get_length(bufferevent_get_input((c)->bev)) > 0)                              \
-            px_conn_step(c);                                                                          \
+            px_conn_step(c);                                                                       \
         if (--(c)->busy == 0 && (c)->doomed)                                                       \
-            px_conn_destroy(c);                                                                       \
+            px_conn_destroy(c);                                                                    \
     } while (0)
 
 #endif

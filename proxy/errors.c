@@ -92,14 +92,18 @@ static const char *advice(int status)
 {
     switch (status) {
     case 400: return "The request was malformed. Check the URL and try again.";
-    case 401: return "This sandbox preview is private. Open it with a signed preview URL, or send "
-                     "the sandbox's preview token in the X-Daytona-Preview-Token header.";
+    case 401:
+        return "This sandbox preview is private. Open it with a signed preview URL, or send "
+               "the sandbox's preview token in the X-Daytona-Preview-Token header.";
     case 403: return "You do not have access to this sandbox.";
     case 404: return "No sandbox or route matches this address. Check the port and sandbox ID.";
     case 408: return "The request took too long to arrive.";
-    case 413: case 414: case 431: return "The request was too large.";
-    case 502: return "The sandbox service on this port is not answering. Make sure a server is "
-                     "listening on that port inside the sandbox.";
+    case 413:
+    case 414:
+    case 431: return "The request was too large.";
+    case 502:
+        return "The sandbox service on this port is not answering. Make sure a server is "
+               "listening on that port inside the sandbox.";
     case 503: return "The preview service is temporarily unavailable. Try again in a few seconds.";
     case 504: return "The sandbox service on this port took too long to answer.";
     default: return "Something went wrong.";
@@ -206,8 +210,9 @@ const char *px_error_body(const struct px_config *cfg, struct evbuffer *out,
     char first[2] = {msg[0] >= 'a' && msg[0] <= 'z' ? (char)(msg[0] - 32) : msg[0], 0};
     px_html_escape(out, px_str_make(first, msg[0] ? 1 : 0));
     px_html_escape(out, px_str_make(msg + (msg[0] ? 1 : 0), strlen(msg) - (msg[0] ? 1 : 0)));
-    evbuffer_add_printf(out, ".</p><p>%s</p><p class=\"c\">Code <code>%s</code> &middot; "
-                             "request ID <code>%s</code> &middot; %s</p></main></body></html>\n",
+    evbuffer_add_printf(out,
+                        ".</p><p>%s</p><p class=\"c\">Code <code>%s</code> &middot; "
+                        "request ID <code>%s</code> &middot; %s</p></main></body></html>\n",
                         advice(e->status), code, request_id, ts);
     return "text/html; charset=utf-8";
 }

@@ -60,9 +60,9 @@ static void add_field(struct evbuffer *o, const char *name, struct px_str value)
 int px_fwd_hop_by_hop(struct px_str name, struct px_str conn_value)
 {
     static const struct px_str hop[] = {
-        PX_STR("connection"), PX_STR("keep-alive"), PX_STR("proxy-connection"),
-        PX_STR("te"), PX_STR("trailer"), PX_STR("transfer-encoding"), PX_STR("upgrade"),
-        PX_STR("content-length"),
+        PX_STR("connection"), PX_STR("keep-alive"),     PX_STR("proxy-connection"),
+        PX_STR("te"),         PX_STR("trailer"),        PX_STR("transfer-encoding"),
+        PX_STR("upgrade"),    PX_STR("content-length"),
     };
     for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
         if (px_str_ieq(name, hop[i]))
@@ -166,7 +166,8 @@ static void build_request(struct px_conn *c, struct evbuffer *out)
             xff = f;
         else if (px_str_ieq(f->name, PX_STR("x-forwarded-proto")))
             xfp = f;
-        if (px_fwd_hop_by_hop(f->name, conn_value) || px_fwd_consumed(f->name, c->drop_authorization))
+        if (px_fwd_hop_by_hop(f->name, conn_value) ||
+            px_fwd_consumed(f->name, c->drop_authorization))
             continue;
         if (px_str_ieq(f->name, PX_STR("cookie"))) {
             px_fwd_add_cookie(out, f->value);
@@ -185,8 +186,8 @@ static void build_request(struct px_conn *c, struct evbuffer *out)
     else
         add_field(out, "X-Forwarded-Host: ", r->host);
     if (xff != NULL && c->peer_trusted)
-        evbuffer_add_printf(out, "X-Forwarded-For: %.*s, %s\r\n", (int)xff->value.len,
-                            xff->value.p, c->peer_ip);
+        evbuffer_add_printf(out, "X-Forwarded-For: %.*s, %s\r\n", (int)xff->value.len, xff->value.p,
+                            c->peer_ip);
     else
         add_field(out, "X-Forwarded-For: ", px_str_make(c->peer_ip, strlen(c->peer_ip)));
     if (xfp != NULL && c->peer_trusted)
@@ -197,13 +198,11 @@ static void build_request(struct px_conn *c, struct evbuffer *out)
     add_field(out, "X-Request-Id: ", px_str_make(c->reqid, strlen(c->reqid)));
     if (r->ws_upgrade)
         evbuffer_add(out, "Connection: Upgrade\r\nUpgrade: websocket\r\n", 41);
-    if (c->req_body == BODY_LENGTH)
-    {
+    if (c->req_body == BODY_LENGTH) {
         add_str(out, "Content-Length: ");
         add_u64(out, (uint64_t)r->content_length);
         evbuffer_add(out, "\r\n", 2);
-    }
-    else if (c->req_body == BODY_CHUNKED)
+    } else if (c->req_body == BODY_CHUNKED)
         evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
     else if (r->content_length == 0)
         evbuffer_add(out, "Content-Length: 0\r\n", 19);
@@ -251,11 +250,8 @@ void px_fwd_pump_request(struct px_conn *c)
             c->req_done = 1;
     } else if (c->req_body == BODY_CHUNKED) {
         switch (px_chunked_feed(&c->req_ch, in, tmp)) {
-        case PX_PARSE_OK:
-            c->req_done = 1;
-            break;
-        case PX_PARSE_AGAIN:
-            break;
+        case PX_PARSE_OK: c->req_done = 1; break;
+        case PX_PARSE_AGAIN: break;
         case PX_PARSE_BAD:
             evbuffer_free(tmp);
             clog(c, PX_INFO, "bad chunked request body");
@@ -452,12 +448,9 @@ static int read_response_head(struct px_conn *c)
 
     for (;;) {
         switch (px_h1_find_head(in, PX_MAX_RESP_HEAD, PX_MAX_RESP_HEAD, &head_len, &status)) {
-        case PX_PARSE_AGAIN:
-            return 0;
-        case PX_PARSE_BAD:
-            goto bad;
-        case PX_PARSE_OK:
-            break;
+        case PX_PARSE_AGAIN: return 0;
+        case PX_PARSE_BAD: goto bad;
+        case PX_PARSE_OK: break;
         }
         const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)head_len);
         px_head_free(&c->resp);
@@ -519,8 +512,7 @@ static void pump_response(struct px_conn *c)
     struct evbuffer *out = bufferevent_get_output(c->bev);
 
     switch (c->resp_body) {
-    case BODY_NONE:
-        return response_done(c);
+    case BODY_NONE: return response_done(c);
     case BODY_LENGTH: {
         size_t avail = evbuffer_get_length(in);
         size_t n = (int64_t)avail < c->resp_left ? avail : (size_t)c->resp_left;
@@ -667,8 +659,8 @@ static void starting(struct px_conn *c)
         px_conn_respond(c, 503, "text/html; charset=utf-8", b, "Retry-After: 5\r\n");
     } else {
         struct px_error e = {503, "SANDBOX_STARTING", "the sandbox is starting; retry shortly"};
-        const char *ct = px_error_body(c->srv->cfg, b, &e, c->req.method, px_path_only(c->path),
-                                       c->reqid, 0);
+        const char *ct =
+            px_error_body(c->srv->cfg, b, &e, c->req.method, px_path_only(c->path), c->reqid, 0);
         px_conn_respond(c, 503, ct, b, "Retry-After: 5\r\n");
     }
     evbuffer_free(b);
@@ -710,7 +702,8 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
                 clog(c, PX_WARN, "runner TLS certificate verification failed: %s",
                      X509_verify_cert_error_string(vr));
                 px_conn_upstream_drop(c);
-                px_conn_fail(c, 502, "RUNNER_TLS_ERROR", "the runner's TLS certificate is not trusted");
+                px_conn_fail(c, 502, "RUNNER_TLS_ERROR",
+                             "the runner's TLS certificate is not trusted");
                 goto out;
             }
         }
@@ -721,12 +714,12 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
             starting(c);
         else if (timeout)
             px_conn_fail(c, 504, NULL,
-                 connecting ? "timed out connecting to the runner"
-                            : "the sandbox service did not answer in time");
+                         connecting ? "timed out connecting to the runner"
+                                    : "the sandbox service did not answer in time");
         else
             px_conn_fail(c, 502, NULL,
-                 connecting ? "the sandbox service (or its runner) refused the connection"
-                            : "the runner closed the connection before answering");
+                         connecting ? "the sandbox service (or its runner) refused the connection"
+                                    : "the runner closed the connection before answering");
         goto out;
     }
     /* Mid-body failure: the status line is out, so all we can do is close. */

@@ -13,17 +13,15 @@
 /* RFC 9110 5.6.2 token characters, as a table: this runs for every header byte. */
 static const unsigned char TCHAR[256] = {
     ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
-    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
-    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
-    ['8'] = 1, ['9'] = 1,
-    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
-    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
-    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
-    ['y'] = 1, ['z'] = 1,
-    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
-    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
-    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
-    ['Y'] = 1, ['Z'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1,  ['~'] = 1, ['0'] = 1,
+    ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,  ['7'] = 1, ['8'] = 1,
+    ['9'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1,  ['f'] = 1, ['g'] = 1,
+    ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1,  ['n'] = 1, ['o'] = 1,
+    ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1,  ['v'] = 1, ['w'] = 1,
+    ['x'] = 1, ['y'] = 1, ['z'] = 1, ['A'] = 1, ['B'] = 1, ['C'] = 1,  ['D'] = 1, ['E'] = 1,
+    ['F'] = 1, ['G'] = 1, ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1,  ['L'] = 1, ['M'] = 1,
+    ['N'] = 1, ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1,  ['T'] = 1, ['U'] = 1,
+    ['V'] = 1, ['W'] = 1, ['X'] = 1, ['Y'] = 1, ['Z'] = 1,
 };
 
 static inline int tchar(unsigned char c)
@@ -79,7 +77,6 @@ enum px_parse px_h1_find_head(struct evbuffer *in, size_t max_line, size_t max_h
     *head_len = (size_t)end.pos + 4;
     return PX_PARSE_OK;
 }
-
 
 /* RFC 9112 2.2, 5.1, 5.2: every line ends in CRLF; no bare CR/LF; no controls
  * but HTAB in values; no obs-fold; field names are tokens directly followed by
@@ -387,20 +384,11 @@ int px_h1_parse_request(struct px_head *h, const char *data, size_t len, int max
     int rc = parse_common(h, data, len, max_headers, HTTP_REQUEST, why);
 
     switch (rc) {
-    case 0:
-        break;
-    case -2:
-        *status = 431;
-        return -1;
-    case -3:
-        *status = 500;
-        return -1;
-    case -4:
-        *status = 505;
-        return -1;
-    default:
-        *status = 400;
-        return -1;
+    case 0: break;
+    case -2: *status = 431; return -1;
+    case -3: *status = 500; return -1;
+    case -4: *status = 505; return -1;
+    default: *status = 400; return -1;
     }
     if (h->m == HTTP_CONNECT) {
         *status = 405;
@@ -560,8 +548,7 @@ enum px_parse px_chunked_feed(struct px_chunked *ch, struct evbuffer *in, struct
             evbuffer_add(ch->trailers, "\r\n", 2);
             break;
         }
-        case PX_CH_DONE:
-            return PX_PARSE_OK;
+        case PX_CH_DONE: return PX_PARSE_OK;
         }
     }
 }

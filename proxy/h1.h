@@ -16,20 +16,20 @@ struct px_hdr {
 
 /* A parsed request or response head. buf owns the bytes every slice points into. */
 struct px_head {
-    char *buf;   /* owned; the raw head, NUL-terminated */
+    char *buf; /* owned; the raw head, NUL-terminated */
     size_t len;
     struct px_str method, target, reason; /* request: method, target; response: reason */
     enum http_method m;
-    int status;                 /* response */
+    int status; /* response */
     int http_major, http_minor;
-    struct px_hdr *hdrs;        /* owned array */
+    struct px_hdr *hdrs; /* owned array */
     int nhdrs, cap;
-    int64_t content_length;     /* -1 when absent */
-    struct px_str host;         /* request Host value (slice) */
+    int64_t content_length; /* -1 when absent */
+    struct px_str host;     /* request Host value (slice) */
     unsigned chunked : 1;
-    unsigned keepalive : 1;     /* the peer wants the connection kept */
-    unsigned conn_upgrade : 1;  /* Connection lists "upgrade" */
-    unsigned ws_upgrade : 1;    /* Upgrade: websocket and Connection: upgrade */
+    unsigned keepalive : 1;    /* the peer wants the connection kept */
+    unsigned conn_upgrade : 1; /* Connection lists "upgrade" */
+    unsigned ws_upgrade : 1;   /* Upgrade: websocket and Connection: upgrade */
     unsigned expect_continue : 1;
 };
 
@@ -65,11 +65,11 @@ int px_token_list_has(struct px_str list, struct px_str tok);
  * digits or an over-long line are errors. */
 struct px_chunked {
     enum { PX_CH_SIZE = 0, PX_CH_DATA, PX_CH_DATA_END, PX_CH_TRAILER, PX_CH_DONE } st;
-    uint64_t left;          /* bytes of the current chunk still to move */
-    size_t trailer_bytes;   /* bounded by PX_CHUNK_MAX_TRAILERS */
+    uint64_t left;             /* bytes of the current chunk still to move */
+    size_t trailer_bytes;      /* bounded by PX_CHUNK_MAX_TRAILERS */
     struct evbuffer *trailers; /* owned; NULL until the first trailer */
-    uint64_t total;         /* payload bytes moved so far */
-    unsigned plain : 1;     /* emit only the payload (for an HTTP/1.0 receiver) */
+    uint64_t total;            /* payload bytes moved so far */
+    unsigned plain : 1;        /* emit only the payload (for an HTTP/1.0 receiver) */
 };
 
 #define PX_CHUNK_MAX_LINE 4096

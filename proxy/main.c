@@ -29,9 +29,11 @@ struct px_server *px_srv;
 static struct evconnlistener *listeners[PX_MAX_LISTEN];
 static int nlisteners;
 static struct event *shutdown_timer;
-static struct px_tls *tls_sets[64]; /* every certificate set loaded; handshakes may borrow old ones */
+static struct px_tls
+    *tls_sets[64]; /* every certificate set loaded; handshakes may borrow old ones */
 static int ntls_sets;
-static struct px_config *configs[64]; /* every config ever loaded; connections may borrow old ones */
+static struct px_config
+    *configs[64]; /* every config ever loaded; connections may borrow old ones */
 static int nconfigs;
 
 static void usage(void)
@@ -70,10 +72,11 @@ static int open_listeners(struct px_server *srv)
     for (int i = 0; i < cfg->nlisten; i++) {
         listener_args[i].srv = srv;
         listener_args[i].tls = cfg->listen[i].tls;
-        listeners[i] = evconnlistener_new_bind(
-            srv->base, on_accept, &listener_args[i],
-            LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_EXEC,
-            1024, (const struct sockaddr *)&cfg->listen[i].addr, (int)cfg->listen[i].addrlen);
+        listeners[i] = evconnlistener_new_bind(srv->base, on_accept, &listener_args[i],
+                                               LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
+                                                   LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_EXEC,
+                                               1024, (const struct sockaddr *)&cfg->listen[i].addr,
+                                               (int)cfg->listen[i].addrlen);
         if (listeners[i] == NULL) {
             px_log(PX_ERR, "cannot listen on listener %d: %s", i, strerror(errno));
             return -1;
@@ -320,15 +323,9 @@ int main(int argc, char **argv)
 
     while ((opt = getopt(argc, argv, "tc:h")) != -1) {
         switch (opt) {
-        case 't':
-            check = 1;
-            break;
-        case 'c':
-            path = optarg;
-            break;
-        default:
-            usage();
-            return 2;
+        case 't': check = 1; break;
+        case 'c': path = optarg; break;
+        default: usage(); return 2;
         }
     }
     if (optind != argc) {

@@ -114,9 +114,8 @@ struct evconnlistener *px_metrics_listen(struct px_server *srv)
 
     if (cfg->metrics.addrlen == 0)
         return NULL;
-    return evconnlistener_new_bind(srv->base, on_accept, srv,
-                                   LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
-                                       LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_EXEC,
-                                   128, (const struct sockaddr *)&cfg->metrics.addr,
-                                   (int)cfg->metrics.addrlen);
+    return evconnlistener_new_bind(
+        srv->base, on_accept, srv,
+        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_EXEC,
+        128, (const struct sockaddr *)&cfg->metrics.addr, (int)cfg->metrics.addrlen);
 }

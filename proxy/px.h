@@ -96,7 +96,7 @@ struct px_domain {
 
 /* One `tls_cert FILE KEY [DOMAIN…]` entry. */
 struct px_tls_cfg {
-    char *cert, *key;            /* owned paths */
+    char *cert, *key;              /* owned paths */
     char *domains[PX_MAX_DOMAINS]; /* owned, lowercased */
     int ndomains;
 };
@@ -109,7 +109,7 @@ struct px_config {
     int nlisten;
     char *domains[PX_MAX_DOMAINS]; /* owned, lowercased, no leading dot */
     int ndomains;
-    char *access_log;              /* owned; "stderr", "off" or a path */
+    char *access_log; /* owned; "stderr", "off" or a path */
     enum px_level log_level;
     int workers;
     int preview_warning;
@@ -132,17 +132,17 @@ struct px_config {
     char *cookie_secret;
     char *cookie_domain;
     char *api_url, *api_key;
-    struct px_sandbox *sandboxes; /* owned list, from `sandbox` records */
+    struct px_sandbox *sandboxes;     /* owned list, from `sandbox` records */
     struct px_domain *custom_domains; /* owned list, from `domain` records */
-    int cache_ttl;        /* seconds a positive lookup is served from memory */
-    double lookup_rate;   /* cache misses per second allowed (flood bound) */
+    int cache_ttl;                    /* seconds a positive lookup is served from memory */
+    double lookup_rate;               /* cache misses per second allowed (flood bound) */
     double lookup_burst;
     struct px_listen_cfg metrics; /* metrics_listen; addrlen 0 when off */
     struct px_tls_cfg tls[PX_MAX_TLS];
     int ntls;
-    char *upstream_ca; /* owned; CA file for https runners, NULL = system store */
-    char *error_page[200];   /* owned template text for 400..599, or NULL */
-    char *error_family[2];   /* owned templates for 4xx, 5xx */
+    char *upstream_ca;                 /* owned; CA file for https runners, NULL = system store */
+    char *error_page[200];             /* owned template text for 400..599, or NULL */
+    char *error_family[2];             /* owned templates for 4xx, 5xx */
     unsigned cookie_secret_random : 1; /* generated at start: warn, single process only */
 };
 

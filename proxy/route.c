@@ -99,7 +99,7 @@ static void on_domain(void *arg, const struct px_lk_value *v, const char *err)
         if (px_str_eq(px_path_only(c->path), PX_STR("/health")))
             return base_routes(c);
         return px_conn_fail(c, err == px_err_busy ? 429 : 503, NULL,
-                    "cannot look up the custom domain right now; try again shortly");
+                            "cannot look up the custom domain right now; try again shortly");
     }
     if (v->found && strlen(v->str) < sizeof(c->dom_sandbox) && v->num > 0 && v->num <= 65535) {
         strcpy(c->dom_sandbox, v->str);
@@ -233,8 +233,7 @@ static void show_warning(struct px_conn *c)
             evbuffer_free(url);
         return px_conn_close(c);
     }
-    evbuffer_add_printf(url, "%s://%.*s",
-                        c->srv->cfg->external_https || c->tls ? "https" : "http",
+    evbuffer_add_printf(url, "%s://%.*s", c->srv->cfg->external_https || c->tls ? "https" : "http",
                         (int)c->authority.len, c->authority.p);
     evbuffer_add(url, c->path.p, c->path.len);
     size_t n = evbuffer_get_length(url);
@@ -266,8 +265,7 @@ static void on_auth(void *arg, struct px_auth_out *out)
     if (!c->no_activity)
         px_activity_touch(c->sb->id);
     if (out->label_is_sandbox && !c->toolbox) {
-        struct px_host h = {.port = c->port,
-                            .label = px_str_make(c->sb->id, strlen(c->sb->id))};
+        struct px_host h = {.port = c->port, .label = px_str_make(c->sb->id, strlen(c->sb->id))};
         px_conn_loghost(c, &h, 1);
     }
     /* The warning needs the sandbox's own override, so it comes after auth; the
@@ -287,11 +285,12 @@ static void make_set_cookie(struct px_conn *c, const char *value)
 
     if (cfg->cookie_domain != NULL)
         dom = px_str_make(cfg->cookie_domain, strlen(cfg->cookie_domain));
-    n = snprintf(buf, sizeof(buf),
-                 "Set-Cookie: daytona-sandbox-auth-%.*s=%s; Max-Age=3600; Path=/; HttpOnly; %s%s%.*s\r\n",
-                 (int)c->label.len, c->label.p, value,
-                 cfg->external_https || c->tls ? "Secure; SameSite=None" : "SameSite=Lax",
-                 dom.len ? "; Domain=" : "", (int)dom.len, dom.p);
+    n = snprintf(
+        buf, sizeof(buf),
+        "Set-Cookie: daytona-sandbox-auth-%.*s=%s; Max-Age=3600; Path=/; HttpOnly; %s%s%.*s\r\n",
+        (int)c->label.len, c->label.p, value,
+        cfg->external_https || c->tls ? "Secure; SameSite=None" : "SameSite=Lax",
+        dom.len ? "; Domain=" : "", (int)dom.len, dom.p);
     if (n > 0 && (size_t)n < sizeof(buf))
         c->set_cookie = strdup(buf);
 }
@@ -312,7 +311,8 @@ static void start_auth(struct px_conn *c, struct px_str label)
             struct px_str param = px_str_make(query.p + s, i - s);
             static const char key[] = "DAYTONA_SANDBOX_AUTH_KEY=";
             if (!found && param.len >= sizeof(key) - 1 && !memcmp(param.p, key, sizeof(key) - 1)) {
-                c->query_token = px_str_make(param.p + sizeof(key) - 1, param.len - sizeof(key) + 1);
+                c->query_token =
+                    px_str_make(param.p + sizeof(key) - 1, param.len - sizeof(key) + 1);
                 c->has_query_token = 1;
                 found = 1;
             }

@@ -18,21 +18,21 @@ struct px_h2;
 struct bufferevent;
 
 struct px_server {
-    struct event_base *base;      /* owned by main.c */
-    struct evdns_base *dns;       /* owned by main.c; non-blocking name lookups */
-    const struct px_config *cfg;  /* borrowed; swapped on SIGHUP */
-    struct px_pool *pool;         /* owned by main.c */
-    FILE *access;                 /* owned by main.c; NULL when access_log off */
-    struct px_conn *conns;        /* list of live client connections (conn.c) */
+    struct event_base *base;     /* owned by main.c */
+    struct evdns_base *dns;      /* owned by main.c; non-blocking name lookups */
+    const struct px_config *cfg; /* borrowed; swapped on SIGHUP */
+    struct px_pool *pool;        /* owned by main.c */
+    FILE *access;                /* owned by main.c; NULL when access_log off */
+    struct px_conn *conns;       /* list of live client connections (conn.c) */
     unsigned long nconns;
-    struct px_tls *tls;           /* owned by main.c; NULL without TLS listeners */
-    struct ssl_ctx_st *up_tls;    /* owned by main.c: SSL_CTX for https runners */
-    struct px_h2 *h2s;            /* list of HTTP/2 connections (tls/h2.c) */
+    struct px_tls *tls;        /* owned by main.c; NULL without TLS listeners */
+    struct ssl_ctx_st *up_tls; /* owned by main.c: SSL_CTX for https runners */
+    struct px_h2 *h2s;         /* list of HTTP/2 connections (tls/h2.c) */
     unsigned long nh2;
-    unsigned long h2_goaways;     /* connections closed for abuse */
-    struct px_splice *splices;    /* list of WebSocket tunnels (ws/splice.c) */
+    unsigned long h2_goaways;  /* connections closed for abuse */
+    struct px_splice *splices; /* list of WebSocket tunnels (ws/splice.c) */
     unsigned long nsplices;
-    unsigned draining : 1;        /* SIGTERM: finish in-flight work, then exit */
+    unsigned draining : 1; /* SIGTERM: finish in-flight work, then exit */
     uint64_t next_conn_id;
     uint64_t next_req_id;
     unsigned pid;

@@ -21,8 +21,8 @@
 #include "proxy/upstream.h"
 
 struct px_pool_bucket {
-    char *key;                  /* owned */
-    struct px_upstream *idle;   /* owned list of idle connections, MRU first */
+    char *key;                /* owned */
+    struct px_upstream *idle; /* owned list of idle connections, MRU first */
     int nidle;
     struct px_pool_bucket *next;
 };
@@ -220,8 +220,7 @@ struct px_upstream *px_upstream_connect(struct px_server *srv, const char *host,
     if (alen != 0) {
         if (bufferevent_socket_connect(up->bev, &addr.sa, (int)alen) != 0)
             goto fail;
-    } else if (bufferevent_socket_connect_hostname(up->bev, srv->dns, AF_UNSPEC, host, port) !=
-               0) {
+    } else if (bufferevent_socket_connect_hostname(up->bev, srv->dns, AF_UNSPEC, host, port) != 0) {
         goto fail;
     }
     return up;

@@ -15,7 +15,7 @@ struct px_upstream {
     char *key;               /* owned; "host:port", the pool bucket */
     unsigned reused : 1;     /* came out of the pool: may be stale (SPEC 9 retry) */
     unsigned connected : 1;
-    unsigned tls : 1;        /* https runner: the bufferevent is an OpenSSL one */
+    unsigned tls : 1;         /* https runner: the bufferevent is an OpenSSL one */
     struct px_upstream *next; /* pool links, only while idle */
     struct px_upstream *prev;
     struct px_pool_bucket *bucket; /* borrowed, only while idle */

@@ -10,7 +10,8 @@ static char path_byte(struct px_str p, size_t *i)
     char ch = p.p[*i];
 
     if (ch == '%' && *i + 2 < p.len) {
-        char a = (char)tolower((unsigned char)p.p[*i + 1]), b = (char)tolower((unsigned char)p.p[*i + 2]);
+        char a = (char)tolower((unsigned char)p.p[*i + 1]),
+             b = (char)tolower((unsigned char)p.p[*i + 2]);
         if (a == '2' && b == 'e') {
             *i += 3;
             return '.';
@@ -75,9 +76,9 @@ size_t px_query_strip(struct px_str query, struct px_str name, char *out, int *f
                     (param.len == name.len || param.p[name.len] == '=');
         if (match) {
             if (!*found && value != NULL)
-                *value = param.len > name.len ? px_str_make(param.p + name.len + 1,
-                                                             param.len - name.len - 1)
-                                              : PX_STR_NULL;
+                *value = param.len > name.len
+                             ? px_str_make(param.p + name.len + 1, param.len - name.len - 1)
+                             : PX_STR_NULL;
             *found = 1;
         } else {
             /* Every other parameter, empty ones included, stays byte for byte. */

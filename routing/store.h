@@ -24,9 +24,9 @@ struct px_sandbox {
     unsigned packed : 1; /* made by px_sandbox_dup(): read-only, one block */
     /* parsed from runner_url */
     int runner_tls;
-    char *runner_host;      /* owned; host without brackets */
+    char *runner_host; /* owned; host without brackets */
     int runner_port;
-    char *runner_authority; /* owned; "host:port" as written, for the Host header */
+    char *runner_authority;  /* owned; "host:port" as written, for the Host header */
     struct px_sandbox *next; /* owned list link */
 };
 

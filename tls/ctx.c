@@ -19,8 +19,8 @@
 #define TICKET_ROTATE 3600
 
 struct cert {
-    SSL_CTX *ctx;               /* owned */
-    char *names[MAX_NAMES];     /* owned, lowercased; "*.d" entries match one label */
+    SSL_CTX *ctx;           /* owned */
+    char *names[MAX_NAMES]; /* owned, lowercased; "*.d" entries match one label */
     int nnames;
 };
 
@@ -30,15 +30,14 @@ struct ticket_key {
 };
 
 struct px_tls {
-    struct cert *certs;  /* owned array; [0] is the default */
+    struct cert *certs; /* owned array; [0] is the default */
     int ncerts;
     struct ticket_key keys[2]; /* [0] current, [1] previous */
 };
 
-static const char CIPHERS12[] =
-    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
-    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
-    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+static const char CIPHERS12[] = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                                "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                                "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
 
 static int name_matches(const char *pattern, const char *host)
 {
@@ -100,8 +99,8 @@ static struct px_tls *ticket_owner(SSL *ssl)
 
 /* RFC 5077 ticket keys: encrypt with the current key, accept the previous one
  * and ask for a renewal. */
-static int on_ticket(SSL *ssl, unsigned char key_name[16], unsigned char *iv,
-                     EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc)
+static int on_ticket(SSL *ssl, unsigned char key_name[16], unsigned char *iv, EVP_CIPHER_CTX *cctx,
+                     EVP_MAC_CTX *hctx, int enc)
 {
     struct px_tls *t = ticket_owner(ssl);
     struct ticket_key *k = NULL;
@@ -151,7 +150,8 @@ static void add_cert_names(struct cert *c)
         GENERAL_NAME *g = sk_GENERAL_NAME_value(sans, i);
         if (g->type == GEN_DNS) {
             const unsigned char *d = ASN1_STRING_get0_data(g->d.dNSName);
-            c->names[c->nnames++] = strndup((const char *)d, (size_t)ASN1_STRING_length(g->d.dNSName));
+            c->names[c->nnames++] =
+                strndup((const char *)d, (size_t)ASN1_STRING_length(g->d.dNSName));
         }
     }
     GENERAL_NAMES_free(sans);
@@ -176,8 +176,8 @@ static SSL_CTX *server_ctx(struct px_tls *t, const char *certfile, const char *k
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, keyfile, SSL_FILETYPE_PEM) != 1 ||
         SSL_CTX_check_private_key(ctx) != 1) {
-        snprintf(err, errlen, "tls_cert %s: cannot load the key %s or it does not match",
-                 certfile, keyfile);
+        snprintf(err, errlen, "tls_cert %s: cannot load the key %s or it does not match", certfile,
+                 keyfile);
         goto fail_quiet;
     }
     SSL_CTX_set_tlsext_servername_callback(ctx, on_sni);
@@ -191,8 +191,9 @@ static SSL_CTX *server_ctx(struct px_tls *t, const char *certfile, const char *k
     return ctx;
 fail:
     snprintf(err, errlen, "tls_cert %s: %s", certfile,
-             ERR_reason_error_string(ERR_peek_last_error()) ? ERR_reason_error_string(ERR_peek_last_error())
-                                                             : "OpenSSL error");
+             ERR_reason_error_string(ERR_peek_last_error())
+                 ? ERR_reason_error_string(ERR_peek_last_error())
+                 : "OpenSSL error");
 fail_quiet:
     ERR_clear_error();
     SSL_CTX_free(ctx);
@@ -204,8 +205,8 @@ struct px_tls *px_tls_load(const struct px_config *cfg, char *err, size_t errlen
     struct px_tls *t = calloc(1, sizeof(*t));
 
     if (t == NULL || cfg->ntls == 0) {
-        snprintf(err, errlen, cfg->ntls == 0 ? "a TLS listener needs at least one tls_cert"
-                                             : "out of memory");
+        snprintf(err, errlen,
+                 cfg->ntls == 0 ? "a TLS listener needs at least one tls_cert" : "out of memory");
         free(t);
         return NULL;
     }
@@ -274,7 +275,8 @@ SSL_CTX *px_tls_client_ctx(const struct px_config *cfg, char *err, size_t errlen
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     if ((cfg->upstream_ca != NULL ? SSL_CTX_load_verify_locations(ctx, cfg->upstream_ca, NULL)
                                   : SSL_CTX_set_default_verify_paths(ctx)) != 1) {
-        snprintf(err, errlen, "upstream_ca %s: cannot load", cfg->upstream_ca ? cfg->upstream_ca : "(system)");
+        snprintf(err, errlen, "upstream_ca %s: cannot load",
+                 cfg->upstream_ca ? cfg->upstream_ca : "(system)");
         SSL_CTX_free(ctx);
         return NULL;
     }

@@ -40,40 +40,40 @@ enum bkind { B_NONE = 0, B_LENGTH, B_CHUNKED, B_EOF };
 
 struct stream {
     int32_t id;
-    struct px_h2 *h2;          /* borrowed: the owner */
-    struct bufferevent *bev;   /* owned: our end of the pair; NULL once finished */
-    struct evbuffer *head;     /* owned: HTTP/1.1 header lines being built */
-    struct evbuffer *cookies;  /* owned: cookie crumbs joined with "; " (RFC 9113 8.2.3) */
+    struct px_h2 *h2;         /* borrowed: the owner */
+    struct bufferevent *bev;  /* owned: our end of the pair; NULL once finished */
+    struct evbuffer *head;    /* owned: HTTP/1.1 header lines being built */
+    struct evbuffer *cookies; /* owned: cookie crumbs joined with "; " (RFC 9113 8.2.3) */
     char method[24];
     char *path, *authority, *protocol; /* owned */
     size_t hdr_bytes;
     int64_t req_cl;
     unsigned req_chunked : 1, req_ended : 1, started : 1, is_head : 1, ws : 1;
-    size_t unconsumed;         /* DATA bytes not yet acknowledged to the peer */
+    size_t unconsumed; /* DATA bytes not yet acknowledged to the peer */
     enum rstate rst;
-    struct px_head resp;       /* owned */
+    struct px_head resp; /* owned */
     enum bkind body;
     int64_t left;
     struct px_chunked ch;
-    struct evbuffer *out;      /* owned: response payload waiting for DATA frames */
+    struct evbuffer *out; /* owned: response payload waiting for DATA frames */
     unsigned out_eof : 1, deferred : 1, submitted : 1;
     struct stream *next, *prev;
 };
 
 struct px_h2 {
-    struct px_server *srv;       /* borrowed */
-    struct bufferevent *bev;     /* owned: the client connection */
-    nghttp2_session *ng;         /* owned */
+    struct px_server *srv;   /* borrowed */
+    struct bufferevent *bev; /* owned: the client connection */
+    nghttp2_session *ng;     /* owned */
     struct sockaddr_storage peer;
     int tls;
-    struct stream *streams;      /* owned list */
+    struct stream *streams; /* owned list */
     int nstreams;
-    unsigned in_ng;              /* >0 while nghttp2 is calling us */
+    unsigned in_ng; /* >0 while nghttp2 is calling us */
     unsigned busy;
     unsigned doomed : 1, draining : 1;
     time_t win;
     unsigned pings, settings, resets, empty;
-    struct px_h2 *next, *prev;   /* srv->h2s */
+    struct px_h2 *next, *prev; /* srv->h2s */
 };
 
 static void h2_send(struct px_h2 *h);
@@ -194,8 +194,8 @@ static void on_pair_drained(struct evbuffer *buf, const struct evbuffer_cb_info 
     }
 }
 
-static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len,
-                         uint32_t *flags, nghttp2_data_source *src, void *user)
+static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len, uint32_t *flags,
+                         nghttp2_data_source *src, void *user)
 {
     struct stream *s = src->ptr;
     size_t n = evbuffer_remove(s->out, buf, len);
@@ -277,12 +277,9 @@ static void stream_pump(struct stream *s)
     if (s->rst == R_HEAD) {
         for (;;) {
             switch (px_h1_find_head(in, 64 * 1024, 64 * 1024, &head_len, &status)) {
-            case PX_PARSE_AGAIN:
-                return;
-            case PX_PARSE_BAD:
-                goto bad;
-            case PX_PARSE_OK:
-                break;
+            case PX_PARSE_AGAIN: return;
+            case PX_PARSE_BAD: goto bad;
+            case PX_PARSE_OK: break;
             }
             const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)head_len);
             px_head_free(&s->resp);
@@ -311,9 +308,7 @@ static void stream_pump(struct stream *s)
             goto bad;
     }
     switch (s->rst) {
-    case R_TUNNEL:
-        evbuffer_add_buffer(s->out, in);
-        break;
+    case R_TUNNEL: evbuffer_add_buffer(s->out, in); break;
     case R_BODY:
         if (s->body == B_LENGTH) {
             size_t avail = evbuffer_get_length(in);
@@ -335,9 +330,7 @@ static void stream_pump(struct stream *s)
             s->rst = R_DONE;
         break;
     case R_HEAD:
-    case R_DONE:
-        evbuffer_drain(in, evbuffer_get_length(in));
-        break;
+    case R_DONE: evbuffer_drain(in, evbuffer_get_length(in)); break;
     }
     if (evbuffer_get_length(s->out) >= BODY_HIGH && s->bev != NULL)
         bufferevent_disable(s->bev, EV_READ);
@@ -394,8 +387,8 @@ static int stream_start(struct stream *s, int end_stream)
 
     if (s->path == NULL || s->method[0] == '\0' || (s->authority == NULL && !s->ws))
         return -1;
-    if (bufferevent_pair_new(h->srv->base, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS,
-                             pair) != 0)
+    if (bufferevent_pair_new(h->srv->base, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS, pair) !=
+        0)
         return -1;
     s->bev = pair[0];
     s->started = 1;
@@ -417,8 +410,10 @@ static int stream_start(struct stream *s, int end_stream)
         px_base64url(key, sizeof(key), b64);
         for (char *p = b64; *p; p++) /* RFC 6455 wants base64, not base64url */
             *p = *p == '-' ? '+' : *p == '_' ? '/' : *p;
-        evbuffer_add_printf(req, "Connection: Upgrade\r\nUpgrade: websocket\r\n"
-                                 "Sec-WebSocket-Key: %s==\r\n", b64);
+        evbuffer_add_printf(req,
+                            "Connection: Upgrade\r\nUpgrade: websocket\r\n"
+                            "Sec-WebSocket-Key: %s==\r\n",
+                            b64);
     } else if (s->req_cl >= 0) {
         evbuffer_add_printf(req, "Content-Length: %lld\r\n", (long long)s->req_cl);
     } else if (!end_stream) {
@@ -595,14 +590,12 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user
                 break;
             }
             if (stream_start(s, (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0) != 0)
-                nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, s->id,
-                                          NGHTTP2_PROTOCOL_ERROR);
+                nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_PROTOCOL_ERROR);
         } else if (f->hd.flags & NGHTTP2_FLAG_END_STREAM) {
             stream_end_request(s); /* trailers end the body */
         }
         break;
-    default:
-        break;
+    default: break;
     }
     return 0;
 }
@@ -736,8 +729,8 @@ void px_h2_start(struct px_server *srv, struct bufferevent *bev, const struct so
     h->srv = srv;
     h->bev = bev;
     h->tls = tls;
-    memcpy(&h->peer, peer, peer->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                                       : sizeof(struct sockaddr_in));
+    memcpy(&h->peer, peer,
+           peer->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
     h->next = srv->h2s;
     if (srv->h2s != NULL)
         srv->h2s->prev = h;

@@ -23,17 +23,17 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
-#define CHANNEL         "proxy:invalidate"
-#define ID_MAX          128
-#define VALUE_MAX       4096
-#define HOST_MAX        253
+#define CHANNEL "proxy:invalidate"
+#define ID_MAX 128
+#define VALUE_MAX 4096
+#define HOST_MAX 253
 /* A longer lifetime is a typo, not a policy; it also keeps now + expires far from overflow. */
-#define EXPIRES_MAX     (10L * 365 * 24 * 3600)
+#define EXPIRES_MAX (10L * 365 * 24 * 3600)
 /* SPEC 4.5: a revocation marker lives as long as the cookie it defeats. */
-#define REVOKED_TTL     "3600"
-#define TX_MAX_CMDS     4
-#define TX_MAX_ARGS     24
-#define TX_ATTEMPTS     5
+#define REVOKED_TTL "3600"
+#define TX_MAX_CMDS 4
+#define TX_MAX_ARGS 24
+#define TX_ATTEMPTS 5
 
 enum ctl_rc {
     CTL_OK = 0,    /* exit 0 */
@@ -44,21 +44,21 @@ enum ctl_rc {
 
 /* One invocation: where Redis is, the connection, and why it failed. */
 struct ctl {
-    const char   *host;       /* borrowed from argv/env, or points into hostbuf; NULL with path */
-    int           port;
-    const char   *path;       /* borrowed from argv/env; unix socket, or NULL */
-    const char   *user;       /* borrowed from argv/env; NULL: AUTH with password only */
-    const char   *password;   /* borrowed from argv/env; NULL: no AUTH */
-    long          db;         /* -1: keep the server's default database */
-    redisContext *rc;         /* owned; NULL until ctl_connect() */
-    char          hostbuf[HOST_MAX + 1];
-    char          err[512];   /* why the command failed; printed once, by main() */
+    const char *host; /* borrowed from argv/env, or points into hostbuf; NULL with path */
+    int port;
+    const char *path;     /* borrowed from argv/env; unix socket, or NULL */
+    const char *user;     /* borrowed from argv/env; NULL: AUTH with password only */
+    const char *password; /* borrowed from argv/env; NULL: no AUTH */
+    long db;              /* -1: keep the server's default database */
+    redisContext *rc;     /* owned; NULL until ctl_connect() */
+    char hostbuf[HOST_MAX + 1];
+    char err[512]; /* why the command failed; printed once, by main() */
 };
 
 /* Commands queued for one MULTI/EXEC. */
 struct tx {
-    int         n;
-    int         argc[TX_MAX_CMDS];
+    int n;
+    int argc[TX_MAX_CMDS];
     const char *argv[TX_MAX_CMDS][TX_MAX_ARGS]; /* borrowed; must outlive tx_run() */
 };
 
@@ -420,8 +420,8 @@ static int tx_once(struct ctl *c, const struct tx *t, redisReply **out)
             /* MULTI's OK and each QUEUED; an error here makes EXEC abort with EXECABORT,
              * but this message says which command was refused. */
             if (r->type == REDIS_REPLY_ERROR && rc == CTL_OK)
-                rc = fail(c, CTL_FAIL, "redis %s: %s", i == 0 ? "MULTI" : t->argv[i - 1][0],
-                          r->str);
+                rc =
+                    fail(c, CTL_FAIL, "redis %s: %s", i == 0 ? "MULTI" : t->argv[i - 1][0], r->str);
             freeReplyObject(r);
             continue;
         }
@@ -504,8 +504,14 @@ static int tx_run_delete(struct ctl *c, const struct tx *t, const char *what)
 
 /* ------------------------------------------------------------------- options -- */
 
-#define HELP_OPTION {"help", no_argument, NULL, 'h'}
-#define END_OPTION  {NULL, 0, NULL, 0}
+#define HELP_OPTION                                                                                \
+    {                                                                                              \
+        "help", no_argument, NULL, 'h'                                                             \
+    }
+#define END_OPTION                                                                                 \
+    {                                                                                              \
+        NULL, 0, NULL, 0                                                                           \
+    }
 #define SANDBOX_KEY_MAX (sizeof("sandbox:") + ID_MAX)
 
 /* Starts a getopt_long scan over a verb's argv (argv[0] is the verb). opterr is off because
@@ -790,20 +796,11 @@ static int signed_url_create(struct ctl *c, int argc, char **argv)
     opt_reset();
     while ((o = getopt_long(argc, argv, ":h", lo, NULL)) != -1) {
         switch (o) {
-        case 'e':
-            expires_arg = optarg;
-            break;
-        case 'D':
-            domain_arg = optarg;
-            break;
-        case 's':
-            scheme = optarg;
-            break;
-        case 'l':
-            listen_arg = optarg;
-            break;
-        default:
-            return opt_error(c, o, argv);
+        case 'e': expires_arg = optarg; break;
+        case 'D': domain_arg = optarg; break;
+        case 's': scheme = optarg; break;
+        case 'l': listen_arg = optarg; break;
+        default: return opt_error(c, o, argv);
         }
     }
     if ((rc = want_args(c, argc, argv, 2, 2)) != CTL_OK ||
@@ -886,14 +883,9 @@ static int api_key_create(struct ctl *c, int argc, char **argv)
     opt_reset();
     while ((o = getopt_long(argc, argv, ":h", lo, NULL)) != -1) {
         switch (o) {
-        case 'o':
-            org = optarg;
-            break;
-        case 'e':
-            expires_arg = optarg;
-            break;
-        default:
-            return opt_error(c, o, argv);
+        case 'o': org = optarg; break;
+        case 'e': expires_arg = optarg; break;
+        default: return opt_error(c, o, argv);
         }
     }
     if ((rc = want_args(c, argc, argv, 0, 0)) != CTL_OK)
@@ -1163,20 +1155,15 @@ static int dispatch(struct ctl *c, int argc, char **argv, const char **noun, con
             if ((rc = parse_redis(c, optarg)) != CTL_OK)
                 return rc;
             break;
-        case 'P':
-            c->password = optarg;
-            break;
-        case 'U':
-            c->user = optarg;
-            break;
+        case 'P': c->password = optarg; break;
+        case 'U': c->user = optarg; break;
         case 'n':
             if (strcmp(optarg, "0") == 0)
                 c->db = 0;
             else if (parse_posint(optarg, INT_MAX, &c->db) != 0)
                 return fail(c, CTL_USAGE, "bad --db '%s': expected 0 or more", optarg);
             break;
-        default:
-            return opt_error(c, o, argv);
+        default: return opt_error(c, o, argv);
         }
     }
     if (c->user != NULL && c->password == NULL)
@@ -1209,8 +1196,7 @@ int main(int argc, char **argv)
 
     rc = dispatch(&c, argc, argv, &noun, &v);
     switch (rc) {
-    case CTL_OK:
-        break;
+    case CTL_OK: break;
     case CTL_HELP:
         if (v != NULL)
             verb_usage(stdout, v);
@@ -1225,9 +1211,7 @@ int main(int argc, char **argv)
         else
             usage(stderr, noun);
         break;
-    case CTL_FAIL:
-        fprintf(stderr, "proxyctl: %s\n", c.err);
-        break;
+    case CTL_FAIL: fprintf(stderr, "proxyctl: %s\n", c.err); break;
     }
     if (c.rc != NULL)
         redisFree(c.rc);

@@ -43,15 +43,15 @@ struct side {
 };
 
 struct px_splice {
-    struct px_server *srv;      /* borrowed; outlives us */
+    struct px_server *srv; /* borrowed; outlives us */
     int raw;
-    struct side s[2];           /* raw: [0] client, [1] runner */
-    struct bufferevent *a;      /* bev engine: owned, the client */
-    struct bufferevent *b;      /* bev engine: owned, the runner */
-    struct event *tick;         /* owned; activity refresh, NULL when opted out */
-    char *sandbox_id;           /* owned */
+    struct side s[2];      /* raw: [0] client, [1] runner */
+    struct bufferevent *a; /* bev engine: owned, the client */
+    struct bufferevent *b; /* bev engine: owned, the runner */
+    struct event *tick;    /* owned; activity refresh, NULL when opted out */
+    char *sandbox_id;      /* owned */
     time_t last_io;
-    unsigned closing : 1;       /* bev engine: one side ended, flushing the other */
+    unsigned closing : 1;          /* bev engine: one side ended, flushing the other */
     struct px_splice *next, *prev; /* srv->splices */
 };
 

@@ -16,12 +16,16 @@
 #include "routing/store.h"
 
 static const char *const env_vars[] = {
-    "PROXY_PORT",      "PROXY_PROTOCOL",   "PROXY_API_KEY",          "COOKIE_DOMAIN",
-    "ENABLE_TLS",      "TLS_CERT_FILE",    "TLS_KEY_FILE",           "DAYTONA_API_URL",
-    "REDIS_HOST",      "REDIS_PORT",       "REDIS_USERNAME",         "REDIS_PASSWORD",
-    "TOOLBOX_ONLY_MODE", "PREVIEW_WARNING_ENABLED", "SHUTDOWN_TIMEOUT_SEC",
-    "API_CLIENT_TIMEOUT_SEC", "OIDC_CLIENT_ID", "OIDC_CLIENT_SECRET", "OIDC_DOMAIN",
-    "OIDC_AUDIENCE",
+    "PROXY_PORT",           "PROXY_PROTOCOL",
+    "PROXY_API_KEY",        "COOKIE_DOMAIN",
+    "ENABLE_TLS",           "TLS_CERT_FILE",
+    "TLS_KEY_FILE",         "DAYTONA_API_URL",
+    "REDIS_HOST",           "REDIS_PORT",
+    "REDIS_USERNAME",       "REDIS_PASSWORD",
+    "TOOLBOX_ONLY_MODE",    "PREVIEW_WARNING_ENABLED",
+    "SHUTDOWN_TIMEOUT_SEC", "API_CLIENT_TIMEOUT_SEC",
+    "OIDC_CLIENT_ID",       "OIDC_CLIENT_SECRET",
+    "OIDC_DOMAIN",          "OIDC_AUDIENCE",
 };
 
 static char conf_path[64];
@@ -231,7 +235,7 @@ static void test_listen_bad(void **state)
         "listen 127.0.0.1:65536\n",
         "listen 127.0.0.1:\n",
         "listen 127.0.0.1\n",
-        "listen localhost:80\n",      /* IP literals only */
+        "listen localhost:80\n", /* IP literals only */
         "listen 127.0.0.1:80 ssl\n",
         "listen 127.0.0.1:80 tls x\n",
         "listen [::1]\n",
@@ -316,12 +320,28 @@ static void test_parse_size(void **state)
         int rc;
         size_t v;
     } t[] = {
-        {"8k", 0, 8192},     {"64K", 0, 65536},    {"1m", 0, 1048576}, {"1M", 0, 1048576},
-        {"100", 0, 100},     {"4096", 0, 4096},    {"4194304k", 0, 4294967296ULL},
-        {"0", -1, 0},        {"0k", -1, 0},        {"", -1, 0},        {"k", -1, 0},
-        {"-1", -1, 0},       {"+1", -1, 0},        {" 1", -1, 0},      {"1 ", -1, 0},
-        {"1kk", -1, 0},      {"1g", -1, 0},        {"1.5k", -1, 0},    {"0x10", -1, 0},
-        {"4194305k", -1, 0}, {"4097m", -1, 0},     {"99999999999999999999", -1, 0},
+        {"8k", 0, 8192},
+        {"64K", 0, 65536},
+        {"1m", 0, 1048576},
+        {"1M", 0, 1048576},
+        {"100", 0, 100},
+        {"4096", 0, 4096},
+        {"4194304k", 0, 4294967296ULL},
+        {"0", -1, 0},
+        {"0k", -1, 0},
+        {"", -1, 0},
+        {"k", -1, 0},
+        {"-1", -1, 0},
+        {"+1", -1, 0},
+        {" 1", -1, 0},
+        {"1 ", -1, 0},
+        {"1kk", -1, 0},
+        {"1g", -1, 0},
+        {"1.5k", -1, 0},
+        {"0x10", -1, 0},
+        {"4194305k", -1, 0},
+        {"4097m", -1, 0},
+        {"99999999999999999999", -1, 0},
     };
     int failed = 0;
     for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
@@ -362,11 +382,11 @@ static void test_parse_size_overflow(void **state)
 static void test_sandbox_records(void **state)
 {
     (void)state;
-    struct px_config *c =
-        load_ok("sandbox SB1 runner_url=http://10.0.0.5:3003 runner_key=rk1 auth_token=a=b public=1\n"
-                "sandbox sb2 runner_url=https://[fd00::5]:8443/base runner_key=rk2 direct=1 "
-                "warning=0 org=o1 state=stopped wake=http\n"
-                "sandbox sb3 runner_url=https://runner.example runner_key=rk3\n");
+    struct px_config *c = load_ok(
+        "sandbox SB1 runner_url=http://10.0.0.5:3003 runner_key=rk1 auth_token=a=b public=1\n"
+        "sandbox sb2 runner_url=https://[fd00::5]:8443/base runner_key=rk2 direct=1 "
+        "warning=0 org=o1 state=stopped wake=http\n"
+        "sandbox sb3 runner_url=https://runner.example runner_key=rk3\n");
 
     const struct px_sandbox *a = px_store_find(c, PX_STR("sb1"));
     assert_non_null(a);
@@ -411,7 +431,7 @@ static void test_sandbox_bad(void **state)
     (void)state;
     static const char *const bad[] = {
         "sandbox sb1\n",
-        "sandbox sb1 runner_key=rk\n",                          /* no runner_url */
+        "sandbox sb1 runner_key=rk\n", /* no runner_url */
         "sandbox sb1 runner_url=ftp://10.0.0.5 runner_key=rk\n",
         "sandbox sb1 runner_url=10.0.0.5:3003 runner_key=rk\n",
         "sandbox sb1 runner_url=http:// runner_key=rk\n",
@@ -420,8 +440,8 @@ static void test_sandbox_bad(void **state)
         "sandbox sb1 runner_url=http://h:80x runner_key=rk\n",
         "sandbox sb1 runner_url=http://h: runner_key=rk\n",
         "sandbox sb1 runner_url=http://[::1:80 runner_key=rk\n",
-        "sandbox sb1 runner_url=http://h:80 runner_key\n",       /* not key=value */
-        "sandbox sb1 runner_url=http://h:80 colour=blue\n",      /* unknown field */
+        "sandbox sb1 runner_url=http://h:80 runner_key\n",  /* not key=value */
+        "sandbox sb1 runner_url=http://h:80 colour=blue\n", /* unknown field */
         "sandbox sb1 runner_url=http://h:80 public=2\n",
         "sandbox sb1 runner_url=http://h:80 wake=sometimes\n",
     };
@@ -529,8 +549,7 @@ static void test_env_bad_values(void **state)
             fail_msg("%s=%s accepted", t[i].name, t[i].value);
         }
         if (strstr(err, t[i].name) == NULL)
-            fail_msg("%s=%s: error \"%s\" does not name the variable", t[i].name, t[i].value,
-                     err);
+            fail_msg("%s=%s: error \"%s\" does not name the variable", t[i].name, t[i].value, err);
     }
 }
 
@@ -589,12 +608,13 @@ static void test_trusted_proxies(void **state)
         const char *ip;
         int expect;
     } t[] = {
-        {"10.0.0.1", 1},        {"10.255.255.255", 1}, {"11.0.0.1", 0},     {"9.255.255.255", 0},
-        {"192.168.1.7", 1},     {"192.168.1.8", 0},    {"192.168.1.6", 0},  {"172.16.0.1", 1},
-        {"172.31.255.254", 1},  {"172.32.0.1", 0},     {"172.15.255.255", 0},
-        {"100.64.0.1", 1},      {"100.64.1.255", 1},   {"100.64.2.0", 0},   {"100.65.0.0", 0},
-        {"fd12:3456::1", 1},    {"fe80::1", 0},        {"2001:db8::1", 1},  {"2001:db8::2", 0},
-        {"127.0.0.1", 0},       {"::1", 0},
+        {"10.0.0.1", 1},      {"10.255.255.255", 1}, {"11.0.0.1", 0},
+        {"9.255.255.255", 0}, {"192.168.1.7", 1},    {"192.168.1.8", 0},
+        {"192.168.1.6", 0},   {"172.16.0.1", 1},     {"172.31.255.254", 1},
+        {"172.32.0.1", 0},    {"172.15.255.255", 0}, {"100.64.0.1", 1},
+        {"100.64.1.255", 1},  {"100.64.2.0", 0},     {"100.65.0.0", 0},
+        {"fd12:3456::1", 1},  {"fe80::1", 0},        {"2001:db8::1", 1},
+        {"2001:db8::2", 0},   {"127.0.0.1", 0},      {"::1", 0},
     };
     int failed = 0;
 

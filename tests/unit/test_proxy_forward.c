@@ -8,16 +8,18 @@
 
 #include "proxy/conn_priv.h"
 
-static struct px_str S(const char *s)
-{
+static struct px_str S(const char *s) {
     return px_str_make(s, strlen(s));
 }
 
-static void test_hop_by_hop(void **state)
+static void
+test_hop_by_hop(void **state)
 {
-    static const char *const hop[] = {"Connection", "keep-alive", "Proxy-Connection", "TE",
-                                      "Trailer", "Transfer-Encoding", "Upgrade", "content-length"};
-    static const char *const end2end[] = {"Accept", "Cookie", "X-Custom", "Authorization",
+    static const char *const hop[] = {"Connection", "keep-alive",    "Proxy-Connection",
+                                      "TE",         "Trailer",       "Transfer-Encoding",
+                                      "Upgrade",    "content-length"};
+    static const char *const end2end[] = {"Accept",       "Cookie",
+                                          "X-Custom",     "Authorization",
                                           "Content-Type", "Upgrade-Insecure-Requests"};
     (void)state;
     for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
@@ -32,10 +34,15 @@ static void test_hop_by_hop(void **state)
 
 static void test_consumed(void **state)
 {
-    static const char *const mine[] = {
-        "Host", "X-Daytona-Authorization", "x-daytona-preview-token", "X-Daytona-Disable-CORS",
-        "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host",
-        "X-Daytona-Skip-Last-Activity-Update", "X-Daytona-Skip-Preview-Warning"};
+    static const char *const mine[] = {"Host",
+                                       "X-Daytona-Authorization",
+                                       "x-daytona-preview-token",
+                                       "X-Daytona-Disable-CORS",
+                                       "X-Forwarded-For",
+                                       "X-Forwarded-Proto",
+                                       "X-Forwarded-Host",
+                                       "X-Daytona-Skip-Last-Activity-Update",
+                                       "X-Daytona-Skip-Preview-Warning"};
     (void)state;
     for (size_t i = 0; i < sizeof(mine) / sizeof(mine[0]); i++)
         assert_true(px_fwd_consumed(S(mine[i]), 0));

@@ -11,15 +11,14 @@
 
 #include "proxy/h1.h"
 
-static struct px_str S(const char *s)
-{
+static struct px_str S(const char *s) {
     return px_str_make(s, strlen(s));
 }
 
 /* ---- px_h1_find_head ---- */
 
-static enum px_parse find(const char *data, size_t len, size_t max_line, size_t max_head,
-                          size_t *head_len, int *status)
+static enum px_parse
+find(const char *data, size_t len, size_t max_line, size_t max_head, size_t *head_len, int *status)
 {
     struct evbuffer *in = evbuffer_new();
     assert_non_null(in);
@@ -43,7 +42,8 @@ static void test_find_head(void **state)
     assert_int_equal(hl, strlen(req));
 
     /* a body or a pipelined request after the head is not part of it */
-    const char *two = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nbodyGET / HTTP/1.1\r\n";
+    const char *two =
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nbodyGET / HTTP/1.1\r\n";
     assert_int_equal(find(two, strlen(two), 8192, 65536, &hl, &st), PX_PARSE_OK);
     assert_int_equal(hl, strlen(two) - strlen("bodyGET / HTTP/1.1\r\n"));
 
@@ -135,8 +135,7 @@ static void test_find_head_lf_crlf(void **state)
 
 /* ---- px_h1_parse_request ---- */
 
-static int parse(struct px_head *h, const char *req, int max_headers, int *status,
-                 const char **why)
+static int parse(struct px_head *h, const char *req, int max_headers, int *status, const char **why)
 {
     *status = 0;
     *why = NULL;
@@ -194,8 +193,9 @@ static void test_parse_post_framing(void **state)
     int st;
     const char *why;
 
-    assert_int_equal(parse(&h, "POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n"
-                               "Expect: 100-continue\r\n\r\n",
+    assert_int_equal(parse(&h,
+                           "POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n"
+                           "Expect: 100-continue\r\n\r\n",
                            100, &st, &why),
                      0);
     assert_int_equal(h.content_length, 12);
@@ -209,9 +209,8 @@ static void test_parse_post_framing(void **state)
     assert_int_equal(h.content_length, -1);
     px_head_free(&h);
 
-    assert_int_equal(parse(&h, "POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", 100,
-                           &st, &why),
-                     0);
+    assert_int_equal(
+        parse(&h, "POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", 100, &st, &why), 0);
     assert_int_equal(h.content_length, 0);
     px_head_free(&h);
 
@@ -223,16 +222,15 @@ static void test_parse_post_framing(void **state)
                      0);
     assert_true(h.keepalive);
     px_head_free(&h);
-    assert_int_equal(parse(&h, "GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, close\r\n\r\n", 100,
-                           &st, &why),
-                     0);
+    assert_int_equal(
+        parse(&h, "GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, close\r\n\r\n", 100, &st, &why),
+        0);
     assert_false(h.keepalive);
     px_head_free(&h);
 
     /* absolute-form target */
-    assert_int_equal(parse(&h, "GET http://3000-a.x/p?q HTTP/1.1\r\nHost: other\r\n\r\n", 100,
-                           &st, &why),
-                     0);
+    assert_int_equal(
+        parse(&h, "GET http://3000-a.x/p?q HTTP/1.1\r\nHost: other\r\n\r\n", 100, &st, &why), 0);
     assert_true(px_str_eq(h.target, PX_STR("http://3000-a.x/p?q")));
     px_head_free(&h);
 }
@@ -298,7 +296,10 @@ static void test_parse_smuggling(void **state)
         {"fold after request line", "GET / HTTP/1.1\r\n Host: a\r\n\r\n", 400},
         {"bare CR in value", H "X-A: 1\r2\r\n\r\n", 400},
         {"bare LF in value", H "X-A: 1\n2\r\n\r\n", 400},
-        {"CTL in value", H "X-A: 1\x01" "2\r\n\r\n", 400},
+        {"CTL in value",
+         H "X-A: 1\x01"
+           "2\r\n\r\n",
+         400},
         {"DEL in value", H "X-A: 1\x7f\r\n\r\n", 400},
         {"space before colon", H "X-A : 1\r\n\r\n", 400},
         {"space before colon CL", P "Content-Length : 5\r\n\r\n", 400},
@@ -321,7 +322,8 @@ static void test_parse_smuggling(void **state)
 static void test_parse_nul_in_value(void **state)
 {
     (void)state;
-    static const char req[] = "GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\0" "2\r\n\r\n";
+    static const char req[] = "GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\0"
+                              "2\r\n\r\n";
     struct px_head h;
     int st;
     const char *why;
@@ -372,9 +374,10 @@ static void test_parse_ws_upgrade(void **state)
     const char *why;
 
     /* Firefox */
-    assert_int_equal(parse(&h, "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\n"
-                               "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-                               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    assert_int_equal(parse(&h,
+                           "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\n"
+                           "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
                            100, &st, &why),
                      0);
     assert_true(h.conn_upgrade);
@@ -382,24 +385,27 @@ static void test_parse_ws_upgrade(void **state)
     px_head_free(&h);
 
     /* Chrome */
-    assert_int_equal(parse(&h, "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: WebSocket\r\n"
-                               "Connection: Upgrade\r\n\r\n",
+    assert_int_equal(parse(&h,
+                           "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: WebSocket\r\n"
+                           "Connection: Upgrade\r\n\r\n",
                            100, &st, &why),
                      0);
     assert_true(h.ws_upgrade);
     px_head_free(&h);
 
     /* Upgrade without Connection: upgrade */
-    assert_int_equal(parse(&h, "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
-                               "Connection: keep-alive\r\n\r\n",
+    assert_int_equal(parse(&h,
+                           "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+                           "Connection: keep-alive\r\n\r\n",
                            100, &st, &why),
                      0);
     assert_false(h.ws_upgrade);
     px_head_free(&h);
 
     /* Connection: upgrade but a different protocol */
-    assert_int_equal(parse(&h, "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n"
-                               "Connection: Upgrade, HTTP2-Settings\r\n\r\n",
+    assert_int_equal(parse(&h,
+                           "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n"
+                           "Connection: Upgrade, HTTP2-Settings\r\n\r\n",
                            100, &st, &why),
                      0);
     assert_true(h.conn_upgrade);
@@ -407,8 +413,9 @@ static void test_parse_ws_upgrade(void **state)
     px_head_free(&h);
 
     /* "upgrades" is not "upgrade" */
-    assert_int_equal(parse(&h, "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
-                               "Connection: upgrades\r\n\r\n",
+    assert_int_equal(parse(&h,
+                           "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+                           "Connection: upgrades\r\n\r\n",
                            100, &st, &why),
                      0);
     assert_false(h.ws_upgrade);
@@ -561,8 +568,8 @@ struct chunk_case {
 
 static const struct chunk_case good_chunks[] = {
     {"simple", "5\r\nhello\r\n0\r\n\r\n", "5\r\nhello\r\n0\r\n\r\n", PX_PARSE_OK},
-    {"two chunks", "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
-     PX_PARSE_OK},
+    {"two chunks", "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+     "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", PX_PARSE_OK},
     {"hex sizes", "A\r\n0123456789\r\nf\r\n0123456789abcde\r\n0\r\n\r\n",
      "a\r\n0123456789\r\nf\r\n0123456789abcde\r\n0\r\n\r\n", PX_PARSE_OK},
     {"leading zeros", "0005\r\nhello\r\n000\r\n\r\n", "5\r\nhello\r\n0\r\n\r\n", PX_PARSE_OK},
@@ -573,8 +580,9 @@ static const struct chunk_case good_chunks[] = {
     {"empty body", "0\r\n\r\n", "0\r\n\r\n", PX_PARSE_OK},
     {"trailers", "5\r\nhello\r\n0\r\nX-Checksum: abc\r\nX-B:  2\r\n\r\n",
      "5\r\nhello\r\n0\r\nX-Checksum: abc\r\nX-B:  2\r\n\r\n", PX_PARSE_OK},
-    {"forbidden trailers", "0\r\nContent-Length: 5\r\nX-A: 1\r\ntransfer-encoding: chunked\r\n"
-                           "Host: evil\r\nX-Daytona-Authorization: Bearer x\r\n\r\n",
+    {"forbidden trailers",
+     "0\r\nContent-Length: 5\r\nX-A: 1\r\ntransfer-encoding: chunked\r\n"
+     "Host: evil\r\nX-Daytona-Authorization: Bearer x\r\n\r\n",
      "0\r\nX-A: 1\r\n\r\n", PX_PARSE_OK},
     {"incomplete", "5\r\nhel", "5\r\nhel", PX_PARSE_AGAIN},
     {"incomplete last", "5\r\nhello\r\n0\r\n", "5\r\nhello\r\n", PX_PARSE_AGAIN},

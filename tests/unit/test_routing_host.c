@@ -61,8 +61,8 @@ static int run_case(const struct host_case *c, char *const *domains, int ndomain
             ok = 0;
         }
         if (!px_str_eq(h.label, px_str_make(c->label, strlen(c->label)))) {
-            print_error("host \"%s\": label \"%.*s\", expected \"%s\"\n", c->in,
-                        (int)h.label.len, h.label.p ? h.label.p : "", c->label);
+            print_error("host \"%s\": label \"%.*s\", expected \"%s\"\n", c->in, (int)h.label.len,
+                        h.label.p ? h.label.p : "", c->label);
             ok = 0;
         }
         if (h.label.p < buf || h.label.p + h.label.len > buf + len) {
@@ -99,11 +99,11 @@ static void test_preview_ports(void **state)
         {"10-a.x", PREVIEW, NULL, 10, "a"},
         {"22222-sb.proxy.test", PREVIEW, NULL, 22222, "sb"},
         {"2280-sb.proxy.test", PREVIEW, NULL, 2280, "sb"},
-        {"0-a.x", BAD, NULL, 0, NULL},          /* port 0 */
+        {"0-a.x", BAD, NULL, 0, NULL}, /* port 0 */
         {"00-a.x", BAD, NULL, 0, NULL},
         {"03000-abc.preview.test", BAD, NULL, 0, NULL}, /* leading zero */
         {"065535-a.x", BAD, NULL, 0, NULL},
-        {"65536-a.x", BAD, NULL, 0, NULL},      /* out of range */
+        {"65536-a.x", BAD, NULL, 0, NULL}, /* out of range */
         {"99999-a.x", BAD, NULL, 0, NULL},
         {"100000-a.x", BAD, NULL, 0, NULL},
         {"4294967297-a.x", BAD, NULL, 0, NULL}, /* would wrap a 32-bit port */
@@ -130,8 +130,8 @@ static void test_base_hosts(void **state)
         {"localhost:4000", BASE, "localhost", 0, NULL},
         {"my-proxy.example.com", BASE, "my-proxy.example.com", 0, NULL},
         {"3000abc-x.example.com", BASE, "3000abc-x.example.com", 0, NULL},
-        {"3000.example.com", BASE, "3000.example.com", 0, NULL},   /* digits, no '-' */
-        {"3000-abc", BASE, "3000-abc", 0, NULL},                   /* no base domain */
+        {"3000.example.com", BASE, "3000.example.com", 0, NULL}, /* digits, no '-' */
+        {"3000-abc", BASE, "3000-abc", 0, NULL},                 /* no base domain */
         {"3000-abc:80", BASE, "3000-abc", 0, NULL},
         {"a-3000.example.com", BASE, "a-3000.example.com", 0, NULL},
         {"www.abcd-ef.g02.xyz", BASE, "www.abcd-ef.g02.xyz", 0, NULL},
@@ -231,7 +231,7 @@ static void test_bad_hosts(void **state)
         {"example.com:", BAD, NULL, 0, NULL},
         {"-abc.example.com", BAD, NULL, 0, NULL},
         {"3000-abc.example.com:80:90", BAD, NULL, 0, NULL},
-        {"[::1", BAD, NULL, 0, NULL},                       /* no closing bracket */
+        {"[::1", BAD, NULL, 0, NULL}, /* no closing bracket */
         {"[::1]x", BAD, NULL, 0, NULL},
         {"[abcd::ef98:0:7654:321]..:98", BAD, NULL, 0, NULL},
     };
@@ -344,20 +344,13 @@ static void test_reserved_ports(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_preview_ports),
-        cmocka_unit_test(test_base_hosts),
-        cmocka_unit_test(test_case_insensitive),
-        cmocka_unit_test(test_port_suffix),
-        cmocka_unit_test(test_trailing_dot),
-        cmocka_unit_test(test_trailing_dot_with_port),
-        cmocka_unit_test(test_bad_hosts),
-        cmocka_unit_test(test_embedded_nul),
-        cmocka_unit_test(test_respects_len),
-        cmocka_unit_test(test_ipv6_literals),
-        cmocka_unit_test(test_ipv6_bad),
-        cmocka_unit_test(test_domains_restriction),
-        cmocka_unit_test(test_is_base),
-        cmocka_unit_test(test_reserved_ports),
+        cmocka_unit_test(test_preview_ports),    cmocka_unit_test(test_base_hosts),
+        cmocka_unit_test(test_case_insensitive), cmocka_unit_test(test_port_suffix),
+        cmocka_unit_test(test_trailing_dot),     cmocka_unit_test(test_trailing_dot_with_port),
+        cmocka_unit_test(test_bad_hosts),        cmocka_unit_test(test_embedded_nul),
+        cmocka_unit_test(test_respects_len),     cmocka_unit_test(test_ipv6_literals),
+        cmocka_unit_test(test_ipv6_bad),         cmocka_unit_test(test_domains_restriction),
+        cmocka_unit_test(test_is_base),          cmocka_unit_test(test_reserved_ports),
     };
     return cmocka_run_group_tests_name("routing/host", tests, NULL, NULL);
 }

@@ -11,8 +11,7 @@
 
 #include "routing/route.h"
 
-static struct px_str S(const char *s)
-{
+static struct px_str S(const char *s) {
     return px_str_make(s, strlen(s));
 }
 
@@ -41,31 +40,19 @@ static void test_dot_segments_rejected(void **state)
 {
     (void)state;
     static const struct dot_case t[] = {
-        {"/a/../b", 1},
-        {"/../etc/passwd", 1},
-        {"/./", 1},
-        {"/a/./b", 1},
-        {"/.", 1},
-        {"/..", 1},
-        {"/a/..", 1},       /* trailing /.. */
-        {"/a/.", 1},
-        {"/%2e%2e/", 1},
-        {"/%2E%2E/", 1},
-        {"/%2E./", 1},
-        {"/.%2e/", 1},
-        {"/%2e/", 1},
-        {"/a/%2e%2e", 1},
-        {"/a%2f..%2fb", 1}, /* hidden behind an encoded slash */
-        {"/a%2F..%2Fb", 1},
-        {"/a%2f%2e%2e%2fb", 1},
-        {"/a%5c..%5cb", 1},
-        {"/a\\..\\b", 1},   /* backslash */
-        {"/a\\..", 1},
-        {"\\..\\", 1},
-        {"/a/..?x=1", 1},
-        {"/a/../?x=1", 1},
-        {"..", 1},
-        {"/a//../b", 1},
+        {"/a/../b", 1},     {"/../etc/passwd", 1},
+        {"/./", 1},         {"/a/./b", 1},
+        {"/.", 1},          {"/..", 1},
+        {"/a/..", 1}, /* trailing /.. */
+        {"/a/.", 1},        {"/%2e%2e/", 1},
+        {"/%2E%2E/", 1},    {"/%2E./", 1},
+        {"/.%2e/", 1},      {"/%2e/", 1},
+        {"/a/%2e%2e", 1},   {"/a%2f..%2fb", 1}, /* hidden behind an encoded slash */
+        {"/a%2F..%2Fb", 1}, {"/a%2f%2e%2e%2fb", 1},
+        {"/a%5c..%5cb", 1}, {"/a\\..\\b", 1}, /* backslash */
+        {"/a\\..", 1},      {"\\..\\", 1},
+        {"/a/..?x=1", 1},   {"/a/../?x=1", 1},
+        {"..", 1},          {"/a//../b", 1},
     };
     run_dot_table(t, sizeof(t) / sizeof(t[0]));
 }
@@ -74,27 +61,14 @@ static void test_dot_segments_allowed(void **state)
 {
     (void)state;
     static const struct dot_case t[] = {
-        {"", 0},
-        {"/", 0},
-        {"//", 0},
-        {"/a/b/c", 0},
-        {"/a..b/", 0},
-        {"/a..b", 0},
-        {"/.hidden", 0},
-        {"/.hidden/x", 0},
-        {"/..hidden", 0},
-        {"/x./", 0},
-        {"/x..", 0},
-        {"/...", 0},
-        {"/file.txt", 0},
-        {"/%2e%2ex/", 0},
-        {"/%2", 0},          /* truncated escapes are just bytes */
-        {"/%", 0},
-        {"/%2f", 0},
-        {"/%252e%252e/", 0}, /* double-encoded: the runner decodes once */
-        {"/a?x=/../", 0},    /* the query is not the path */
-        {"/a?/./", 0},
-        {"/a?..", 0},
+        {"", 0},          {"/", 0},         {"//", 0},           {"/a/b/c", 0},
+        {"/a..b/", 0},    {"/a..b", 0},     {"/.hidden", 0},     {"/.hidden/x", 0},
+        {"/..hidden", 0}, {"/x./", 0},      {"/x..", 0},         {"/...", 0},
+        {"/file.txt", 0}, {"/%2e%2ex/", 0}, {"/%2", 0}, /* truncated escapes are just bytes */
+        {"/%", 0},        {"/%2f", 0},      {"/%252e%252e/", 0}, /* double-encoded: the runner
+                                                                    decodes once */
+        {"/a?x=/../", 0},                                        /* the query is not the path */
+        {"/a?/./", 0},    {"/a?..", 0},
     };
     run_dot_table(t, sizeof(t) / sizeof(t[0]));
 }
@@ -105,11 +79,7 @@ static void test_triple_dot_segment(void **state)
 {
     (void)state;
     static const struct dot_case t[] = {
-        {"/...", 0},
-        {"/.../", 0},
-        {"/.../b", 0},
-        {"/a/..../b", 0},
-        {"/%2e%2e%2e/b", 0},
+        {"/...", 0}, {"/.../", 0}, {"/.../b", 0}, {"/a/..../b", 0}, {"/%2e%2e%2e/b", 0},
     };
     run_dot_table(t, sizeof(t) / sizeof(t[0]));
 }
@@ -147,8 +117,8 @@ static void test_toolbox(void **state)
     assert_ptr_equal(rest.p, p + 12);
 
     static const char *const no[] = {
-        "/toolbox/", "/toolbox", "/toolbox//x", "/toolboxx/sb1", "/Toolbox/sb1", "/", "",
-        "toolbox/sb1", "/x/toolbox/sb1", "/toolbox?x=1",
+        "/toolbox/", "/toolbox", "/toolbox//x", "/toolboxx/sb1",  "/Toolbox/sb1",
+        "/",         "",         "toolbox/sb1", "/x/toolbox/sb1", "/toolbox?x=1",
     };
     for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
         if (px_path_toolbox(S(no[i]), &id, &rest) != -1)

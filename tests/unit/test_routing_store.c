@@ -63,7 +63,7 @@ static void test_set_fields(void **state)
         const char *v;
         int b;
     } bools[] = {
-        {"1", 1}, {"true", 1}, {"TRUE", 1}, {"on", 1}, {"yes", 1},
+        {"1", 1}, {"true", 1},  {"TRUE", 1},  {"on", 1},  {"yes", 1},
         {"0", 0}, {"false", 0}, {"False", 0}, {"off", 0}, {"no", 0},
     };
     for (size_t i = 0; i < sizeof(bools) / sizeof(bools[0]); i++) {
@@ -84,9 +84,17 @@ static void test_set_bad(void **state)
     static const struct {
         const char *k, *v;
     } t[] = {
-        {"public", "2"},      {"public", ""},        {"public", "yes!"}, {"direct", "maybe"},
-        {"warning", "-1"},    {"wake", "sometimes"}, {"wake", "HTTP"},   {"colour", "blue"},
-        {"", "x"},            {"Runner_url", "http://h"}, {"runner_url ", "http://h"},
+        {"public", "2"},
+        {"public", ""},
+        {"public", "yes!"},
+        {"direct", "maybe"},
+        {"warning", "-1"},
+        {"wake", "sometimes"},
+        {"wake", "HTTP"},
+        {"colour", "blue"},
+        {"", "x"},
+        {"Runner_url", "http://h"},
+        {"runner_url ", "http://h"},
     };
     for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
         const char *why = NULL;
@@ -150,8 +158,8 @@ static void test_finish_urls(void **state)
         assert_int_equal(px_sandbox_set(sb, "runner_url", t[i].url, &why), 0);
         int rc = px_sandbox_finish(sb, &why);
         if (rc != t[i].rc) {
-            print_error("finish(\"%s\") = %d (%s), expected %d\n", t[i].url, rc,
-                        rc ? why : "-", t[i].rc);
+            print_error("finish(\"%s\") = %d (%s), expected %d\n", t[i].url, rc, rc ? why : "-",
+                        t[i].rc);
             failed++;
         } else if (rc != 0) {
             if (why == NULL || why[0] == '\0') {
