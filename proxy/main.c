@@ -220,6 +220,14 @@ static int run_worker(struct px_config *cfg)
     sigs[2] = evsignal_new(srv.base, SIGHUP, on_hup, &srv);
     for (int i = 0; i < 3; i++)
         evsignal_add(sigs[i], NULL);
+    /* Signals sent while this worker started were held (run_master); from here
+     * the loop handles them. */
+    sigset_t held;
+    sigemptyset(&held);
+    sigaddset(&held, SIGTERM);
+    sigaddset(&held, SIGINT);
+    sigaddset(&held, SIGHUP);
+    sigprocmask(SIG_UNBLOCK, &held, NULL);
     px_log(PX_INFO, "preview-proxy %s worker %u serving", PX_VERSION, srv.pid);
     if (event_base_dispatch(srv.base) < 0)
         rc = 1;
@@ -268,6 +276,14 @@ static int run_master(struct px_config *cfg)
         for (int i = 0; i < cfg->workers && !stopping; i++) {
             if (pids[i] != 0)
                 continue;
+            /* A worker holds SIGTERM/SIGINT/SIGHUP until its loop can handle them:
+             * one that arrives during start-up must drain, not kill it. */
+            sigset_t hold, old;
+            sigemptyset(&hold);
+            sigaddset(&hold, SIGTERM);
+            sigaddset(&hold, SIGINT);
+            sigaddset(&hold, SIGHUP);
+            sigprocmask(SIG_BLOCK, &hold, &old);
             pid_t p = fork();
             if (p == 0) {
                 signal(SIGTERM, SIG_DFL);
@@ -275,6 +291,7 @@ static int run_master(struct px_config *cfg)
                 signal(SIGHUP, SIG_DFL);
                 exit(run_worker(cfg));
             }
+            sigprocmask(SIG_SETMASK, &old, NULL);
             if (p < 0) {
                 px_log(PX_ERR, "fork: %s", strerror(errno));
                 return 1;
