@@ -620,7 +620,8 @@ struct px_config *px_config_load(const char *path, char *err, size_t errlen)
     }
     for (int i = 0; i < c->nlisten; i++)
         if (c->listen[i].tls) {
-            c->external_https = 1; /* cookies get Secure; SameSite=None */
+            /* (Secure cookies and X-Forwarded-Proto follow each connection's own
+             * scheme; external_https is only for TLS ended in front of us.) */
             if (c->ntls == 0) {
                 snprintf(err, errlen, "%s: a TLS listener needs a tls_cert", path);
                 goto fail;
