@@ -3,12 +3,14 @@
 # the same upstream reached directly and through nginx doing the same routing.
 #
 # One run starts everything it needs on 127.0.0.1 (an upstream nginx serving a
-# 1 KiB file, our proxy, an nginx reverse proxy), runs BENCH_ROUNDS interleaved
-# rounds of wrk against every target, prints one row per run, the medians and
-# the ratios, and kills everything it started on exit. See bench/README.md.
+# 1 KiB file, our proxy in file, Redis and TLS configurations, nginx reverse
+# proxies over HTTP/1.1, TLS + HTTP/2 and h2c, a redis-server), runs
+# BENCH_ROUNDS interleaved rounds of wrk / h2load / openssl s_time against
+# every target, prints one row per run, the medians and the ratios, and kills
+# everything it started on exit. See bench/README.md.
 #
 # Environment (all optional):
-#   BENCH_DURATION   wrk -d per run                       (10s)
+#   BENCH_DURATION   wrk -d / h2load -D / s_time -time per run     (10s)
 #   BENCH_ROUNDS     interleaved rounds                   (3)
 #   BENCH_WARMUP     untimed warm-up per target, 0 = none (2s)
 #   BENCH_THREADS    wrk -t                               (1)
@@ -16,8 +18,10 @@
 #   BENCH_NOISE_PCT  a run is "noisy" when processes not ours took more
 #                    than this % of a pinned CPU                  (10)
 #   BENCH_RETRIES    times a noisy run is repeated before it counts (1)
-#   BENCH_TARGETS    targets, in order                    ("direct proxy nginx")
-#   BENCH_RATIOS     A/B pairs to report                  ("proxy/direct proxy/nginx")
+#   BENCH_H2_CLIENTS, BENCH_H2_STREAMS  h2load -c, -m                  (10, 10)
+#   BENCH_HS_CLIENTS parallel `openssl s_time -new` loops (handshake)  (8)
+#   BENCH_TARGETS    targets, in order                    ($DEFAULT_TARGETS: all 14)
+#   BENCH_RATIOS     A/B pairs to report                  ($DEFAULT_RATIOS)
 #   BENCH_CPU_SERVER   CPU for the proxy under test and nginx-as-proxy   (0)
 #   BENCH_CPU_CLIENT   CPU for wrk                                       (1)
 #   BENCH_CPU_UPSTREAM CPU for the upstream nginx                        (1)
@@ -43,8 +47,10 @@ THREADS=${BENCH_THREADS:-1}
 CONNS=${BENCH_CONNS:-50}
 NOISE_PCT=${BENCH_NOISE_PCT:-10}
 RETRIES=${BENCH_RETRIES:-1}
-read -r -a TARGETS <<<"${BENCH_TARGETS:-direct proxy nginx}"
-read -r -a RATIOS <<<"${BENCH_RATIOS:-proxy/direct proxy/nginx}"
+DEFAULT_TARGETS="direct proxy nginx public_redis private cookie h2tls nginx_h2tls h2c nginx_h2c handshake nginx_handshake resume nginx_resume"
+DEFAULT_RATIOS="proxy/direct proxy/nginx public_redis/proxy private/public_redis cookie/public_redis h2tls/nginx_h2tls h2c/nginx_h2c handshake/nginx_handshake resume/nginx_resume"
+read -r -a TARGETS <<<"${BENCH_TARGETS:-$DEFAULT_TARGETS}"
+read -r -a RATIOS <<<"${BENCH_RATIOS:-$DEFAULT_RATIOS}"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PROXY_BIN=${BENCH_PROXY:-$ROOT/build/preview-proxy}
@@ -280,7 +286,7 @@ snap() {
         # irq/softirq time that our own loopback traffic causes
         awk '/^cpu[0-9]/ { t = 0; for (i = 2; i <= NF; i++) t += $i
                           print "cpu", $1, t - $5 - $6, t, $2 + $3 + $4 }' /proc/stat
-        cat /proc/[0-9]*/stat 2>/dev/null | awk '{
+        { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '{
             s = $0; sub(/^.*\) /, "", s); split(s, f, " ")   # f[1] = field 3 (state)
             print "pg", f[3], f[12] + f[13] }'                  # pgrp, utime + stime
     } >"$1"
@@ -310,7 +316,7 @@ run_stats() { # run_stats BEFORE AFTER SERVER_PGID CLIENT_TICKS
 # server that grows from run to run is leaking).
 PAGE_KB=$(( $(getconf PAGESIZE 2>/dev/null || echo 4096) / 1024 ))
 group_rss_mb() {
-    cat /proc/[0-9]*/stat 2>/dev/null | awk -v g="$1" -v kb="$PAGE_KB" '{
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v g="$1" -v kb="$PAGE_KB" '{
         s = $0; sub(/^.*\) /, "", s); split(s, f, " ")
         if (f[3] == g) r += f[22] }                          # field 24: rss pages
         END { printf "%.1f", r * kb / 1024 }'
@@ -453,6 +459,401 @@ warm_nginx() { warm_wrk "$(url_nginx)" -H "Host: $(PREVIEW_HOST)"; }
 pid_nginx() { echo "$PID_nginxproxy"; }
 log_nginx() { echo "$WORK/nginxproxy/logs/error.log"; }
 
+# ---------------------------------------------------------------- shared helpers for the targets below
+# secs DURATION — wrk-style duration (10s, 2m, 10) in whole seconds, at least 1.
+secs() {
+    awk -v v="$1" 'BEGIN { n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "m") n *= 60; else if (u == "h") n *= 3600; else if (u == "ms") n /= 1000
+        n = int(n + 0.5); print (n < 1 ? 1 : n) }'
+}
+
+# check_proto NAME EXPECTED_HTTP_VERSION URL [curl args...] — like check_http,
+# and the response must also have come over that HTTP version (2 for h2/h2c).
+check_proto() {
+    local name=$1 want=$2 url=$3; shift 3
+    local out=$WORK/check-$name.body res code ver size
+    res=$(curl -sS -o "$out" -w '%{http_code} %{http_version}' --max-time 5 "$@" "$url") || res="000 -"
+    read -r code ver <<<"$res"
+    size=$(stat -c %s "$out" 2>/dev/null || echo 0)
+    if [ "$code" != 200 ] || [ "$ver" != "$want" ] || [ "$size" != "$FILE_SIZE" ]; then
+        log "$name: check failed: HTTP $code over HTTP/$ver (want $want), $size bytes from $url"
+        head -c 600 "$out" >&2 2>/dev/null || true; echo >&2
+        return 1
+    fi
+}
+
+# build_proxy — make build/preview-proxy if it is missing.
+build_proxy() {
+    [ -x "$PROXY_BIN" ] && return 0
+    [ -z "${BENCH_PROXY:-}" ] || die "BENCH_PROXY=$PROXY_BIN is not executable"
+    log "building the proxy (make in $ROOT)"
+    make -C "$ROOT" build/preview-proxy >"$WORK/make.log" 2>&1 || { tail -n 30 "$WORK/make.log" >&2; die "make failed"; }
+    [ -x "$PROXY_BIN" ] || die "make did not produce $PROXY_BIN"
+}
+
+# start_proxy NAME CONF WAIT_PORT — config test, then start pinned to the server CPU.
+start_proxy() {
+    local name=$1 conf=$2 port=$3 dir pidvar
+    dir=$(dirname "$conf")
+    build_proxy
+    "$PROXY_BIN" -t -c "$conf" >"$dir/configtest.log" 2>&1 \
+        || { cat "$dir/configtest.log" >&2; die "preview-proxy -t rejected $conf"; }
+    spawn "$name" "$dir/stderr.log" "$CPU_SERVER" "$PROXY_BIN" -c "$conf"
+    pidvar=PID_$name
+    wait_port "$port" "${!pidvar}" "$dir/stderr.log"
+    log "$name: preview-proxy on 127.0.0.1:$port (pid ${!pidvar})"
+}
+
+# ---------------------------------------------------------------- Redis (for public_redis, private, cookie)
+REDIS_PORT=
+PID_redis=''
+setup_redis() {
+    [ -n "$REDIS_PORT" ] && return 0
+    need_cmd redis-server redis-server
+    need_cmd redis-cli redis-tools
+    setup_upstream
+    REDIS_PORT=$(free_port)
+    mkdir -p "$WORK/redis"
+    # like the upstream: a backend, on the upstream's CPU
+    spawn redis "$WORK/redis/stderr.log" "$CPU_UPSTREAM" redis-server --bind 127.0.0.1 \
+        --port "$REDIS_PORT" --save '' --appendonly no --dir "$WORK/redis"
+    wait_port "$REDIS_PORT" "$PID_redis" "$WORK/redis/stderr.log"
+    local r=(redis-cli -h 127.0.0.1 -p "$REDIS_PORT")
+    "${r[@]}" HSET sandbox:priv runner_url "http://127.0.0.1:$UP_PORT" runner_key "$RUNNER_KEY" \
+        public 0 auth_token "$PREVIEW_TOKEN" direct 1 >/dev/null
+    "${r[@]}" HSET sandbox:demo runner_url "http://127.0.0.1:$UP_PORT" runner_key "$RUNNER_KEY" \
+        public 1 direct 1 >/dev/null
+    "${r[@]}" SET "sandbox:signed-preview-url-token:$UP_PORT:$SIGNED_TOKEN" priv >/dev/null
+    log "redis: redis-server on 127.0.0.1:$REDIS_PORT (pid $PID_redis): sandbox:priv (private), sandbox:demo (public), signed token for port $UP_PORT"
+}
+PREVIEW_TOKEN=benchtok
+SIGNED_TOKEN=abcdefgh12345678
+
+# ---------------------------------------------------------------- the Redis-mode proxy
+# A second preview-proxy, configured from Redis (standalone mode) instead of
+# `sandbox` lines: records are looked up in Redis and cached for cache_ttl
+# (3 s), so in a run nearly every request is answered from the warm cache.
+PROXYR_PORT=
+PID_proxyr=''
+setup_proxyr() {
+    [ -n "$PROXYR_PORT" ] && return 0
+    setup_redis
+    PROXYR_PORT=$(free_port)
+    mkdir -p "$WORK/proxyr"
+    cat >"$WORK/proxyr/proxy.conf" <<EOF
+listen 127.0.0.1:$PROXYR_PORT
+access_log off
+workers 1
+redis 127.0.0.1:$REDIS_PORT
+cookie_secret benchsecret
+EOF
+    start_proxy proxyr "$WORK/proxyr/proxy.conf" "$PROXYR_PORT"
+}
+url_proxyr() { echo "http://127.0.0.1:$PROXYR_PORT$FILE_PATH"; }
+pid_proxyr() { echo "$PID_proxyr"; }
+log_proxyr() { echo "$WORK/proxyr/stderr.log"; }
+
+# ---------------------------------------------------------------- target: public_redis
+# The public sandbox "demo", from Redis: the baseline of private and cookie.
+setup_public_redis() { setup_proxyr; }
+host_public_redis() { echo "$UP_PORT-demo.proxy.localhost"; }
+check_public_redis() { check_http public_redis "$(url_proxyr)" -H "Host: $(host_public_redis)"; }
+load_public_redis() { run_wrk "$1" "$(url_proxyr)" -H "Host: $(host_public_redis)"; }
+warm_public_redis() { warm_wrk "$(url_proxyr)" -H "Host: $(host_public_redis)"; }
+pid_public_redis() { pid_proxyr; }
+log_public_redis() { log_proxyr; }
+
+# ---------------------------------------------------------------- target: private
+# The private sandbox "priv", authenticated by X-Daytona-Preview-Token.
+setup_private() {
+    setup_proxyr
+    local code
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "Host: $(host_private)" "$(url_proxyr)") || code=000
+    [ "$code" = 401 ] || die "private: without the token the proxy answered $code, not 401: the sandbox is not private"
+}
+host_private() { echo "$UP_PORT-priv.proxy.localhost"; }
+check_private() {
+    check_http private "$(url_proxyr)" -H "Host: $(host_private)" -H "X-Daytona-Preview-Token: $PREVIEW_TOKEN"
+}
+load_private() {
+    run_wrk "$1" "$(url_proxyr)" -H "Host: $(host_private)" -H "X-Daytona-Preview-Token: $PREVIEW_TOKEN"
+}
+warm_private() {
+    warm_wrk "$(url_proxyr)" -H "Host: $(host_private)" -H "X-Daytona-Preview-Token: $PREVIEW_TOKEN"
+}
+pid_private() { pid_proxyr; }
+log_private() { log_proxyr; }
+
+# ---------------------------------------------------------------- target: cookie
+# The signed-preview-URL path: the host label is a signed token; one request
+# without a cookie is authenticated by the token and gets the HMAC auth cookie
+# daytona-sandbox-auth-{token}; the load then sends that cookie, which the
+# proxy verifies (HMAC, revocation marker, the sandbox it names) on every
+# request. A response carrying Set-Cookie again would mean the cookie was not
+# what authenticated it, so the check refuses that.
+COOKIE=
+setup_cookie() {
+    [ -n "$COOKIE" ] && return 0
+    setup_proxyr
+    COOKIE=$(curl -sS -D - -o /dev/null --max-time 5 -H "Host: $(host_cookie)" "$(url_proxyr)" | tr -d '\r' |
+        sed -n "s/^[Ss]et-[Cc]ookie: \(daytona-sandbox-auth-$SIGNED_TOKEN=[^;]*\).*/\1/p" | head -n 1)
+    [ -n "$COOKIE" ] || die "cookie: no Set-Cookie daytona-sandbox-auth-$SIGNED_TOKEN from the signed URL"
+    log "cookie: got ${COOKIE%%=*}=<${#COOKIE} bytes>"
+}
+host_cookie() { echo "$UP_PORT-$SIGNED_TOKEN.proxy.localhost"; }
+check_cookie() {
+    check_http cookie "$(url_proxyr)" -H "Host: $(host_cookie)" -H "Cookie: $COOKIE" -D "$WORK/check-cookie.head" || return 1
+    if grep -qi '^set-cookie:' "$WORK/check-cookie.head"; then
+        log "cookie: check failed: the response set a cookie again (the cookie did not authenticate)"
+        return 1
+    fi
+}
+load_cookie() { run_wrk "$1" "$(url_proxyr)" -H "Host: $(host_cookie)" -H "Cookie: $COOKIE"; }
+warm_cookie() { warm_wrk "$(url_proxyr)" -H "Host: $(host_cookie)" -H "Cookie: $COOKIE"; }
+pid_cookie() { pid_proxyr; }
+log_cookie() { log_proxyr; }
+
+# ---------------------------------------------------------------- TLS certificate
+# A self-signed ECDSA P-256 certificate for proxy.localhost and
+# *.proxy.localhost, used by both our proxy and nginx.
+CERT= KEY=
+setup_certs() {
+    [ -n "$CERT" ] && return 0
+    need_cmd openssl openssl
+    mkdir -p "$WORK/certs"
+    CERT=$WORK/certs/cert.pem KEY=$WORK/certs/key.pem
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 \
+        -keyout "$KEY" -out "$CERT" -subj /CN=proxy.localhost \
+        -addext "subjectAltName=DNS:proxy.localhost,DNS:*.proxy.localhost" \
+        >"$WORK/certs/openssl.log" 2>&1 || { cat "$WORK/certs/openssl.log" >&2; die "openssl req failed"; }
+    chmod 644 "$KEY"   # nginx reads it as root in the master; harmless in a temp dir
+}
+
+# ---------------------------------------------------------------- the TLS + h2c proxy and nginx
+# Our proxy with the same in-memory sandbox as `proxy`, a plaintext listener
+# (HTTP/1.1 and h2c with prior knowledge) and a TLS listener (ALPN h2 and
+# http/1.1; TLS 1.2/1.3, groups X25519:P-256:P-384, server cipher preference).
+PROXYT_PORT= PROXYT_TLS_PORT=
+PID_proxyt=''
+setup_proxyt() {
+    [ -n "$PROXYT_PORT" ] && return 0
+    setup_upstream
+    setup_certs
+    PROXYT_PORT=$(free_port)
+    PROXYT_TLS_PORT=$(free_port)
+    mkdir -p "$WORK/proxyt"
+    cat >"$WORK/proxyt/proxy.conf" <<EOF
+listen 127.0.0.1:$PROXYT_PORT
+listen 127.0.0.1:$PROXYT_TLS_PORT tls
+tls_cert $CERT $KEY proxy.localhost
+access_log off
+workers 1
+sandbox $SANDBOX runner_url=http://127.0.0.1:$UP_PORT runner_key=$RUNNER_KEY public=1 direct=1
+EOF
+    start_proxy proxyt "$WORK/proxyt/proxy.conf" "$PROXYT_TLS_PORT"
+    log "proxyt: h2c/HTTP/1.1 on 127.0.0.1:$PROXYT_PORT, TLS on 127.0.0.1:$PROXYT_TLS_PORT"
+}
+
+# nginx as the same proxy as `nginx`, with `listen ... ssl http2` (same
+# certificate, the proxy's TLS settings: TLS 1.2/1.3, its TLS 1.2 ciphers,
+# server preference, groups X25519:P-256:P-384, session tickets on as in ours)
+# and `listen ... http2` without ssl, which in nginx 1.22 is h2c with prior
+# knowledge only (no HTTP/1.1 on that port).
+NGINXT_TLS_PORT= NGINXT_H2C_PORT=
+PID_nginxt=''
+setup_nginxt() {
+    [ -n "$NGINXT_TLS_PORT" ] && return 0
+    setup_upstream
+    setup_certs
+    NGINXT_TLS_PORT=$(free_port)
+    NGINXT_H2C_PORT=$(free_port)
+    nginx_conf nginxt "$NGINXT_TLS_PORT" "
+    ssl_certificate $CERT;
+    ssl_certificate_key $KEY;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_prefer_server_ciphers on;
+    ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305;
+    ssl_ecdh_curve X25519:prime256v1:secp384r1;
+    upstream sb_$UP_PORT {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 32;
+        keepalive_requests 1000000;
+        keepalive_timeout 30s;
+    }
+    server {
+        listen 127.0.0.1:$NGINXT_TLS_PORT ssl http2 default_server backlog=4096;
+        listen 127.0.0.1:$NGINXT_H2C_PORT http2 default_server backlog=4096;
+        return 404;
+    }
+    server {
+        listen 127.0.0.1:$NGINXT_TLS_PORT ssl http2;
+        listen 127.0.0.1:$NGINXT_H2C_PORT http2;
+        server_name ~^(?<port>\\d+)-(?<sb>[^.]+)\\.proxy\\.localhost\$;
+        location / {
+            proxy_pass http://sb_\$port;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Host \$http_host;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Daytona-Authorization \"Bearer $RUNNER_KEY\";
+            proxy_set_header X-Request-Id \$request_id;
+        }
+    }"
+    start_nginx nginxt "$NGINXT_TLS_PORT" "$CPU_SERVER"
+    wait_port "$NGINXT_H2C_PORT" "$PID_nginxt" "$WORK/nginxt/logs/stderr.log"
+}
+
+# ---------------------------------------------------------------- h2load
+# run_h2load OUTFILE URL CONNECT_TO — one duration-bounded h2load run:
+# BENCH_H2_CLIENTS connections x BENCH_H2_STREAMS concurrent streams, for
+# BENCH_DURATION. The URL's host is the preview host (h2load sends it as
+# :authority and, over TLS, as SNI); --connect-to sends the connection to
+# 127.0.0.1. h2load has no percentiles, so it writes one line per request
+# (--log-file: start, status, duration in us) and parse_h2load takes the p99
+# from that.
+H2_CLIENTS=${BENCH_H2_CLIENTS:-10}
+H2_STREAMS=${BENCH_H2_STREAMS:-10}
+run_h2load() {
+    local out=$1 url=$2 to=$3
+    client h2load -t1 -c"$H2_CLIENTS" -m"$H2_STREAMS" -D "$(secs "$DURATION")" \
+        --log-file="$out.reqlog" --connect-to "$to" "$url" >"$out" 2>&1
+}
+warm_h2load() { # warm_h2load URL CONNECT_TO
+    [ "$WARMUP" = 0 ] && return 0
+    client h2load -t1 -c"$H2_CLIENTS" -m"$H2_STREAMS" -D "$(secs "$WARMUP")" --connect-to "$2" "$1" \
+        >/dev/null 2>&1 || true
+}
+# parse_h2load OUTFILE -> "rps p99_ms requests errors": requests = 2xx
+# responses; errors = failed (status >= 400 or reset) + errored + timed out.
+parse_h2load() {
+    local f=$1 rps reqs errs p99
+    rps=$(awk '/^finished in/ { for (i = 1; i <= NF; i++) if ($(i + 1) == "req/s,") print $i }' "$f")
+    reqs=$(awk '/^status codes:/ { print $3 }' "$f")
+    errs=$(awk -F'[ ,]+' '/^requests:/ { for (i = 1; i <= NF; i++)
+        if ($(i + 1) == "failed" || $(i + 1) == "errored" || $(i + 1) == "timeout") e += $i; print e + 0 }' "$f")
+    p99=$(awk -F'\t' 'NF >= 3 { print $3 }' "$f.reqlog" 2>/dev/null | sort -n |
+        awk '{ a[NR] = $1 } END { if (NR) { i = int(NR * 0.99); if (i < 1) i = 1; printf "%.3f", a[i] / 1000 } }')
+    [ -n "$rps" ] && [ -n "$reqs" ] || return 1
+    rm -f "$f.reqlog"   # a few MB per run
+    echo "$rps ${p99:-0} $reqs ${errs:-0}"
+}
+
+# ---------------------------------------------------------------- targets: h2tls, nginx_h2tls, h2c, nginx_h2c
+host_demo() { echo "$UP_PORT-$SANDBOX.proxy.localhost"; }
+
+setup_h2tls() { need_cmd h2load nghttp2-client; setup_proxyt; }
+url_h2tls() { echo "https://$(host_demo):$PROXYT_TLS_PORT$FILE_PATH"; }
+check_h2tls() {
+    check_proto h2tls 2 "$(url_h2tls)" --http2 -k --resolve "$(host_demo):$PROXYT_TLS_PORT:127.0.0.1"
+}
+load_h2tls() { run_h2load "$1" "$(url_h2tls)" "127.0.0.1:$PROXYT_TLS_PORT"; }
+warm_h2tls() { warm_h2load "$(url_h2tls)" "127.0.0.1:$PROXYT_TLS_PORT"; }
+parse_h2tls() { parse_h2load "$1"; }
+pid_h2tls() { echo "$PID_proxyt"; }
+log_h2tls() { echo "$WORK/proxyt/stderr.log"; }
+
+setup_nginx_h2tls() { need_cmd h2load nghttp2-client; setup_nginxt; }
+url_nginx_h2tls() { echo "https://$(host_demo):$NGINXT_TLS_PORT$FILE_PATH"; }
+check_nginx_h2tls() {
+    check_proto nginx_h2tls 2 "$(url_nginx_h2tls)" --http2 -k --resolve "$(host_demo):$NGINXT_TLS_PORT:127.0.0.1"
+}
+load_nginx_h2tls() { run_h2load "$1" "$(url_nginx_h2tls)" "127.0.0.1:$NGINXT_TLS_PORT"; }
+warm_nginx_h2tls() { warm_h2load "$(url_nginx_h2tls)" "127.0.0.1:$NGINXT_TLS_PORT"; }
+parse_nginx_h2tls() { parse_h2load "$1"; }
+pid_nginx_h2tls() { echo "$PID_nginxt"; }
+log_nginx_h2tls() { echo "$WORK/nginxt/logs/error.log"; }
+
+setup_h2c() { need_cmd h2load nghttp2-client; setup_proxyt; }
+url_h2c() { echo "http://$(host_demo):$PROXYT_PORT$FILE_PATH"; }
+check_h2c() { check_proto h2c 2 "http://127.0.0.1:$PROXYT_PORT$FILE_PATH" --http2-prior-knowledge -H "Host: $(host_demo)"; }
+load_h2c() { run_h2load "$1" "$(url_h2c)" "127.0.0.1:$PROXYT_PORT"; }
+warm_h2c() { warm_h2load "$(url_h2c)" "127.0.0.1:$PROXYT_PORT"; }
+parse_h2c() { parse_h2load "$1"; }
+pid_h2c() { echo "$PID_proxyt"; }
+log_h2c() { echo "$WORK/proxyt/stderr.log"; }
+
+setup_nginx_h2c() { need_cmd h2load nghttp2-client; setup_nginxt; }
+url_nginx_h2c() { echo "http://$(host_demo):$NGINXT_H2C_PORT$FILE_PATH"; }
+check_nginx_h2c() {
+    check_proto nginx_h2c 2 "http://127.0.0.1:$NGINXT_H2C_PORT$FILE_PATH" --http2-prior-knowledge -H "Host: $(host_demo)"
+}
+load_nginx_h2c() { run_h2load "$1" "$(url_nginx_h2c)" "127.0.0.1:$NGINXT_H2C_PORT"; }
+warm_nginx_h2c() { warm_h2load "$(url_nginx_h2c)" "127.0.0.1:$NGINXT_H2C_PORT"; }
+parse_nginx_h2c() { parse_h2load "$1"; }
+pid_nginx_h2c() { echo "$PID_nginxt"; }
+log_nginx_h2c() { echo "$WORK/nginxt/logs/error.log"; }
+
+# ---------------------------------------------------------------- targets: handshake, nginx_handshake
+# Full TLS handshakes per second: BENCH_HS_CLIENTS parallel `openssl s_time
+# -new` loops (each: TCP connect, a full TLS 1.3 handshake with X25519 and the
+# P-256 certificate's signature, close; no HTTP request, since s_time's -www
+# sends HTTP/1.0 without Host). s_time never resumes a session. wrk and
+# h2load cannot be used for this: both resume the previous session (TLS 1.3
+# PSK via the server's ticket) when they reconnect, so a "Connection: close"
+# run measures resumed handshakes; that is the `resume` target below.
+HS_CLIENTS=${BENCH_HS_CLIENTS:-8}
+run_s_time() { # run_s_time OUTFILE PORT SECONDS CLIENTS
+    local out=$1 port=$2 s=$3 n=$4
+    client bash -c '
+        port=$1 s=$2 n=$3 out=$4
+        t0=$(date +%s.%N)
+        for i in $(seq "$n"); do
+            { openssl s_time -new -connect "127.0.0.1:$port" -time "$s" >"$out.$i" 2>&1; echo "rc $?" >>"$out.$i"; } &
+        done
+        wait
+        t1=$(date +%s.%N)
+        cat "$out".[0-9]*
+        rm -f "$out".[0-9]*
+        echo "wall $t0 $t1"' _ "$port" "$s" "$n" "$out" >"$out" 2>&1
+}
+# parse_s_time OUTFILE -> "conn/s 0 connections errors" (no latency figure).
+parse_s_time() {
+    awk '/connections in .* real seconds/ { c += $1 }
+         /^rc / { if ($2 != 0) e++ }
+         /ERROR|error:/ { e++ }
+         /^wall / { w = $3 - $2 }
+         END { if (w <= 0 || c == 0) exit 1; printf "%.1f 0 %d %d\n", c / w, c, e }' "$1"
+}
+
+setup_handshake() { setup_proxyt; }
+check_handshake() { check_proto handshake 1.1 "https://$(host_demo):$PROXYT_TLS_PORT$FILE_PATH" --http1.1 -k --resolve "$(host_demo):$PROXYT_TLS_PORT:127.0.0.1"; }
+load_handshake() { run_s_time "$1" "$PROXYT_TLS_PORT" "$(secs "$DURATION")" "$HS_CLIENTS"; }
+warm_handshake() { [ "$WARMUP" = 0 ] || run_s_time "$WORK/warm.hs" "$PROXYT_TLS_PORT" "$(secs "$WARMUP")" "$HS_CLIENTS" || true; }
+parse_handshake() { parse_s_time "$1"; }
+pid_handshake() { echo "$PID_proxyt"; }
+log_handshake() { echo "$WORK/proxyt/stderr.log"; }
+
+setup_nginx_handshake() { setup_nginxt; }
+check_nginx_handshake() { check_proto nginx_handshake 1.1 "https://$(host_demo):$NGINXT_TLS_PORT$FILE_PATH" --http1.1 -k --resolve "$(host_demo):$NGINXT_TLS_PORT:127.0.0.1"; }
+load_nginx_handshake() { run_s_time "$1" "$NGINXT_TLS_PORT" "$(secs "$DURATION")" "$HS_CLIENTS"; }
+warm_nginx_handshake() { [ "$WARMUP" = 0 ] || run_s_time "$WORK/warm.hs" "$NGINXT_TLS_PORT" "$(secs "$WARMUP")" "$HS_CLIENTS" || true; }
+parse_nginx_handshake() { parse_s_time "$1"; }
+pid_nginx_handshake() { echo "$PID_nginxt"; }
+log_nginx_handshake() { echo "$WORK/nginxt/logs/error.log"; }
+
+# ---------------------------------------------------------------- targets: resume, nginx_resume
+# A new TLS connection for every request: wrk over https with
+# "Connection: close" (HTTP/1.1 via ALPN-less TLS). wrk reuses the previous
+# session of each connection slot, so these are resumed TLS 1.3 handshakes
+# (PSK + X25519, no certificate signature) plus one proxied request each.
+setup_resume() { setup_proxyt; }
+url_resume() { echo "https://127.0.0.1:$PROXYT_TLS_PORT$FILE_PATH"; }
+check_resume() { check_handshake; }
+load_resume() { run_wrk "$1" "$(url_resume)" -H "Host: $(host_demo)" -H 'Connection: close'; }
+warm_resume() { warm_wrk "$(url_resume)" -H "Host: $(host_demo)" -H 'Connection: close'; }
+pid_resume() { echo "$PID_proxyt"; }
+log_resume() { echo "$WORK/proxyt/stderr.log"; }
+
+setup_nginx_resume() { setup_nginxt; }
+url_nginx_resume() { echo "https://127.0.0.1:$NGINXT_TLS_PORT$FILE_PATH"; }
+check_nginx_resume() { check_nginx_handshake; }
+load_nginx_resume() { run_wrk "$1" "$(url_nginx_resume)" -H "Host: $(host_demo)" -H 'Connection: close'; }
+warm_nginx_resume() { warm_wrk "$(url_nginx_resume)" -H "Host: $(host_demo)" -H 'Connection: close'; }
+pid_nginx_resume() { echo "$PID_nginxt"; }
+log_nginx_resume() { echo "$WORK/nginxt/logs/error.log"; }
+
 # ---------------------------------------------------------------- driver
 has_fn() { declare -F "$1" >/dev/null; }
 
@@ -461,7 +862,8 @@ for t in "${TARGETS[@]}"; do
 done
 
 log "$(date -u '+%Y-%m-%d %H:%M:%SZ') host=$(uname -n) cpus=$NCPU load=$(cut -d' ' -f1-3 /proc/loadavg)"
-log "wrk -t$THREADS -c$CONNS -d$DURATION --latency, $ROUNDS rounds, warm-up $WARMUP, pinning: $PINNING"
+log "wrk -t$THREADS -c$CONNS -d$DURATION --latency; h2load -t1 -c$H2_CLIENTS -m$H2_STREAMS -D $(secs "$DURATION"); $HS_CLIENTS x openssl s_time -new; $ROUNDS rounds, warm-up $WARMUP, pinning: $PINNING"
+log "targets: ${TARGETS[*]}"
 
 for t in "${TARGETS[@]}"; do "setup_$t"; done
 for t in "${TARGETS[@]}"; do
@@ -504,8 +906,8 @@ measure() {
     done
     if [ "$noisy" = 1 ] && [ "$try" -le "$RETRIES" ]; then mark="noisy: not counted, repeated"
     elif [ "$noisy" = 1 ]; then mark="noisy (counted)"; NOISY=$((NOISY + 1)); fi
-    printf '%-10s %5s %10.0f %9.2f %10d %6d %7s %7s %8s %8s %10s  %s\n' "$t" "$r" "$rps" "$p99" \
-        "$reqs" "$errs" "$busy_s%" "$busy_c%" "$(pct "$other_s")" "$(pct "$other_c")" "$us" "$mark"
+    printf '%-15s %5s %10.0f %9.2f %10d %6d %7s %7s %8s %8s %10s%s\n' "$t" "$r" "$rps" "$p99" \
+        "$reqs" "$errs" "$busy_s%" "$busy_c%" "$(pct "$other_s")" "$(pct "$other_c")" "$us" "${mark:+  $mark}"
     if [ "$errs" -gt 0 ]; then
         PROBLEMS+=("$t round $r: $errs errors of $reqs requests: $(grep -E 'Non-2xx|Socket errors' "$out" | tr -s ' \n' ' ')")
     fi
@@ -518,7 +920,7 @@ measure() {
     RPS[$t]+="$rps "; P99[$t]+="$p99 "; US[$t]+="$us "
 }
 
-printf '%-10s %5s %10s %9s %10s %6s %7s %7s %8s %8s %10s\n' target round req/s p99_ms requests errors \
+printf '%-15s %5s %10s %9s %10s %6s %7s %7s %8s %8s %10s\n' target round req/s p99_ms requests errors \
     "cpu$CPU_SERVER" "cpu$CPU_CLIENT" "other$CPU_SERVER" "other$CPU_CLIENT" "srv_us/req"
 NT=${#TARGETS[@]}
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -538,20 +940,20 @@ median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk '{a[NR] = $1}
 
 declare -A MRPS MP99 MUS
 echo
-echo "=== medians over $ROUNDS rounds (wrk -t$THREADS -c$CONNS -d$DURATION, $PINNING) ==="
-printf '%-10s %12s %12s %12s\n' target req/s p99_ms srv_us/req
+echo "=== medians over $ROUNDS rounds (wrk -t$THREADS -c$CONNS, h2load -c$H2_CLIENTS -m$H2_STREAMS, $HS_CLIENTS x s_time -new; -d$DURATION; $PINNING) ==="
+printf '%-15s %12s %12s %12s\n' target req/s p99_ms srv_us/req
 for t in "${TARGETS[@]}"; do
     MRPS[$t]=$(median <<<"${RPS[$t]:-}")
     MP99[$t]=$(median <<<"${P99[$t]:-}")
     MUS[$t]=$(median <<<"${US[$t]:-}")
-    printf '%-10s %12.0f %12.2f %12s\n' "$t" "${MRPS[$t]}" "${MP99[$t]}" "${MUS[$t]}"
+    printf '%-15s %12.0f %12.2f %12s\n' "$t" "${MRPS[$t]}" "${MP99[$t]}" "${MUS[$t]}"
 done
 
 echo
 echo "=== server memory (RSS of the process group, MiB) after warm-up -> at the end ==="
 for t in "${TARGETS[@]}"; do
     has_fn "pid_$t" || continue
-    printf '%-10s %8s -> %s\n' "$t" "${RSS0[$t]}" "$(group_rss_mb "$("pid_$t")")"
+    printf '%-15s %8s -> %s\n' "$t" "${RSS0[$t]}" "$(group_rss_mb "$("pid_$t")")"
 done
 
 echo
@@ -561,7 +963,8 @@ for pair in "${RATIOS[@]}"; do
     [ -n "${MRPS[$a]:-}" ] && [ -n "${MRPS[$b]:-}" ] || continue
     awk -v p="$pair" -v ra="${MRPS[$a]}" -v rb="${MRPS[$b]}" -v la="${MP99[$a]}" -v lb="${MP99[$b]}" \
         -v ua="${MUS[$a]}" -v ub="${MUS[$b]}" 'BEGIN {
-        printf "%-14s req/s %.3f   p99 %.3f", p, (rb > 0 ? ra / rb : 0), (lb > 0 ? la / lb : 0)
+        printf "%-32s req/s %.3f", p, (rb > 0 ? ra / rb : 0)
+        if (la > 0 && lb > 0) printf "   p99 %.3f", la / lb; else printf "   p99   -  "
         if (ua > 0 && ub > 0) printf "   srv_cpu/req %.3f", ua / ub
         printf "\n" }'
 done

@@ -130,6 +130,8 @@ void px_conn_destroy(struct px_conn *c)
         /* An HTTP/2 stream's pair end must hear that we are gone. */
         if (c->h2_stream)
             bufferevent_flush(c->bev, EV_READ | EV_WRITE, BEV_FINISHED);
+        else if (c->tls)
+            px_tls_close_notify(c->bev);
         bufferevent_free(c->bev);
     }
     if (c->prev != NULL)

@@ -13,6 +13,9 @@
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+
 #include "tls/tls.h"
 
 #define MAX_NAMES 32
@@ -281,4 +284,14 @@ SSL_CTX *px_tls_client_ctx(const struct px_config *cfg, char *err, size_t errlen
         return NULL;
     }
     return ctx;
+}
+
+void px_tls_close_notify(struct bufferevent *bev)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+
+    /* Best effort on a non-blocking socket: one small alert. Without it clients
+     * see an unexpected EOF, and OpenSSL 3 then refuses to resume the session. */
+    if (ssl != NULL && SSL_is_init_finished(ssl))
+        SSL_shutdown(ssl);
 }

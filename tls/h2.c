@@ -26,6 +26,7 @@
 #include "auth/cookie.h"
 #include "proxy/h1.h"
 #include "tls/h2.h"
+#include "tls/tls.h"
 
 #define MAX_STREAMS 100
 #define MAX_HEADER_LIST (64 * 1024)
@@ -125,8 +126,11 @@ static void h2_destroy(struct px_h2 *h)
         stream_free(h->streams);
     if (h->ng != NULL)
         nghttp2_session_del(h->ng);
-    if (h->bev != NULL)
+    if (h->bev != NULL) {
+        if (h->tls)
+            px_tls_close_notify(h->bev);
         bufferevent_free(h->bev);
+    }
     if (h->prev != NULL)
         h->prev->next = h->next;
     else

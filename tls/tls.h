@@ -21,6 +21,12 @@ void px_tls_free(struct px_tls *t);
  * context during the handshake). The caller owns it. */
 SSL *px_tls_new_ssl(struct px_tls *t);
 
+struct bufferevent;
+
+/* Sends TLS close_notify on an OpenSSL bufferevent before it is freed (no-op for
+ * other kinds). */
+void px_tls_close_notify(struct bufferevent *bev);
+
 /* Did the handshake select ALPN "h2"? */
 int px_tls_is_h2(SSL *ssl);
 

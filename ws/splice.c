@@ -26,6 +26,7 @@
 #include <event2/event.h>
 
 #include "auth/activity.h"
+#include "tls/tls.h"
 #include "ws/ws.h"
 
 #define HIGH_WATER (256 * 1024)
@@ -83,6 +84,7 @@ static void destroy(struct px_splice *s)
         /* A bufferevent pair (an HTTP/2 stream) learns of the end only by a
          * flush; sockets ignore it. */
         bufferevent_flush(s->a, EV_READ | EV_WRITE, BEV_FINISHED);
+        px_tls_close_notify(s->a);
         bufferevent_free(s->a);
         bufferevent_free(s->b);
     }
