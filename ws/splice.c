@@ -96,6 +96,7 @@ static void destroy(struct px_splice *s)
 
 /* ---- raw engine ---- */
 
+
 static void raw_idle_arm(struct px_splice *s, struct side *d)
 {
     struct timeval idle = {s->srv->cfg->ws_idle_timeout, 0};
@@ -154,29 +155,37 @@ static void raw_on_read(evutil_socket_t fd, short what, void *arg)
         destroy(s); /* idle both ways: a dead or half-open peer */
         return;
     }
+    /* One buffer for the whole process (the loop is single-threaded): an idle
+     * or closing tunnel then holds no 64 KiB chain, and when the peer keeps up
+     * the bytes go straight back out without touching an evbuffer. */
+    static char iobuf[READ_CHUNK];
     for (int rounds = 0; rounds < 4; rounds++) {
-        struct evbuffer_iovec v[1];
-        if (evbuffer_reserve_space(dst->out, READ_CHUNK, v, 1) < 1) {
-            destroy(s);
-            return;
-        }
-        ssize_t n = read(fd, v[0].iov_base, v[0].iov_len);
+        ssize_t n = read(fd, iobuf, sizeof(iobuf));
         if (n < 0) {
-            evbuffer_commit_space(dst->out, v, 0);
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
                 break;
             destroy(s); /* RST: nothing useful can follow */
             return;
         }
-        v[0].iov_len = (size_t)n;
-        evbuffer_commit_space(dst->out, v, 1);
         if (n == 0) {
             src->rd_eof = 1;
             event_del(src->rev);
             break;
         }
         s->last_io = time(NULL);
-        if ((size_t)n < READ_CHUNK)
+        ssize_t w = 0;
+        if (evbuffer_get_length(dst->out) == 0) { /* keep order: only when nothing waits */
+            w = write(dst->fd, iobuf, (size_t)n);
+            if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                destroy(s);
+                return;
+            }
+            if (w < 0)
+                w = 0;
+        }
+        if (w < n)
+            evbuffer_add(dst->out, iobuf + w, (size_t)(n - w));
+        if ((size_t)n < sizeof(iobuf))
             break; /* drained: skip the read that would say EAGAIN */
     }
     if (raw_flush(s, 1 - i) != 0) {
