@@ -173,15 +173,10 @@ static int run_worker(struct px_config *cfg)
     srv.pid = (unsigned)getpid();
     srv.tls = ntls_sets > 0 ? tls_sets[ntls_sets - 1] : NULL;
     px_srv = &srv;
-    /* The changelist folds the add/remove pairs a request makes on one fd within
-     * a loop turn into at most one epoll_ctl. */
-    struct event_config *ec = event_config_new();
-    if (ec != NULL)
-        event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
-    srv.base = ec != NULL ? event_base_new_with_config(ec) : event_base_new();
-    if (ec != NULL)
-        event_config_free(ec);
-    if (srv.base == NULL) {
+    /* (No EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST: it saves a few epoll_ctl calls,
+     * but libevent documents hazards with it, and a rare WebSocket stall under
+     * backpressure was seen while it was on. Reliability first.) */
+    if ((srv.base = event_base_new()) == NULL) {
         px_log(PX_ERR, "cannot create the event loop");
         return 1;
     }
