@@ -209,9 +209,6 @@ void px_conn_attach(struct px_server *srv, struct bufferevent *bev, const struct
     c->srv = srv;
     c->id = ++srv->next_conn_id;
     c->bev = bev;
-    /* libevent reads 4 KiB at a time by default; large bodies want bigger bites. */
-    bufferevent_set_max_single_read(bev, PX_MAX_SINGLE_IO);
-    bufferevent_set_max_single_write(bev, PX_MAX_SINGLE_IO);
     px_metrics.accepted++;
     c->tls = (flags & PX_CONN_TLS) != 0;
     c->h2_stream = (flags & PX_CONN_H2_STREAM) != 0;

@@ -135,10 +135,7 @@ void px_conn_loghost(struct px_conn *c, const struct px_host *h, int label_is_id
 void px_conn_exchange_done(struct px_conn *c);
 void px_conn_step(struct px_conn *c);
 struct px_str px_path_only(struct px_str p);
-/* Reads up to budget bytes straight from a plain socket bufferevent's fd into
- * its input buffer, in 64 KiB bites (libevent 2.1 reads at most 4 KiB per call).
- * Never for TLS or pair bufferevents. */
-void px_bev_slurp(struct bufferevent *bev, size_t budget);
+
 
 /* route.c: called once the request head is parsed */
 void px_route_request(struct px_conn *c);

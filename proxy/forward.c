@@ -584,9 +584,9 @@ void px_fwd_on_response(struct px_conn *c)
 static void start_tunnel(struct px_conn *c)
 {
     struct bufferevent *client = c->bev, *runner = c->up->bev;
-    int raw = !c->tls && !c->h2_stream && !c->up->tls;
     const struct px_hdr *skip = px_head_get(&c->req, PX_STR("x-daytona-skip-last-activity-update"));
     int activity = skip == NULL || !px_str_ieq(skip->value, PX_STR("true"));
+    int raw = !c->tls && !c->h2_stream && !c->up->tls; /* two plain sockets */
 
     c->status = 101;
     add_response_head(c, bufferevent_get_output(c->bev));

@@ -13,8 +13,6 @@
 
 #define PX_VERSION "0.1.0"
 
-/* Largest read or write per socket call (libevent's default is 4 KiB reads). */
-#define PX_MAX_SINGLE_IO (128 * 1024)
 
 /* A borrowed byte slice: never NUL-terminated unless said so. */
 struct px_str {

@@ -52,6 +52,11 @@ void px_conn_accept(struct px_server *srv, int fd, const struct sockaddr *sa, in
 void px_conn_attach(struct px_server *srv, struct bufferevent *bev, const struct sockaddr *sa,
                     unsigned flags);
 
+/* Reads up to budget bytes straight from a plain socket bufferevent's fd into
+ * its input buffer, in 64 KiB bites (libevent 2.1 reads at most 4 KiB per call).
+ * Never for TLS or pair bufferevents. */
+void px_bev_slurp(struct bufferevent *bev, size_t budget);
+
 /* Starts the drain: idle connections close now, busy ones after their response. */
 void px_conn_drain_all(struct px_server *srv);
 

@@ -205,8 +205,6 @@ struct px_upstream *px_upstream_connect(struct px_server *srv, const char *host,
     }
     if (up->key == NULL || up->bev == NULL)
         goto fail;
-    bufferevent_set_max_single_read(up->bev, PX_MAX_SINGLE_IO);
-    bufferevent_set_max_single_write(up->bev, PX_MAX_SINGLE_IO);
     memset(&addr, 0, sizeof(addr));
     if (inet_pton(AF_INET, host, &addr.in4.sin_addr) == 1) {
         addr.in4.sin_family = AF_INET;

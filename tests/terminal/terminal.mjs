@@ -40,6 +40,9 @@ try {
   result.sawPrompt = true;
   await page.evaluate(() => window.__term.focus());
   await page.keyboard.type(typed, { delay: 5 });
+  // Enter only once the shell has echoed the whole line: keys typed while the
+  // shell is still setting up its terminal can be dropped by the pty.
+  await page.waitForFunction((t) => window.__termText().includes(t), typed, { timeout });
   await page.keyboard.press('Enter');
   await page.waitForFunction((e) => window.__termText().split('\n').some((l) => l.trim() === e),
                              expect, { timeout });
