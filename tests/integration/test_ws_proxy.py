@@ -552,10 +552,6 @@ def test_server_tcp_close_after_data_is_flushed(wss, wsproxy):
     wait_fds(pid, base)
 
 
-@pytest.mark.xfail(strict=False, reason="by design (issue 5): either side closing closes the "
-                   "other after flushing what was already read, so a runner reply still in "
-                   "flight after the client's FIN can be cut (nginx's relay behaves the same; "
-                   "WebSocket clients close with a close frame first)")
 def test_client_half_close_still_gets_reply(runner, px):
     """The client sends 300 kB and shuts down its write side; runner.py echoes
     raw bytes and closes after EOF. Does the echo come back in full?"""
