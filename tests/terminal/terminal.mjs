@@ -47,6 +47,12 @@ try {
   await page.waitForFunction((e) => window.__termText().split('\n').some((l) => l.trim() === e),
                              expect, { timeout });
   result.sawExpectInBuffer = true;
+  // xterm paints its DOM rows on the next animation frame: wait for the paint too,
+  // before reading them (the bytes are already in the terminal's buffer).
+  await page.waitForFunction((e) => {
+    const rows = document.querySelector('.xterm-rows');
+    return rows && Array.from(rows.children).some((r) => r.textContent.trim() === e);
+  }, expect, { timeout });
   result.text = await page.evaluate(() => window.__termText());
   result.dom = await page.evaluate(() => {
     const rows = document.querySelector('.xterm-rows');
