@@ -20,6 +20,7 @@ import signal
 import socket
 import struct
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -60,8 +61,12 @@ class WsServer:
 
 
 def start_ws_server():
+    # stderr goes to a file: a pipe nobody reads fills up after enough error logs
+    # (connections the tests kill on purpose) and then blocks the whole server.
+    errlog = tempfile.NamedTemporaryFile(prefix="ws_echo-", suffix=".log", delete=False)
     proc = subprocess.Popen([PYTHON, os.path.join(HERE, "servers", "ws_echo.py")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=errlog)
+    errlog.close()
     line = b""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not line.endswith(b"\n"):
@@ -648,7 +653,21 @@ def test_idle_timeout_closes_half_open_tunnel(wss, wsproxy):
 
 # ---------------------------------------------------------- slow reader --
 
-def test_slow_reader_memory_bounded(wss, wsproxy):
+@pytest.fixture
+def own_wss():
+    """A ws_echo server of the test's own: the shared one can be left busy by
+    the floods and kills of earlier tests (the slow-reader test timed out when
+    it ran right after the half-open one)."""
+    srv = start_ws_server()
+    yield srv
+    srv.proc.terminate()
+    try:
+        srv.proc.wait(5)
+    except subprocess.TimeoutExpired:
+        srv.proc.kill()
+
+
+def test_slow_reader_memory_bounded(own_wss, wsproxy):
     """The server floods 200 MiB to a client that does not read: backpressure
     stops the server, the proxy's RSS stays within +64 MiB; when the client
     reads again, every byte arrives."""
@@ -658,14 +677,14 @@ def test_slow_reader_memory_bounded(wss, wsproxy):
     rss0 = rss_kib(pid)
     c = RawWS(p.port, timeout=30)
     c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-    status, *_ = c.handshake(host(wss.port, WSPUB), f"/flood?bytes={total}&chunk={chunk}")
+    status, *_ = c.handshake(host(own_wss.port, WSPUB), f"/flood?bytes={total}&chunk={chunk}")
     assert status == 101
 
     # wait until the flood stalls (flood_sent unchanged for 1 s), at most 20 s
     last, since, deadline = -1, time.monotonic(), time.monotonic() + 20
     peak = rss0
     while time.monotonic() < deadline:
-        sent = wss.stats()["flood_sent"]
+        sent = own_wss.stats()["flood_sent"]
         peak = max(peak, rss_kib(pid))
         if sent != last:
             last, since = sent, time.monotonic()
