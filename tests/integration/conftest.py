@@ -22,7 +22,7 @@ sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from helpers import (BASE_DOMAIN, DEAD, DEAD_TOKEN, DIRECT, DIRECT_TOKEN, PRIV,  # noqa: E402
+from helpers import (popen_with_log, helper_log, BASE_DOMAIN, DEAD, DEAD_TOKEN, DIRECT, DIRECT_TOKEN, PRIV,  # noqa: E402
                      PRIV_TOKEN, PUB, PUB_TOKEN, RUNNER_KEY, UUID_SBX, UUID_TOKEN,
                      RawConn, free_port, wait_until)
 
@@ -93,8 +93,7 @@ class RunnerClient:
 
 
 def start_runner(key=RUNNER_KEY):
-    proc = subprocess.Popen([PYTHON, os.path.join(HERE, "servers", "runner.py"), "--key", key],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = popen_with_log([PYTHON, os.path.join(HERE, "servers", "runner.py"), "--key", key])
     deadline = time.monotonic() + 10
     line = b""
     while time.monotonic() < deadline and not line.endswith(b"\n"):
@@ -106,7 +105,7 @@ def start_runner(key=RUNNER_KEY):
             line += ch
     if not line.startswith(b"PORT "):
         proc.kill()
-        raise RuntimeError(f"runner did not start: {line!r} {proc.stderr.read()!r}")
+        raise RuntimeError(f"runner did not start: {line!r} {helper_log(proc)!r}")
     port = int(line.split()[1])
     client = RunnerClient(port)
     wait_until(lambda: _ping(client), timeout=10, what="runner ping")

@@ -277,3 +277,24 @@ def chunked(body, size=4096, trailers=()):
         out += f"{k}: {v}\r\n".encode()
     out += b"\r\n"
     return bytes(out)
+
+
+def popen_with_log(args):
+    """Starts a helper server: stdout is a pipe (for its PORT line), stderr goes
+    to a file. A stderr pipe that nobody reads fills up after enough log lines and
+    then blocks the server (that is how the ws_echo server stalled a test)."""
+    import subprocess
+    import tempfile
+    log = tempfile.NamedTemporaryFile(prefix="helper-", suffix=".log", delete=False)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log)
+    log.close()
+    proc.log_path = log.name
+    return proc
+
+
+def helper_log(proc):
+    try:
+        with open(proc.log_path, "rb") as f:
+            return f.read()[-4000:]
+    except (AttributeError, OSError):
+        return b""

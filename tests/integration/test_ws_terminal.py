@@ -57,8 +57,8 @@ class Terminal:
 
 @pytest.fixture
 def terminal():
-    proc = subprocess.Popen([PYTHON, os.path.join(HERE, "servers", "terminal.py"), "--key", RUNNER_KEY],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    from helpers import popen_with_log, helper_log
+    proc = popen_with_log([PYTHON, os.path.join(HERE, "servers", "terminal.py"), "--key", RUNNER_KEY])
     line = b""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not line.endswith(b"\n"):
@@ -70,7 +70,7 @@ def terminal():
             line += ch
     if not line.startswith(b"PORT "):
         proc.kill()
-        pytest.fail(f"terminal.py did not start: {line!r} {proc.stderr.read()!r}")
+        pytest.fail(f"terminal.py did not start: {line!r} {helper_log(proc)!r}")
     t = Terminal(proc, int(line.split()[1]))
     yield t
     proc.terminate()

@@ -29,7 +29,7 @@ import h2.settings
 import pytest
 import requests
 
-from helpers import BASE_DOMAIN, RUNNER_KEY, free_port, wait_until
+from helpers import popen_with_log, helper_log, BASE_DOMAIN, RUNNER_KEY, free_port, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PYTHON = "/usr/bin/python3"
@@ -473,7 +473,7 @@ def ws_parse(buf):
 # ------------------------------------------------------------ servers --
 
 def _start_server(args):
-    proc = subprocess.Popen([PYTHON] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = popen_with_log([PYTHON] + args)
     line = b""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not line.endswith(b"\n"):
@@ -485,7 +485,7 @@ def _start_server(args):
             line += ch
     if not line.startswith(b"PORT "):
         proc.kill()
-        raise RuntimeError(f"{args[0]} did not start: {line!r} {proc.stderr.read()!r}")
+        raise RuntimeError(f"{args[0]} did not start: {line!r} {helper_log(proc)!r}")
     return proc, int(line.split()[1])
 
 
