@@ -78,7 +78,7 @@ def test_old_tls_versions_refused(tp, pki, version):
     msg = str(ei.value).upper()
     assert ("PROTOCOL_VERSION" in msg or "UNSUPPORTED_PROTOCOL" in msg
             or isinstance(ei.value, ConnectionResetError)), msg
-    assert tp.alive() and tls_health(tp, pki)
+    assert tp.alive() and tls_health(tp, pki, timeout=10)
 
 
 def test_old_tls_refused_openssl_cli(tp):
@@ -214,7 +214,7 @@ def test_http_on_tls_port_does_not_hang_or_crash(tp, pki):
         except (ConnectionResetError, socket.timeout):
             data = b""
         assert not data.startswith(b"HTTP/1.1 200")
-    assert tp.alive() and tls_health(tp, pki)
+    assert tp.alive() and tls_health(tp, pki, timeout=10)
 
 
 # ------------------------------------------------------------ over TLS --

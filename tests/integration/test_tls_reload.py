@@ -116,7 +116,7 @@ def test_sighup_with_broken_certificate_keeps_old(rp, pki, live, runner):
     mark = hup(rp)
     # the old certificate stays, and the proxy serves ...
     assert peer_cert(rp.tls_port, h, pki)[0] == pki.cn("a")
-    assert tls_health(rp, pki)
+    assert tls_health(rp, pki, timeout=10)
     with tls_raw(rp.tls_port, h, pki) as c:
         c.send(f"GET /still HTTP/1.1\r\nHost: {h}\r\n\r\n")
         assert c.read_response().status == 200
@@ -136,7 +136,7 @@ def test_sighup_with_mismatched_key_keeps_old(rp, pki, live, runner):
     shutil.copy(pki.certs["a2"][0], live[0])   # new certificate, old key: does not match
     mark = hup(rp)
     assert peer_cert(rp.tls_port, h, pki)[0] == pki.cn("a")
-    assert tls_health(rp, pki)
+    assert tls_health(rp, pki, timeout=10)
     wait_until(lambda: any(("tls_cert" in ln or live[0] in ln or "key" in ln.lower())
                            for ln in rp.log()[mark:].splitlines()
                            if "SIGHUP" in ln or "tls" in ln.lower()),
@@ -149,4 +149,4 @@ def test_sighup_unchanged_certificates_keep_serving(rp, pki, runner):
         hup(rp)
     assert peer_cert(rp.tls_port, h, pki)[0] == pki.cn("a")
     assert peer_cert(rp.tls_port, None, pki)[0] == pki.cn("default")
-    assert tls_health(rp, pki)
+    assert tls_health(rp, pki, timeout=10)

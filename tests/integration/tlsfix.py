@@ -182,20 +182,26 @@ def peer_cert(port, sni, pki):
         return cert_names(s.getpeercert())
 
 
-def tls_health(p, pki):
+def tls_health(p, pki, timeout=2.0, why=None):
+    """True when GET /health over TLS answers 200 and the connection closes.
+    On failure the reason is appended to the list `why`, when given."""
+    data = b""
     try:
-        with tls_connect(p.tls_port, BASE_DOMAIN, pki, timeout=2) as s:
+        with tls_connect(p.tls_port, BASE_DOMAIN, pki, timeout=timeout) as s:
             s.sendall(f"GET /health HTTP/1.1\r\nHost: {BASE_DOMAIN}\r\nConnection: close\r\n\r\n"
                       .encode())
-            data = b""
             while True:
                 d = s.recv(65536)
                 if not d:
                     break
                 data += d
-        return data.startswith(b"HTTP/1.1 200")
-    except (OSError, ssl.SSLError):
+    except (OSError, ssl.SSLError) as e:
+        if why is not None:
+            why.append(f"{e!r} after {len(data)} bytes: {data[:40]!r}")
         return False
+    if not data.startswith(b"HTTP/1.1 200") and why is not None:
+        why.append(f"answer {data[:40]!r}")
+    return data.startswith(b"HTTP/1.1 200")
 
 
 def curl(args, timeout=60):
