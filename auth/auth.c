@@ -15,10 +15,11 @@
 #include <stdlib.h>
 
 #include <openssl/crypto.h>
-#include <openssl/sha.h>
+#include <openssl/sha.h> /* SHA256_DIGEST_LENGTH */
 
 #include "auth/auth.h"
 #include "auth/cookie.h"
+#include "auth/digest.h"
 #include "auth/lookup.h"
 #include "routing/route.h"
 #include "routing/store.h"
@@ -181,7 +182,10 @@ static void step(struct px_auth *a)
             char hex[2 * SHA256_DIGEST_LENGTH + 1];
             struct px_str t = bearer(in->req);
             a->tried_bearer = 1;
-            SHA256((const unsigned char *)t.p, t.len, md);
+            if (px_sha256(t.p, t.len, md) != 0) {
+                note_error(a, px_err_nomem); /* ends as 503, never as a pass */
+                return;
+            }
             for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
                 sprintf(hex + 2 * i, "%02x", md[i]);
             if (a->sb != NULL) /* without a sandbox there is no org to match */

@@ -7,10 +7,9 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 
 #include "auth/cookie.h"
+#include "auth/digest.h"
 
 size_t px_base64url(const unsigned char *in, size_t n, char *out)
 {
@@ -48,7 +47,6 @@ static int compute_mac(const char *secret, struct px_str label, struct px_str id
 {
     char msg[1024];
     unsigned char md[32];
-    unsigned int mdlen = sizeof(md);
     int n = snprintf(msg, sizeof(msg), "v1|" PX_COOKIE_PREFIX "%.*s|%.*s|%ld", (int)label.len,
                      label.p, (int)id.len, id.p, expires);
 
@@ -57,10 +55,9 @@ static int compute_mac(const char *secret, struct px_str label, struct px_str id
 
     if (n < 0 || (size_t)n >= sizeof(msg))
         return -1;
-    if (HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)msg, (size_t)n, md,
-             &mdlen) == NULL)
+    if (px_hmac_sha256(secret, msg, (size_t)n, md) != 0)
         return -1;
-    px_base64url(md, mdlen, out);
+    px_base64url(md, sizeof(md), out);
     return 0;
 }
 
