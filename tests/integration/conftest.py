@@ -8,11 +8,9 @@ Run with the Debian interpreter, which has requests/websockets/h2:
     /usr/bin/python3 -m pytest tests/integration
 """
 import os
-import select
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
@@ -22,11 +20,10 @@ sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from helpers import (popen_with_log, helper_log, BASE_DOMAIN, DEAD, DEAD_TOKEN, DIRECT, DIRECT_TOKEN, PRIV,  # noqa: E402
+from helpers import (BASE_DOMAIN, DEAD, DEAD_TOKEN, DIRECT, DIRECT_TOKEN, PRIV,  # noqa: E402
                      PRIV_TOKEN, PUB, PUB_TOKEN, RUNNER_KEY, UUID_SBX, UUID_TOKEN,
-                     RawConn, free_port, wait_until)
+                     RawConn, free_port, start_server, stop_proc, wait_until)
 
-PYTHON = "/usr/bin/python3"
 DEFAULT_BIN = "/work/main/build/preview-proxy"
 
 # Things that mean the proxy (or its sanitizer) found a bug in itself.
@@ -93,20 +90,7 @@ class RunnerClient:
 
 
 def start_runner(key=RUNNER_KEY):
-    proc = popen_with_log([PYTHON, os.path.join(HERE, "servers", "runner.py"), "--key", key])
-    deadline = time.monotonic() + 10
-    line = b""
-    while time.monotonic() < deadline and not line.endswith(b"\n"):
-        r, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if r:
-            ch = os.read(proc.stdout.fileno(), 1)
-            if not ch:
-                break
-            line += ch
-    if not line.startswith(b"PORT "):
-        proc.kill()
-        raise RuntimeError(f"runner did not start: {line!r} {helper_log(proc)!r}")
-    port = int(line.split()[1])
+    proc, port = start_server("runner.py", "--key", key)
     client = RunnerClient(port)
     wait_until(lambda: _ping(client), timeout=10, what="runner ping")
     return proc, client
@@ -120,21 +104,11 @@ def _ping(client):
         return False
 
 
-def stop_pid(proc):
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
 @pytest.fixture(scope="session")
 def runner_server():
     proc, client = start_runner()
     yield client
-    stop_pid(proc)
+    stop_proc(proc)
 
 
 @pytest.fixture

@@ -1,13 +1,21 @@
 """Shared helpers for the integration suite: constants for the default
-sandboxes, a byte-exact raw HTTP/1.1 client, and polling utilities.
+sandboxes, a byte-exact raw HTTP/1.1 client, a minimal RESP2 (Redis) client,
+polling utilities, and starting/stopping the helper servers in servers/.
+
+Standard library only: servers/site.py imports it too.
 
 Everything talks to 127.0.0.1 only. Nothing here sleeps to synchronise: waits
 are polls with a bounded deadline.
 """
 import hashlib
 import json
+import os
 import random
+import select
 import socket
+import struct
+import subprocess
+import tempfile
 import time
 
 BASE_DOMAIN = "proxy.test"
@@ -26,6 +34,9 @@ DEAD = "sbxdead"              # public=1, runner_url points at a closed port
 DEAD_TOKEN = "tok-dead-S3CRET-2"
 
 RESERVED_PORTS = (22222, 2280, 33333)
+
+PYTHON = "/usr/bin/python3"
+SERVERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "servers")
 
 
 def host(port, label, domain=BASE_DOMAIN):
@@ -107,13 +118,8 @@ class ConnectionClosed(Exception):
     """The peer closed (or reset) the connection before a complete response."""
 
 
-class RawConn:
-    """A byte-exact HTTP/1.1 client over one TCP connection."""
-
-    def __init__(self, port, timeout=5.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock.settimeout(timeout)
-        self.buf = b""
+class SockConn:
+    """Base of the socket clients: self.sock, closed by close() or a with block."""
 
     def close(self):
         try:
@@ -126,6 +132,15 @@ class RawConn:
 
     def __exit__(self, *a):
         self.close()
+
+
+class RawConn(SockConn):
+    """A byte-exact HTTP/1.1 client over one TCP connection."""
+
+    def __init__(self, port, timeout=5.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.settimeout(timeout)
+        self.buf = b""
 
     def send(self, data):
         if isinstance(data, str):
@@ -279,12 +294,108 @@ def chunked(body, size=4096, trailers=()):
     return bytes(out)
 
 
+def ws_frame(opcode, payload, fin=True, mask=True):
+    """One WebSocket frame (RFC 6455), masked with a random key unless mask=False."""
+    b0 = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", b0, (0x80 if mask else 0) | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", b0, (0x80 if mask else 0) | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, (0x80 if mask else 0) | 127, n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    # XOR via int arithmetic: fast enough for the sizes used here
+    m = (key * (n // 4 + 1))[:n]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(m, "big")).to_bytes(n, "big") if n else b""
+    return head + key + masked
+
+
+# ------------------------------------------------------------ RESP client --
+
+class Resp(SockConn):
+    """A minimal RESP2 client over one connection. addr: a TCP port on 127.0.0.1,
+    a (host, port) pair, or the path of a unix socket. Bulk strings are decoded
+    as UTF-8 with the given errors policy."""
+
+    def __init__(self, addr, timeout=5.0, errors="strict"):
+        if isinstance(addr, int):
+            addr = ("127.0.0.1", addr)
+        family = socket.AF_UNIX if isinstance(addr, str) else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(addr)
+        except OSError:
+            self.sock.close()
+            raise
+        self.errors = errors
+        self.buf = b""
+
+    def send(self, *args):
+        out = [b"*%d\r\n" % len(args)]
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+        self.sock.sendall(b"".join(out))
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("redis closed the connection")
+        self.buf += chunk
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            self._fill()
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def _exact(self, n):
+        while len(self.buf) < n + 2:
+            self._fill()
+        data, self.buf = self.buf[:n], self.buf[n + 2:]
+        return data
+
+    def read(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise RuntimeError(rest.decode())
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            return None if n < 0 else self._exact(n).decode("utf-8", self.errors)
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self.read() for _ in range(n)]
+        raise ValueError(f"bad RESP line {line!r}")
+
+    def __call__(self, *args):
+        self.send(*args)
+        return self.read()
+
+
+def redis_ping(addr, timeout=0.5):
+    """True if a Redis server at addr (as for Resp) answers PING with PONG."""
+    try:
+        with Resp(addr, timeout=timeout) as r:
+            return r("PING") == "PONG"
+    except (OSError, RuntimeError, ConnectionError, ValueError):
+        return False
+
+
+# --------------------------------------------------------- helper servers --
+
 def popen_with_log(args):
     """Starts a helper server: stdout is a pipe (for its PORT line), stderr goes
     to a file. A stderr pipe that nobody reads fills up after enough log lines and
     then blocks the server (that is how the ws_echo server stalled a test)."""
-    import subprocess
-    import tempfile
     log = tempfile.NamedTemporaryFile(prefix="helper-", suffix=".log", delete=False)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log)
     log.close()
@@ -298,3 +409,48 @@ def helper_log(proc):
             return f.read()[-4000:]
     except (AttributeError, OSError):
         return b""
+
+
+def read_line(proc, timeout=10.0):
+    """The first line proc writes on stdout (bounded by timeout; may be partial)."""
+    deadline = time.monotonic() + timeout
+    line = b""
+    while time.monotonic() < deadline and not line.endswith(b"\n"):
+        r, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if r:
+            ch = os.read(proc.stdout.fileno(), 1)
+            if not ch:
+                break
+            line += ch
+    return line
+
+
+def start_helper(script, *args, ready=b"PORT "):
+    """Runs servers/{script} (or the path script) with args under PYTHON, logging
+    its stderr to a file (popen_with_log), and waits for its first stdout line,
+    which must start with ready. Returns (proc, line); RuntimeError if the line
+    does not come."""
+    proc = popen_with_log([PYTHON, os.path.join(SERVERS, script), *args])
+    line = read_line(proc)
+    if not line.startswith(ready):
+        proc.kill()
+        raise RuntimeError(f"{os.path.basename(script)} did not start: {line!r} "
+                           f"{helper_log(proc)!r}")
+    return proc, line
+
+
+def start_server(script, *args):
+    """start_helper for a server that prints "PORT <n>": returns (proc, n)."""
+    proc, line = start_helper(script, *args)
+    return proc, int(line.split()[1])
+
+
+def stop_proc(proc):
+    """SIGTERM, then SIGKILL if proc has not exited within 5 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

@@ -1,8 +1,8 @@
 """Fixtures and helpers for the Redis-backed auth tests (tests/integration/test_auth_*.py).
 
 Each test gets its own redis-server on a free port (no persistence), started by
-`redis_server` and killed at teardown. A tiny RESP2 client talks to it over a
-socket. `rproxy` starts the proxy (through conftest's `proxy` factory) in
+`redis_server` and killed at teardown. helpers.Resp (a minimal RESP2 client)
+talks to it. `rproxy` starts the proxy (through conftest's `proxy` factory) in
 standalone Redis mode against that server, without the in-memory default
 sandboxes.
 
@@ -16,14 +16,13 @@ import hmac
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 
 import pytest
 
-from helpers import BASE_DOMAIN, RUNNER_KEY, free_port, wait_until
+from helpers import BASE_DOMAIN, RUNNER_KEY, Resp, free_port, redis_ping, stop_proc, wait_until
 
 __all__ = ["Resp", "RedisServer", "redis_server", "rdb", "rproxy", "second_runner",
            "COOKIE_SECRET", "ORG", "mint_cookie", "cookie_mac", "api_key_hash",
@@ -34,80 +33,6 @@ COOKIE_SECRET = "cookie-secret-S3CRET-5b1d0c7e"
 ORG = "org-alpha"
 SECOND_RUNNER_KEY = "runner-key-second-S3CRET-e41"
 LOOKUP_COMMANDS = ("hgetall", "get", "exists")
-
-
-# ---------------------------------------------------------------- RESP client --
-
-class Resp:
-    """A minimal RESP2 client over one TCP connection."""
-
-    def __init__(self, port, timeout=5.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock.settimeout(timeout)
-        self.buf = b""
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def send(self, *args):
-        out = [b"*%d\r\n" % len(args)]
-        for a in args:
-            a = a if isinstance(a, bytes) else str(a).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-        self.sock.sendall(b"".join(out))
-
-    def _fill(self):
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("redis closed the connection")
-        self.buf += chunk
-
-    def _line(self):
-        while b"\r\n" not in self.buf:
-            self._fill()
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def _exact(self, n):
-        while len(self.buf) < n + 2:
-            self._fill()
-        data, self.buf = self.buf[:n], self.buf[n + 2:]
-        return data
-
-    def read(self):
-        line = self._line()
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            raise RuntimeError(rest.decode())
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            return None if n < 0 else self._exact(n).decode("utf-8", "replace")
-        if kind == b"*":
-            n = int(rest)
-            return None if n < 0 else [self.read() for _ in range(n)]
-        raise ValueError(f"bad RESP line {line!r}")
-
-    def __call__(self, *args):
-        self.send(*args)
-        return self.read()
-
-
-def _ping(port):
-    try:
-        r = Resp(port, timeout=0.5)
-        try:
-            return r("PING") == "PONG"
-        finally:
-            r.close()
-    except (OSError, RuntimeError, ConnectionError, ValueError):
-        return False
 
 
 # ---------------------------------------------------------------- redis-server --
@@ -129,7 +54,7 @@ class RedisServer:
              "--enable-debug-command", "local"],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
-        while not _ping(self.port):
+        while not redis_ping(self.port):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}: "
                                    f"{self.log()[-2000:]}")
@@ -159,7 +84,7 @@ class RedisServer:
             return ""
 
     def client(self):
-        return Resp(self.port)
+        return Resp(self.port, errors="replace")
 
     def cleanup(self):
         self.kill()
@@ -313,12 +238,9 @@ def rproxy(proxy, redis_server):
 
 def _subscribed(port):
     try:
-        r = Resp(port, timeout=1)
-        try:
+        with Resp(port, timeout=1) as r:
             res = r("PUBSUB", "NUMSUB", "proxy:invalidate")
             return int(res[1]) >= 1
-        finally:
-            r.close()
     except (OSError, ConnectionError, RuntimeError):
         return False
 
@@ -326,7 +248,7 @@ def _subscribed(port):
 @pytest.fixture
 def second_runner():
     """A second runner stand-in, with its own runner key."""
-    from conftest import start_runner, stop_pid
+    from conftest import start_runner
     proc, client = start_runner(key=SECOND_RUNNER_KEY)
     yield client
-    stop_pid(proc)
+    stop_proc(proc)

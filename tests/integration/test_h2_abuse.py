@@ -147,10 +147,8 @@ def expect_calm(p, pki, r, codes=(ENHANCE_YOUR_CALM,), log=True):
 
 # ---------------------------------------------------------------- floods --
 
-@pytest.mark.parametrize("tls", MODES)
-def test_rapid_reset(tp, pki, runner, tls):
-    r = RawH2(tp, pki, tls)
-    r.handshake()
+def rapid_reset(r, batches=40):
+    """Floods r (after its handshake) with HEADERS + RST_STREAM(CANCEL) pairs, 50 a batch."""
     h = host(3000, PUB)
     sid = [1]
 
@@ -160,7 +158,14 @@ def test_rapid_reset(tp, pki, runner, tls):
             out += [r.headers(sid[0], h, "/rr"), RstStreamFrame(sid[0], error_code=CANCEL)]
             sid[0] += 2
         return out
-    flood(r, batch, 40)
+    flood(r, batch, batches)
+
+
+@pytest.mark.parametrize("tls", MODES)
+def test_rapid_reset(tp, pki, runner, tls):
+    r = RawH2(tp, pki, tls)
+    r.handshake()
+    rapid_reset(r)
     expect_calm(tp, pki, r)
     assert "h2: " in tp.log()
 

@@ -14,7 +14,7 @@ import pytest
 from helpers import PUB, host
 from tlsfix import *  # noqa: F401,F403
 from tlsfix import H2Client
-from test_h2_abuse import CANCEL, RawH2, RstStreamFrame, flood
+from test_h2_abuse import RawH2, rapid_reset
 
 MiB = 1024 * 1024
 
@@ -47,16 +47,7 @@ def test_control_completed_requests(lp, pki, runner):
 def test_rapid_reset_leaves_nothing_behind(lp, pki, runner):
     r = RawH2(lp, pki, False)
     r.handshake()
-    h = host(3000, PUB)
-    sid = [1]
-
-    def batch(i):
-        out = []
-        for _ in range(50):
-            out += [r.headers(sid[0], h, "/rr"), RstStreamFrame(sid[0], error_code=CANCEL)]
-            sid[0] += 2
-        return out
-    flood(r, batch, 40)
+    rapid_reset(r)
     r.wait_goaway_and_close(5)
     r.close()
     assert lp.health_ok()

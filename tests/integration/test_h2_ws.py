@@ -13,9 +13,9 @@ import pytest
 import requests
 
 from helpers import (BASE_DOMAIN, DIRECT, PRIV, PRIV_TOKEN, PUB, RUNNER_KEY, host, runner_prefix,
-                     wait_until)
+                     stop_proc, wait_until, ws_frame)
 from tlsfix import *  # noqa: F401,F403
-from tlsfix import H2Client, start_ws_echo, stop_proc, ws_echo_reset, ws_frame, ws_parse
+from tlsfix import H2Client, start_ws_echo, ws_echo_reset, ws_parse
 
 TEXT, BINARY, CLOSE, PING, PONG = 1, 2, 8, 9, 10
 

@@ -11,97 +11,19 @@ import hashlib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 
 import pytest
 
+from helpers import Resp, free_port, redis_ping
+
 BIN = os.environ.get("PROXYCTL_BIN", "/work/main/build/proxyctl")
 CHANNEL = "proxy:invalidate"
 
 
-# ------------------------------------------------------------------ RESP client --
-
-class Resp:
-    """A minimal RESP2 client over a raw socket (TCP or unix)."""
-
-    def __init__(self, addr, timeout=5.0):
-        family = socket.AF_UNIX if isinstance(addr, str) else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(addr)
-        self.buf = b""
-
-    def close(self):
-        self.sock.close()
-
-    def send(self, *args):
-        out = [b"*%d\r\n" % len(args)]
-        for a in args:
-            a = a if isinstance(a, bytes) else str(a).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-        self.sock.sendall(b"".join(out))
-
-    def _line(self):
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("redis closed the connection")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def _exact(self, n):
-        while len(self.buf) < n + 2:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("redis closed the connection")
-            self.buf += chunk
-        data, self.buf = self.buf[:n], self.buf[n + 2:]
-        return data
-
-    def read(self):
-        line = self._line()
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            raise RuntimeError(rest.decode())
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            return None if n < 0 else self._exact(n).decode()
-        if kind == b"*":
-            n = int(rest)
-            return None if n < 0 else [self.read() for _ in range(n)]
-        raise ValueError(f"bad RESP line {line!r}")
-
-    def __call__(self, *args):
-        self.send(*args)
-        return self.read()
-
-
-def ping(addr):
-    try:
-        r = Resp(addr, timeout=0.5)
-        try:
-            return r("PING") == "PONG"
-        finally:
-            r.close()
-    except (OSError, RuntimeError, ConnectionError):
-        return False
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
+# ---------------------------------------------------------------- redis-server --
 
 class RedisServer:
     def __init__(self, extra=()):
@@ -149,7 +71,7 @@ def pc_bin():
 def pc_redis():
     srv = RedisServer()
     try:
-        srv.wait_ready(lambda: ping(srv.addr))
+        srv.wait_ready(lambda: redis_ping(srv.addr))
         yield srv
     finally:
         srv.stop()

@@ -8,9 +8,9 @@ import json
 import pytest
 import requests
 
-from helpers import RUNNER_KEY, host, pattern_bytes, runner_prefix
+from helpers import RUNNER_KEY, host, pattern_bytes, runner_prefix, stop_proc
 from tlsfix import *  # noqa: F401,F403
-from tlsfix import H2Client, start_https_runner, stop_proc
+from tlsfix import H2Client, start_https_runner
 
 SBX = "sbxhttps"
 TOKEN = "tok-https-S3CRET-5"

@@ -15,12 +15,9 @@ import asyncio
 import base64
 import json
 import os
-import select
 import signal
 import socket
 import struct
-import subprocess
-import tempfile
 import time
 
 import pytest
@@ -28,12 +25,10 @@ import requests
 import websockets
 
 from helpers import (BASE_DOMAIN, PUB, PUB_TOKEN, RawConn, free_port, host, runner_prefix,
-                     wait_until)
+                     start_server, stop_proc, wait_until, ws_frame)
 from redisfix import *  # noqa: F401,F403  (redis_server, rdb, rproxy, add_sandbox, ...)
 from redisfix import ORG, add_api_key, add_sandbox, add_signed_token, mint_cookie
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-PYTHON = "/usr/bin/python3"
 
 WSPUB = "wspub"
 WSPUB_TOKEN = "tok-wspub-S3CRET-0a1"
@@ -61,36 +56,18 @@ class WsServer:
 
 
 def start_ws_server():
-    # stderr goes to a file: a pipe nobody reads fills up after enough error logs
-    # (connections the tests kill on purpose) and then blocks the whole server.
-    errlog = tempfile.NamedTemporaryFile(prefix="ws_echo-", suffix=".log", delete=False)
-    proc = subprocess.Popen([PYTHON, os.path.join(HERE, "servers", "ws_echo.py")],
-                            stdout=subprocess.PIPE, stderr=errlog)
-    errlog.close()
-    line = b""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not line.endswith(b"\n"):
-        r, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if r:
-            ch = os.read(proc.stdout.fileno(), 1)
-            if not ch:
-                break
-            line += ch
-    if not line.startswith(b"PORT "):
-        proc.kill()
-        raise RuntimeError(f"ws_echo.py did not start: {line!r}")
-    return WsServer(proc, int(line.split()[1]))
+    return WsServer(*start_server("ws_echo.py"))
+
+
+def running_ws_server():
+    srv = start_ws_server()
+    yield srv
+    stop_proc(srv.proc)
 
 
 @pytest.fixture(scope="module")
 def ws_server_proc():
-    srv = start_ws_server()
-    yield srv
-    srv.proc.terminate()
-    try:
-        srv.proc.wait(5)
-    except subprocess.TimeoutExpired:
-        srv.proc.kill()
+    yield from running_ws_server()
 
 
 @pytest.fixture
@@ -189,21 +166,7 @@ def upgrade_request(hostname, path="/echo", headers=(), connection="Upgrade"):
 def frame(payload, opcode=0x2, mask=True, fin=True):
     if isinstance(payload, str):
         payload = payload.encode()
-    n = len(payload)
-    b0 = (0x80 if fin else 0) | opcode
-    if n < 126:
-        head = struct.pack("!BB", b0, (0x80 if mask else 0) | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", b0, (0x80 if mask else 0) | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, (0x80 if mask else 0) | 127, n)
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    # XOR via int arithmetic: fast enough for the sizes used here
-    m = (key * (n // 4 + 1))[:n]
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(m, "big")).to_bytes(n, "big") if n else b""
-    return head + key + masked
+    return ws_frame(opcode, payload, fin=fin, mask=mask)
 
 
 class RawWS(RawConn):
@@ -658,13 +621,7 @@ def own_wss():
     """A ws_echo server of the test's own: the shared one can be left busy by
     the floods and kills of earlier tests (the slow-reader test timed out when
     it ran right after the half-open one)."""
-    srv = start_ws_server()
-    yield srv
-    srv.proc.terminate()
-    try:
-        srv.proc.wait(5)
-    except subprocess.TimeoutExpired:
-        srv.proc.kill()
+    yield from running_ws_server()
 
 
 def test_slow_reader_memory_bounded(own_wss, wsproxy):

@@ -11,15 +11,13 @@ mode (direct=0), so port 22222 on this machine need not be free.
 """
 import json
 import os
-import select
 import shutil
 import subprocess
-import time
 
 import pytest
 import requests
 
-from helpers import BASE_DOMAIN, RUNNER_KEY
+from helpers import BASE_DOMAIN, RUNNER_KEY, start_server, stop_proc
 from redisfix import *  # noqa: F401,F403  (redis_server, rdb, rproxy, ...)
 from redisfix import add_sandbox, add_signed_token
 
@@ -57,27 +55,12 @@ class Terminal:
 
 @pytest.fixture
 def terminal():
-    from helpers import popen_with_log, helper_log
-    proc = popen_with_log([PYTHON, os.path.join(HERE, "servers", "terminal.py"), "--key", RUNNER_KEY])
-    line = b""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not line.endswith(b"\n"):
-        r, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if r:
-            ch = os.read(proc.stdout.fileno(), 1)
-            if not ch:
-                break
-            line += ch
-    if not line.startswith(b"PORT "):
-        proc.kill()
-        pytest.fail(f"terminal.py did not start: {line!r} {helper_log(proc)!r}")
-    t = Terminal(proc, int(line.split()[1]))
-    yield t
-    proc.terminate()
     try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        proc, port = start_server("terminal.py", "--key", RUNNER_KEY)
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    yield Terminal(proc, port)
+    stop_proc(proc)
 
 
 def run_browser(url, typed="echo ready-$((6*7))", expect="ready-42", timeout_ms=30000):

@@ -10,12 +10,11 @@
 - Clients: ssl sockets (`tls_connect`, `peer_cert`), curl, and `H2Client`, a
   small blocking HTTP/2 client over python-h2 that honours flow control both
   ways; raw frames are built with hyperframe for the abuse tests.
-- WebSocket frame building/parsing for RFC 8441 tunnels.
+- WebSocket frame parsing for RFC 8441 tunnels (building: helpers.ws_frame).
 - `start_https_runner`: servers/https_runner.py (runner.py behind TLS).
 """
 import hashlib
 import os
-import select
 import socket
 import ssl
 import struct
@@ -29,10 +28,8 @@ import h2.settings
 import pytest
 import requests
 
-from helpers import popen_with_log, helper_log, BASE_DOMAIN, RUNNER_KEY, free_port, wait_until
+from helpers import BASE_DOMAIN, RUNNER_KEY, SockConn, free_port, start_server, wait_until
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-PYTHON = "/usr/bin/python3"
 DOMAINS = f"{BASE_DOMAIN} a.test b.test c.test"
 
 
@@ -252,7 +249,7 @@ class GoAway(Exception):
     pass
 
 
-class H2Client:
+class H2Client(SockConn):
     """A blocking HTTP/2 client: python-h2 over a TLS (ALPN h2) or plain socket
     (h2c prior knowledge). Response DATA is acknowledged as it is read."""
 
@@ -282,18 +279,6 @@ class H2Client:
         self.auto_ack = True
         self.no_stream_ack = set()   # streams whose DATA we do not acknowledge
         self.flush()
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        self.close()
 
     def flush(self):
         data = self.conn.data_to_send()
@@ -427,22 +412,6 @@ def h2_health(port, tls=True, pki=None):
 
 # ------------------------------------------------------- WebSocket frames --
 
-def ws_frame(opcode, payload, fin=True, mask=True):
-    b0 = (0x80 if fin else 0) | opcode
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", b0, (0x80 if mask else 0) | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", b0, (0x80 if mask else 0) | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, (0x80 if mask else 0) | 127, n)
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    return head + key + masked
-
-
 def ws_parse(buf):
     """Parse complete frames from buf: returns ([(fin, opcode, payload)], rest)."""
     frames = []
@@ -478,40 +447,13 @@ def ws_parse(buf):
 
 # ------------------------------------------------------------ servers --
 
-def _start_server(args):
-    proc = popen_with_log([PYTHON] + args)
-    line = b""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not line.endswith(b"\n"):
-        r, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if r:
-            ch = os.read(proc.stdout.fileno(), 1)
-            if not ch:
-                break
-            line += ch
-    if not line.startswith(b"PORT "):
-        proc.kill()
-        raise RuntimeError(f"{args[0]} did not start: {line!r} {helper_log(proc)!r}")
-    return proc, int(line.split()[1])
-
-
-def stop_proc(proc):
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 def start_https_runner(cert, key, runner_key=RUNNER_KEY):
-    return _start_server([os.path.join(HERE, "servers", "https_runner.py"), "--cert", cert,
-                          "--key", key, "--runner-key", runner_key])
+    return start_server("https_runner.py", "--cert", cert, "--key", key,
+                        "--runner-key", runner_key)
 
 
 def start_ws_echo():
-    return _start_server([os.path.join(HERE, "servers", "ws_echo.py")])
+    return start_server("ws_echo.py")
 
 
 def ws_echo_reset(port):

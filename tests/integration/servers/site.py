@@ -23,22 +23,25 @@ App endpoints ({app})
                            as JSON in <pre id="seen">
 Control (never recorded): /__ctl/requests (JSON list), /__ctl/reset, /__ctl/ping.
 
-As a module (tests import it as servers.site): Site (starts the server),
-Resp (a minimal RESP2 client) and RedisServer (a throwaway redis-server).
+As a module (tests import it as servers.site): Site (starts the server) and
+RedisServer (a throwaway redis-server), built on tests/integration/helpers.py.
 """
 import html
 import json
 import os
 import re
-import select
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+INTEGRATION = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if INTEGRATION not in sys.path:
+    sys.path.insert(0, INTEGRATION)
+from helpers import Resp, free_port, redis_ping, start_helper, stop_proc  # noqa: E402
 
 PREFIX_RE = re.compile(r"^/sandboxes/([^/?]+)/toolbox/proxy/([0-9]+)(.*)$", re.S)
 
@@ -148,34 +151,13 @@ def main(argv):
 
 # ----------------------------------------------------------- test harness --
 
-PYTHON = "/usr/bin/python3"
-
-
-def _read_line(proc, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    line = b""
-    while time.monotonic() < deadline and not line.endswith(b"\n"):
-        r, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if r:
-            ch = os.read(proc.stdout.fileno(), 1)
-            if not ch:
-                break
-            line += ch
-    return line
-
-
 class Site:
     """Starts site.py with the given {name: port} (port 0 = free); .ports maps
     name -> port. Use as a context manager or call stop()."""
 
     def __init__(self, apps):
         args = [f"{n}:{p}" for n, p in apps.items()]
-        self.proc = subprocess.Popen([PYTHON, os.path.abspath(__file__), *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        line = _read_line(self.proc)
-        if not line.startswith(b"PORTS "):
-            self.proc.kill()
-            raise RuntimeError(f"site.py did not start: {line!r} {self.proc.stderr.read()!r}")
+        self.proc, line = start_helper(os.path.abspath(__file__), *args, ready=b"PORTS ")
         self.ports = {k: int(v) for k, v in (kv.split("=") for kv in line.decode().split()[1:])}
         self.ctl_port = next(iter(self.ports.values()))
 
@@ -192,83 +174,13 @@ class Site:
         self._ctl("reset")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_proc(self.proc)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *a):
         self.stop()
-
-
-class Resp:
-    """A minimal RESP2 client over TCP."""
-
-    def __init__(self, port, timeout=5.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buf = b""
-
-    def close(self):
-        self.sock.close()
-
-    def send(self, *args):
-        out = [b"*%d\r\n" % len(args)]
-        for a in args:
-            a = a if isinstance(a, bytes) else str(a).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-        self.sock.sendall(b"".join(out))
-
-    def _fill(self):
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("redis closed the connection")
-        self.buf += chunk
-
-    def _line(self):
-        while b"\r\n" not in self.buf:
-            self._fill()
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def read(self):
-        line = self._line()
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            raise RuntimeError(rest.decode())
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            if n < 0:
-                return None
-            while len(self.buf) < n + 2:
-                self._fill()
-            data, self.buf = self.buf[:n], self.buf[n + 2:]
-            return data.decode()
-        if kind == b"*":
-            n = int(rest)
-            return None if n < 0 else [self.read() for _ in range(n)]
-        raise ValueError(f"bad RESP line {line!r}")
-
-    def __call__(self, *args):
-        self.send(*args)
-        return self.read()
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class RedisServer:
@@ -285,15 +197,7 @@ class RedisServer:
              "--appendonly", "no", "--daemonize", "no", "--dir", self.dir],
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
-        while True:
-            try:
-                c = Resp(self.port, timeout=0.5)
-                ok = c("PING") == "PONG"
-                c.close()
-                if ok:
-                    break
-            except (OSError, RuntimeError, ConnectionError):
-                pass
+        while not redis_ping(self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.02)  # poll interval only
@@ -302,13 +206,7 @@ class RedisServer:
         return Resp(self.port)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_proc(self.proc)
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
