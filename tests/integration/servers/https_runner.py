@@ -13,13 +13,13 @@ runner.py's.
 import argparse
 import json
 import os
-import socket
 import ssl
 import sys
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import runner  # noqa: E402
+from serving import serve_tcp  # noqa: E402
 
 FAILED = [0]
 OK = [0]
@@ -68,14 +68,7 @@ def main():
     runner.KEY = args.runner_key
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.cert, args.key)
-    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("127.0.0.1", args.port))
-    ls.listen(256)
-    print(f"PORT {ls.getsockname()[1]}", flush=True)
-    while True:
-        s, addr = ls.accept()
-        threading.Thread(target=handle, args=(ctx, s, addr), daemon=True).start()
+    serve_tcp(args.port, lambda sock, addr: handle(ctx, sock, addr))
 
 
 if __name__ == "__main__":

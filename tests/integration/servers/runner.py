@@ -56,6 +56,7 @@ import socket
 import threading
 import time
 from urllib.parse import parse_qs
+from serving import serve_tcp
 
 PREFIX_RE = re.compile(r"^/sandboxes/([^/?]+)/toolbox(?:/proxy/([^/?]+))?(.*)$", re.S)
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -97,11 +98,15 @@ class Conn:
             STATE.conns[self.id] = {"id": self.id, "peer_port": addr[1], "open": True,
                                     "requests": 0, "opened": time.time(), "closed": None}
 
-    def fill(self):
+    def recv(self, n=65536):
+        """Up to n bytes straight from the socket; b"" at EOF or on an error."""
         try:
-            d = self.sock.recv(262144)
+            return self.sock.recv(n)
         except OSError:
-            d = b""
+            return b""
+
+    def fill(self):
+        d = self.recv(262144)
         if not d:
             raise Closed()
         self.buf += d
@@ -317,10 +322,7 @@ def handle_request(conn, nreq, method, target, version, headers):
             conn.send(conn.buf)
             conn.buf = b""
         while True:
-            try:
-                d = conn.sock.recv(65536)
-            except OSError:
-                d = b""
+            d = conn.recv()
             if not d:
                 return False
             conn.send(d)
@@ -398,13 +400,9 @@ def handle_request(conn, nreq, method, target, version, headers):
         return keep
 
     if path == "/never":
-        while True:
-            try:
-                d = conn.sock.recv(65536)
-            except OSError:
-                d = b""
-            if not d:
-                return False
+        while conn.recv():
+            pass
+        return False
 
     if path == "/slow":
         STATE.signal(q.get("name", "slow")).wait(30)
@@ -499,14 +497,7 @@ def main():
     ap.add_argument("--key", default="runner-key")
     args = ap.parse_args()
     KEY = args.key
-    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("127.0.0.1", args.port))
-    ls.listen(256)
-    print(f"PORT {ls.getsockname()[1]}", flush=True)
-    while True:
-        s, addr = ls.accept()
-        threading.Thread(target=serve_conn, args=(s, addr), daemon=True).start()
+    serve_tcp(args.port, serve_conn)
 
 
 if __name__ == "__main__":

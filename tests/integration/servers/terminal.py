@@ -28,11 +28,12 @@ import pty
 import re
 import signal
 import struct
-import sys
 import termios
 
 import websockets
 import websockets.legacy.server as wsserver
+
+from serving import announce_and_serve, run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))  # tests/
@@ -158,13 +159,8 @@ async def main():
     server = await websockets.serve(shell_session, "127.0.0.1", ARGS.port,
                                     process_request=process_request, ping_interval=None,
                                     compression=None, max_size=1 << 20)
-    sys.stdout.write(f"PORT {server.sockets[0].getsockname()[1]}\n")
-    sys.stdout.flush()
-    await asyncio.Future()
+    await announce_and_serve(server)
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
+    run(main)

@@ -32,14 +32,14 @@ Control (plain HTTP GET, straight to this server, never through the proxy)
   /__ctl/reset   zero everything
 """
 import argparse
-import asyncio
 import http
 import json
-import sys
 from urllib.parse import parse_qs, urlsplit
 
 import websockets
 import websockets.legacy.server as wsserver
+
+from serving import announce_and_serve, run
 
 
 class Stats:
@@ -143,14 +143,8 @@ async def main():
                                     process_request=process_request, max_size=None,
                                     ping_interval=None, ping_timeout=None, close_timeout=2,
                                     compression=None)
-    port = server.sockets[0].getsockname()[1]
-    sys.stdout.write(f"PORT {port}\n")
-    sys.stdout.flush()
-    await asyncio.Future()
+    await announce_and_serve(server)
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
+    run(main)
