@@ -192,10 +192,17 @@ def read_body(conn, headers, rec, tag):
     h = hashlib.sha256()
     total = 0
 
-    def account(n):
-        if tag is not None:
-            with STATE.lock:
-                STATE.progress[tag] = STATE.progress.get(tag, 0) + n
+    def consume(remaining):
+        """Read, hash and count remaining bytes of the body (progress under tag)."""
+        nonlocal total
+        while remaining:
+            part = conn.read_up_to(min(remaining, 262144))
+            h.update(part)
+            total += len(part)
+            remaining -= len(part)
+            if tag is not None:
+                with STATE.lock:
+                    STATE.progress[tag] = STATE.progress.get(tag, 0) + len(part)
 
     te = (hdr(headers, "transfer-encoding") or "").lower()
     trailers = []
@@ -205,13 +212,7 @@ def read_body(conn, headers, rec, tag):
             size = int(line.split(b";")[0].strip(), 16)
             if size == 0:
                 break
-            remaining = size
-            while remaining:
-                part = conn.read_up_to(min(remaining, 262144))
-                h.update(part)
-                total += len(part)
-                remaining -= len(part)
-                account(len(part))
+            consume(size)
             if conn.read(2) != b"\r\n":
                 raise Closed()
         while True:
@@ -223,13 +224,7 @@ def read_body(conn, headers, rec, tag):
         return h.hexdigest(), total, trailers, True
     cl = hdr(headers, "content-length")
     if cl is not None:
-        remaining = int(cl)
-        while remaining:
-            part = conn.read_up_to(min(remaining, 262144))
-            h.update(part)
-            total += len(part)
-            remaining -= len(part)
-            account(len(part))
+        consume(int(cl))
     return h.hexdigest(), total, trailers, False
 
 
