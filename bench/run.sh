@@ -427,7 +427,7 @@ setup_nginx() {
     nginx_conf nginxproxy "$NGINX_PORT" "
     upstream sb_$UP_PORT {
         server 127.0.0.1:$UP_PORT;
-        keepalive 32;
+        keepalive 128;  # = the proxy's upstream_keepalive default
         keepalive_requests 1000000;
         keepalive_timeout 30s;
     }
@@ -676,7 +676,7 @@ setup_nginxt() {
     ssl_ecdh_curve X25519:prime256v1:secp384r1;
     upstream sb_$UP_PORT {
         server 127.0.0.1:$UP_PORT;
-        keepalive 32;
+        keepalive 128;  # = the proxy's upstream_keepalive default
         keepalive_requests 1000000;
         keepalive_timeout 30s;
     }

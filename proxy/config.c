@@ -170,7 +170,10 @@ static void set_defaults(struct px_config *c)
     c->ws_idle_timeout = 3600;
     c->upstream_idle_timeout = 30;
     c->shutdown_timeout = 3600;
-    c->upstream_keepalive = 32;
+    /* 128, not nginx's customary 32: one runner serves many browsers, and an
+     * HTTP/2 client alone can have 100 requests in flight; with 32, most of the
+     * connections they return are closed and reopened at once. */
+    c->upstream_keepalive = 128;
     c->max_request_line = 8192;
     c->max_header_size = 65536;
     c->max_headers = 100;

@@ -126,6 +126,7 @@ static void test_defaults(void **state)
     assert_int_equal(c->keepalive_timeout, 70);
     assert_int_equal(c->client_header_timeout, 10);
     assert_int_equal(c->ws_idle_timeout, 3600);
+    assert_int_equal(c->upstream_keepalive, 128);
     assert_int_equal(c->max_request_line, 8192);
     assert_int_equal(c->max_header_size, 65536);
     assert_int_equal(c->max_headers, 100);
