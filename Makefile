@@ -36,7 +36,7 @@ $(BUILD)/obj/%.o: %.c
 $(BUILD)/preview-proxy: $(PROXY_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
-$(BUILD)/proxyctl: $(BUILD)/obj/tools/proxyctl.o
+$(BUILD)/proxyctl: $(BUILD)/obj/tools/proxyctl.o $(BUILD)/obj/auth/digest.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJ)

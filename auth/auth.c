@@ -15,7 +15,6 @@
 #include <stdlib.h>
 
 #include <openssl/crypto.h>
-#include <openssl/sha.h> /* SHA256_DIGEST_LENGTH */
 
 #include "auth/auth.h"
 #include "auth/cookie.h"
@@ -178,18 +177,15 @@ static void step(struct px_auth *a)
             return allow(a, &a->sb);
         a->step = ST_BEARER;
         if (bearer(in->req).len > 0) {
-            unsigned char md[SHA256_DIGEST_LENGTH];
-            char hex[2 * SHA256_DIGEST_LENGTH + 1];
+            char hex[65];
             struct px_str t = bearer(in->req);
             a->tried_bearer = 1;
-            if (px_sha256(t.p, t.len, md) != 0) {
+            if (px_sha256_hex(t.p, t.len, hex) != 0) {
                 note_error(a, px_err_nomem); /* ends as 503, never as a pass */
                 return;
             }
-            for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
-                sprintf(hex + 2 * i, "%02x", md[i]);
             if (a->sb != NULL) /* without a sandbox there is no org to match */
-                return lookup(a, PX_LK_APIKEY, px_str_make(hex, 2 * SHA256_DIGEST_LENGTH));
+                return lookup(a, PX_LK_APIKEY, px_str_make(hex, 64));
         }
         return;
     case ST_BEARER:

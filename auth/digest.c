@@ -25,6 +25,21 @@ int px_sha256(const void *in, size_t n, unsigned char out[32])
     return 0;
 }
 
+int px_sha256_hex(const void *in, size_t n, char out[65])
+{
+    static const char digits[] = "0123456789abcdef";
+    unsigned char md[32];
+
+    if (px_sha256(in, n, md) != 0)
+        return -1;
+    for (int i = 0; i < 32; i++) {
+        out[2 * i] = digits[md[i] >> 4];
+        out[2 * i + 1] = digits[md[i] & 15];
+    }
+    out[64] = '\0';
+    return 0;
+}
+
 /* Keys a fresh context with key and makes it the kept one. */
 static int hmac_rekey(const char *key)
 {

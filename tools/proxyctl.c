@@ -20,8 +20,10 @@
 #include <time.h>
 
 #include <hiredis/hiredis.h>
-#include <openssl/evp.h>
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
+
+#include "auth/digest.h"
 
 #define CHANNEL "proxy:invalidate"
 #define ID_MAX 128
@@ -265,18 +267,7 @@ static int random_alnum(struct ctl *c, char *out, size_t n)
 
 static int sha256_hex(struct ctl *c, const char *s, char out[65])
 {
-    static const char digits[] = "0123456789abcdef";
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0, i;
-
-    if (EVP_Digest(s, strlen(s), md, &len, EVP_sha256(), NULL) != 1 || len != 32)
-        return fail(c, CTL_FAIL, "sha256 failed");
-    for (i = 0; i < len; i++) {
-        out[2 * i] = digits[md[i] >> 4];
-        out[2 * i + 1] = digits[md[i] & 15];
-    }
-    out[64] = '\0';
-    return CTL_OK;
+    return px_sha256_hex(s, strlen(s), out) == 0 ? CTL_OK : fail(c, CTL_FAIL, "sha256 failed");
 }
 
 /* --------------------------------------------------------------------- redis -- */
