@@ -265,6 +265,18 @@ static int random_alnum(struct ctl *c, char *out, size_t n)
     return CTL_OK;
 }
 
+/* The one way a secret leaves proxyctl: a credential it has just generated, on
+ * stdout, for the admin who asked for it (`sandbox add` without --auth-token,
+ * `token rotate`, `signed-url create`, `api-key create`). Never stderr and
+ * never an error message, which end up in logs; the proxy itself logs none. */
+static void reveal(const char *label, const char *value)
+{
+    if (label != NULL)
+        printf("%s: %s\n", label, value);
+    else
+        printf("%s\n", value);
+}
+
 static int sha256_hex(struct ctl *c, const char *s, char out[65])
 {
     return px_sha256_hex(s, strlen(s), out) == 0 ? CTL_OK : fail(c, CTL_FAIL, "sha256 failed");
@@ -651,7 +663,7 @@ static int sandbox_add(struct ctl *c, int argc, char **argv)
     if ((rc = ctl_connect(c)) != CTL_OK || (rc = tx_run(c, &t, NULL, "sandbox", NULL)) != CTL_OK)
         return rc;
     if (generated)
-        printf("auth_token: %s\n", token);
+        reveal("auth_token", token);
     return CTL_OK;
 }
 
@@ -761,7 +773,7 @@ static int token_rotate(struct ctl *c, int argc, char **argv)
     tx_add(&t, "PUBLISH", CHANNEL, key, NULL);
     if ((rc = ctl_connect(c)) != CTL_OK || (rc = tx_run(c, &t, key, "sandbox", NULL)) != CTL_OK)
         return rc;
-    printf("auth_token: %s\n", token);
+    reveal("auth_token", token);
     return CTL_OK;
 }
 
@@ -823,8 +835,10 @@ static int signed_url_create(struct ctl *c, int argc, char **argv)
     tx_add(&t, "PUBLISH", CHANNEL, msg, NULL);
     if ((rc = ctl_connect(c)) != CTL_OK || (rc = tx_run(c, &t, key, "sandbox", NULL)) != CTL_OK)
         return rc;
-    printf("url: %s://%ld-%s.%s%s/\n", scheme, port, token, domain, suffix);
-    printf("token: %s\n", token);
+    char url[sizeof("https://65535-.") + sizeof(token) + sizeof(domain) + sizeof(suffix)];
+    snprintf(url, sizeof(url), "%s://%ld-%s.%s%s/", scheme, port, token, domain, suffix);
+    reveal("url", url);
+    reveal("token", token);
     return CTL_OK;
 }
 
@@ -907,7 +921,7 @@ static int api_key_create(struct ctl *c, int argc, char **argv)
     tx_add(&t, "PUBLISH", CHANNEL, "*", NULL);
     if ((rc = ctl_connect(c)) != CTL_OK || (rc = tx_run(c, &t, NULL, "api key", NULL)) != CTL_OK)
         return rc;
-    printf("%s\n", apikey);
+    reveal(NULL, apikey);
     OPENSSL_cleanse(apikey, sizeof(apikey));
     return CTL_OK;
 }
