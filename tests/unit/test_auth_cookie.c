@@ -27,6 +27,11 @@ static void test_sha256_vector(void **state)
     assert_int_equal(px_sha256("abc", 3, md), 0);
     hex(md, h);
     assert_string_equal(h, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    /* the hex form API keys are stored under */
+    assert_int_equal(px_sha256_hex("abc", 3, h), 0);
+    assert_string_equal(h, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_int_equal(px_sha256_hex("", 0, h), 0);
+    assert_string_equal(h, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
 }
 
 /* RFC 4231 test case 2, then another key, then the first again: the kept
