@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/time.h>
@@ -154,7 +155,33 @@ void px_conn_close(struct px_conn *c)
         px_conn_destroy(c);
 }
 
-/* Stop reading, flush what we wrote, then destroy. */
+#define LINGER_TIMEOUT 5 /* seconds of client silence that end lingering */
+#define LINGER_TIME 30   /* and the most it lasts (nginx's lingering_timeout/time) */
+
+/* Our answer is out: say so (FIN, or close_notify over TLS), then read and
+ * discard what the client still sends until it closes, falls silent for
+ * LINGER_TIMEOUT or LINGER_TIME is up. Closing at once while request bytes
+ * are still arriving makes the kernel send RST, and an RST makes the client's
+ * kernel drop the answer it has not read yet: a client still uploading would
+ * see "connection reset" instead of our 413 or 400. */
+static void linger_start(struct px_conn *c)
+{
+    if (c->h2_stream) { /* a pair end, no socket: tls/h2.c owns the connection */
+        px_conn_close(c);
+        return;
+    }
+    c->lingering = 1;
+    c->linger_until = time(NULL) + LINGER_TIME;
+    if (c->tls)
+        px_tls_close_notify(c->bev);
+    shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+    evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
+    bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
+    bufferevent_enable(c->bev, EV_READ);
+    px_conn_arm_timer(c, LINGER_TIMEOUT);
+}
+
+/* Stop reading, flush what we wrote, then linger and destroy. */
 void px_conn_linger(struct px_conn *c)
 {
     px_conn_upstream_drop(c);
@@ -162,7 +189,7 @@ void px_conn_linger(struct px_conn *c)
     px_conn_set_state(c, PX_CONN_CLOSING);
     bufferevent_disable(c->bev, EV_READ);
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
-        px_conn_close(c);
+        linger_start(c);
         return;
     }
     bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
@@ -562,6 +589,13 @@ void px_conn_step(struct px_conn *c)
         case PX_CONN_CLOSING:
             evbuffer_drain(bufferevent_get_input(c->bev),
                            evbuffer_get_length(bufferevent_get_input(c->bev)));
+            if (c->lingering) { /* the client still talks: give it more time, within bounds */
+                time_t left = c->linger_until - time(NULL);
+                if (left <= 0)
+                    px_conn_close(c);
+                else
+                    px_conn_arm_timer(c, left < LINGER_TIMEOUT ? (int)left : LINGER_TIMEOUT);
+            }
             return;
         }
         /* Go round again only if a whole exchange finished and more input waits. */
@@ -592,8 +626,8 @@ static void on_client_write(struct bufferevent *bev, void *arg)
     ENTER(c);
     switch (c->state) {
     case PX_CONN_CLOSING:
-        if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-            px_conn_close(c);
+        if (!c->lingering && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+            linger_start(c);
         break;
     case PX_CONN_STREAM:
         /* The client drained below the low mark: resume reading the runner. */

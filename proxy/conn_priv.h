@@ -31,7 +31,7 @@ enum px_conn_state {
     PX_CONN_HEAD,     /* reading a request head; header timer armed */
     PX_CONN_AUTH,     /* auth lookup in flight; no timer (the lookup has its own) */
     PX_CONN_STREAM,   /* request forwarded; upstream timers on the upstream bev */
-    PX_CONN_CLOSING,  /* flushing our output, then destroy */
+    PX_CONN_CLOSING,  /* flushing our output, then lingering, then destroy */
 };
 
 enum body_kind { BODY_NONE = 0, BODY_LENGTH, BODY_CHUNKED, BODY_EOF };
@@ -52,6 +52,8 @@ struct px_conn {
     unsigned peer_trusted : 1;
     unsigned busy;               /* >0 while our frames are on the stack */
     unsigned doomed : 1;         /* destroy as soon as busy == 0 */
+    unsigned lingering : 1;      /* CLOSING, output sent and FIN'd: discarding input */
+    time_t linger_until;         /* lingering ends by then at the latest */
     struct px_conn *next, *prev; /* srv->conns */
 
     /* The current exchange; reset by exchange_reset(). */

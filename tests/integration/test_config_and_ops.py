@@ -418,3 +418,49 @@ def test_max_body_size_413(proxy, runner):
     # the runner never received a complete body over the limit
     assert [x for x in runner.requests() if (x.get("body_len") or 0) > 1024] == []
     assert p.health_ok()
+
+
+def _read_to_eof(s):
+    data = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            return data
+        data += d
+
+
+def test_413_reaches_a_client_still_uploading(proxy, runner):
+    """The proxy answers 413 on the head, while the client is still sending a
+    16 MiB body: it must read and discard that body (lingering close), not
+    close at once, since closing with unread bytes sends RST and the client's
+    kernel then drops the 413 before the client reads it."""
+    p = proxy(extra=["max_body_size 1k"])
+    body = 16 << 20
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        s.sendall(f"POST /upload HTTP/1.1\r\nHost: {host(3000, PUB)}\r\n"
+                  f"Content-Length: {body}\r\n\r\n".encode())
+        chunk = b"x" * 65536
+        for _ in range(body // len(chunk)):
+            s.sendall(chunk)
+        data = _read_to_eof(s)
+    assert data.startswith(b"HTTP/1.1 413"), data[:200]
+    assert b"PAYLOAD_TOO_LARGE" in data
+    assert [x for x in runner.requests() if (x.get("body_len") or 0) > 1024] == []
+    assert p.health_ok()
+
+
+def test_lingering_close_is_bounded_for_a_silent_client(proxy):
+    """After its answer the proxy sends FIN and discards input; a client that
+    neither sends nor closes is dropped after the lingering timeout (5 s),
+    not kept forever."""
+    p = proxy(extra=["max_body_size 1k"])
+    fds = lambda: len(os.listdir(f"/proc/{p.proc.pid}/fd"))  # noqa: E731
+    base = fds()
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        s.sendall(f"POST /upload HTTP/1.1\r\nHost: {host(3000, PUB)}\r\n"
+                  f"Content-Length: 2048\r\n\r\n".encode())
+        data = _read_to_eof(s)  # the FIN arrives after the answer
+        assert data.startswith(b"HTTP/1.1 413"), data[:200]
+        # the socket stays open and silent on our side
+        wait_until(lambda: fds() <= base, timeout=15,
+                   what="proxy closing a silent lingering connection")
