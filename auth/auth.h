@@ -23,6 +23,7 @@ struct px_auth_in {
     unsigned toolbox : 1;      /* /toolbox/{id}/... on a base host */
     struct px_str query_token; /* DAYTONA_SANDBOX_AUTH_KEY value, or empty */
     unsigned has_query_token : 1;
+    const char *client; /* borrowed; the client's address, for per-client lookup budgets */
 };
 
 struct px_auth_out {

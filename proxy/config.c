@@ -170,6 +170,9 @@ static void set_defaults(struct px_config *c)
     c->ws_idle_timeout = 3600;
     c->upstream_idle_timeout = 30;
     c->shutdown_timeout = 3600;
+    c->client_body_timeout = 60;
+    c->send_timeout = 60;
+    c->max_connections = 10000;
     /* 128, not nginx's customary 32: one runner serves many browsers, and an
      * HTTP/2 client alone can have 100 requests in flight; with 32, most of the
      * connections they return are closed and reopened at once. */
@@ -181,6 +184,9 @@ static void set_defaults(struct px_config *c)
     c->cache_ttl = 3;
     c->lookup_rate = 200;
     c->lookup_burst = 200;
+    c->lookup_client_rate = 20;
+    c->lookup_client_burst = 40;
+    c->cors_credentials = PX_CORS_SAME_SANDBOX;
 }
 
 void px_config_free(struct px_config *c)
@@ -205,6 +211,8 @@ void px_config_free(struct px_config *c)
             free(c->tls[i].domains[k]);
     }
     free(c->upstream_ca);
+    for (int i = 0; i < c->ncors_origins; i++)
+        free(c->cors_origins[i]);
     for (int i = 0; i < 200; i++)
         free(c->error_page[i]);
     free(c->error_family[0]);
@@ -255,6 +263,9 @@ static const char *apply(struct px_config *c, char **w, int n)
     INT_DIRECTIVE("ws_idle_timeout", ws_idle_timeout, 1, 7 * 86400)
     INT_DIRECTIVE("upstream_idle_timeout", upstream_idle_timeout, 1, 86400)
     INT_DIRECTIVE("shutdown_timeout", shutdown_timeout, 0, 86400)
+    INT_DIRECTIVE("client_body_timeout", client_body_timeout, 1, 86400)
+    INT_DIRECTIVE("send_timeout", send_timeout, 1, 86400)
+    INT_DIRECTIVE("max_connections", max_connections, 1, 1000000)
     INT_DIRECTIVE("upstream_keepalive", upstream_keepalive, 0, 10000)
     INT_DIRECTIVE("max_headers", max_headers, 1, 10000)
     INT_DIRECTIVE("workers", workers, 1, 256)
@@ -430,6 +441,48 @@ static const char *apply(struct px_config *c, char **w, int n)
             return "bad burst";
         c->lookup_rate = rate;
         c->lookup_burst = burst;
+        return NULL;
+    }
+    if (!strcmp(d, "lookup_client_rate")) {
+        int rate, burst;
+        if (n < 2 || n > 3 || parse_int(w[1], 1, 1000000, &rate) != 0)
+            return "expects RATE [BURST] (lookups per second)";
+        burst = rate * 2;
+        if (n == 3 && parse_int(w[2], 1, 10000000, &burst) != 0)
+            return "bad burst";
+        c->lookup_client_rate = rate;
+        c->lookup_client_burst = burst;
+        return NULL;
+    }
+    if (!strcmp(d, "cors_credentials")) {
+        static const char *const names[] = {"same-sandbox", "same-domain", "any"};
+        if (n != 2)
+            return "expects same-sandbox, same-domain or any";
+        for (int i = 0; i < 3; i++)
+            if (!strcmp(w[1], names[i])) {
+                c->cors_credentials = i;
+                return NULL;
+            }
+        return "expects same-sandbox, same-domain or any";
+    }
+    if (!strcmp(d, "cors_origins")) {
+        if (n < 2)
+            return "expects at least one origin (scheme://host[:port])";
+        for (int i = 1; i < n; i++) {
+            if (c->ncors_origins >= PX_MAX_DOMAINS)
+                return "too many cors_origins";
+            if (strncmp(w[i], "http://", 7) && strncmp(w[i], "https://", 8))
+                return "an origin is scheme://host[:port]";
+            char *o = strdup(w[i]);
+            if (o == NULL)
+                return "out of memory";
+            for (char *p = o; *p; p++)
+                *p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+            size_t l = strlen(o);
+            if (l > 0 && o[l - 1] == '/')
+                o[l - 1] = '\0';
+            c->cors_origins[c->ncors_origins++] = o;
+        }
         return NULL;
     }
     if (!strcmp(d, "domain")) {

@@ -68,6 +68,8 @@ int px_log_allow(int per_second);
 #define PX_MAX_DOMAINS 16
 #define PX_MAX_TRUSTED 16
 
+enum { PX_CORS_SAME_SANDBOX = 0, PX_CORS_SAME_DOMAIN, PX_CORS_ANY };
+
 struct px_listen_cfg {
     struct sockaddr_storage addr;
     socklen_t addrlen;
@@ -116,6 +118,10 @@ struct px_config {
     /* timeouts, seconds */
     int connect_timeout, response_header_timeout, keepalive_timeout, client_header_timeout,
         ws_idle_timeout, upstream_idle_timeout, shutdown_timeout;
+    /* nginx's meaning: the longest pause between two reads of the request body,
+     * and between two writes the client accepts, once forwarding has started */
+    int client_body_timeout, send_timeout;
+    int max_connections; /* client connections per process; then accepting pauses */
     int upstream_keepalive; /* idle connections kept per upstream */
     size_t max_request_line, max_header_size;
     size_t max_body_size; /* 0: no limit (Daytona has none; uploads can be GBs) */
@@ -135,6 +141,11 @@ struct px_config {
     int cache_ttl;                    /* seconds a positive lookup is served from memory */
     double lookup_rate;               /* cache misses per second allowed (flood bound) */
     double lookup_burst;
+    double lookup_client_rate; /* misses per second one client address may cause */
+    double lookup_client_burst;
+    int cors_credentials; /* PX_CORS_SAME_SANDBOX, PX_CORS_SAME_DOMAIN or PX_CORS_ANY */
+    char *cors_origins[PX_MAX_DOMAINS]; /* owned; origins always given credentials */
+    int ncors_origins;
     struct px_listen_cfg metrics; /* metrics_listen; addrlen 0 when off */
     struct px_tls_cfg tls[PX_MAX_TLS];
     int ntls;

@@ -1,7 +1,7 @@
 """Fixtures for the preview-proxy integration suite.
 
 Binary under test: --proxy-bin PATH, else env PROXY_BIN, else
-/work/main/build/preview-proxy (the sanitizer build runs the same suite with
+build/preview-proxy of this checkout (the sanitizer build runs the same suite with
 PROXY_BIN=build-san/preview-proxy).
 
 Run with the Debian interpreter, which has requests/websockets/h2:
@@ -24,7 +24,8 @@ from helpers import (BASE_DOMAIN, DEAD, DEAD_TOKEN, DIRECT, DIRECT_TOKEN, PRIV, 
                      PRIV_TOKEN, PUB, PUB_TOKEN, RUNNER_KEY, UUID_SBX, UUID_TOKEN,
                      RawConn, free_port, start_server, stop_proc, wait_until)
 
-DEFAULT_BIN = "/work/main/build/preview-proxy"
+REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
+DEFAULT_BIN = os.path.join(REPO_ROOT, "build", "preview-proxy")
 
 # Things that mean the proxy (or its sanitizer) found a bug in itself.
 CRASH_MARKERS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer",

@@ -1,6 +1,6 @@
 """Black-box tests of build/proxyctl (SPEC.md sections 0 and 5) against a real redis-server.
 
-Binary under test: env PROXYCTL_BIN, else /work/main/build/proxyctl. Each module run starts
+Binary under test: env PROXYCTL_BIN, else build/proxyctl of this checkout. Each module run starts
 its own redis-server on a free port (and a unix socket); published invalidations are read by
 a raw-socket subscriber, and a sentinel message published after each command marks where that
 command's messages end, so no test waits for time to pass.
@@ -19,7 +19,9 @@ import pytest
 
 from helpers import Resp, free_port, redis_ping
 
-BIN = os.environ.get("PROXYCTL_BIN", "/work/main/build/proxyctl")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_BIN = os.path.join(REPO_ROOT, "build", "proxyctl")
+BIN = os.environ.get("PROXYCTL_BIN", DEFAULT_BIN)
 CHANNEL = "proxy:invalidate"
 
 
