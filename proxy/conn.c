@@ -103,6 +103,14 @@ static void exchange_reset(struct px_conn *c)
     c->label = PX_STR_NULL;
     c->have_req = 0;
     c->loghost[0] = '\0';
+    /* Nothing of one request's Host may reach the next one's answer: a signed
+     * token label is a credential (issue 9). */
+    c->host[0] = '\0';
+    c->dom_sandbox[0] = '\0';
+    c->authority = PX_STR_NULL;
+    c->hinfo = (struct px_host){0};
+    c->toolbox_rest = c->query_token = PX_STR_NULL;
+    c->t_upstream = (struct timeval){0, 0};
     c->path = PX_STR_NULL;
     c->port = 0;
     c->toolbox = c->drop_authorization = c->has_query_token = 0;

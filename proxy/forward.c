@@ -178,9 +178,12 @@ static void build_request(struct px_conn *c, struct evbuffer *out)
         evbuffer_add(out, f->value.p, f->value.len);
         evbuffer_add(out, "\r\n", 2);
     }
-    /* Replace semantics: whatever the client sent, the runner sees only ours. */
-    add_field(out, "X-Daytona-Authorization: Bearer ",
-              sb->runner_key ? px_str_make(sb->runner_key, strlen(sb->runner_key)) : PX_STR_NULL);
+    /* Replace semantics: whatever the client sent, the runner sees only ours.
+     * Direct mode talks to sandbox code itself, which must never see the key. */
+    if (!sb->direct || c->toolbox)
+        add_field(out, "X-Daytona-Authorization: Bearer ",
+                  sb->runner_key ? px_str_make(sb->runner_key, strlen(sb->runner_key))
+                                 : PX_STR_NULL);
     if (xfh != NULL) /* custom-domain front ends send the original host [compat] */
         add_field(out, "X-Forwarded-Host: ", xfh->value);
     else
@@ -289,14 +292,15 @@ void px_fwd_pump_request(struct px_conn *c)
 static int connect_upstream(struct px_conn *c, int allow_pool)
 {
     const struct px_sandbox *sb = c->sb;
-    int port = sb->direct && !c->toolbox ? (int)c->port : sb->runner_port;
+    int direct = sb->direct && !c->toolbox;
+    int port = direct ? (int)c->port : sb->runner_port;
+    const char *host = direct && sb->addr != NULL ? sb->addr : sb->runner_host;
     struct timeval tv = {c->srv->cfg->connect_timeout, 0};
+    int tls = sb->runner_tls && !direct;
 
-    int tls = sb->runner_tls && !(sb->direct && !c->toolbox);
-
-    c->up = allow_pool ? px_pool_take(c->srv->pool, sb->runner_host, port, tls) : NULL;
+    c->up = allow_pool ? px_pool_take(c->srv->pool, host, port, tls) : NULL;
     if (c->up == NULL) {
-        if ((c->up = px_upstream_connect(c->srv, sb->runner_host, port, tls)) == NULL)
+        if ((c->up = px_upstream_connect(c->srv, host, port, tls)) == NULL)
             return -1;
         bufferevent_set_timeouts(c->up->bev, NULL, &tv); /* connect timeout */
     }
@@ -311,6 +315,11 @@ static int connect_upstream(struct px_conn *c, int allow_pool)
 
 void px_fwd_start(struct px_conn *c)
 {
+    /* SPEC 9: a direct sandbox reaches only its own ports, never the runner's
+     * API port (a path there would be served with the runner's authority). */
+    if (c->sb->direct && !c->toolbox && !px_sandbox_direct_port_ok(c->sb, c->port))
+        return px_conn_fail(c, 403, "PORT_NOT_ALLOWED",
+                            "this port of the sandbox cannot be reached through the proxy");
     if (connect_upstream(c, 1) != 0)
         return px_conn_fail(c, 502, NULL, "cannot connect to the runner");
     gettimeofday(&c->t_upstream, NULL);

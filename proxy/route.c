@@ -71,6 +71,7 @@ void px_route_request(struct px_conn *c)
     if (hostval.len == 0 || hostval.len >= sizeof(c->host))
         return px_conn_fail(c, 400, "BAD_HOST", "missing or oversized Host header");
     memcpy(hostbuf, hostval.p, hostval.len);
+    hostbuf[hostval.len] = '\0'; /* the cookie Domain and the warning URL read it as a string */
     c->authority = hostval;
     kind = px_host_parse(hostbuf, hostval.len, cfg->domains, cfg->ndomains, &h);
     if (kind == PX_HOST_BAD)

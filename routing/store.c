@@ -37,6 +37,7 @@ void px_sandbox_free(struct px_sandbox *sb)
     free(sb->signing_key);
     free(sb->runner_host);
     free(sb->runner_authority);
+    free(sb->addr);
     free(sb);
 }
 
@@ -46,7 +47,8 @@ struct px_sandbox *px_sandbox_dup(const struct px_sandbox *sb)
 {
     const char *const src[] = {sb->id,          sb->runner_url,  sb->runner_key,
                                sb->auth_token,  sb->org,         sb->state,
-                               sb->signing_key, sb->runner_host, sb->runner_authority};
+                               sb->signing_key, sb->runner_host, sb->runner_authority,
+                               sb->addr};
     size_t total = sizeof(*sb);
     struct px_sandbox *d;
     char *p;
@@ -59,8 +61,10 @@ struct px_sandbox *px_sandbox_dup(const struct px_sandbox *sb)
     d->next = NULL;
     d->packed = 1;
     p = (char *)(d + 1);
-    char **const dst[] = {&d->id,    &d->runner_url,  &d->runner_key,  &d->auth_token,      &d->org,
-                          &d->state, &d->signing_key, &d->runner_host, &d->runner_authority};
+    char **const dst[] = {&d->id,          &d->runner_url,       &d->runner_key,
+                          &d->auth_token,  &d->org,              &d->state,
+                          &d->signing_key, &d->runner_host,      &d->runner_authority,
+                          &d->addr};
     for (size_t i = 0; i < sizeof(src) / sizeof(src[0]); i++) {
         if (src[i] == NULL) {
             *dst[i] = NULL;
@@ -97,6 +101,61 @@ static int set_str(char **dst, const char *val)
     return 0;
 }
 
+/* "3000,8000-8099": up to PX_SANDBOX_MAX_PORT_RANGES ports or ranges. */
+static int parse_ports(struct px_sandbox *sb, const char *val, const char **why)
+{
+    const char *p = val;
+    int n = 0;
+
+    *why = "ports expects PORT or LO-HI, comma separated (1-65535)";
+    if (*p == '\0')
+        return -1;
+    while (*p != '\0') {
+        long lo = 0, hi;
+        int digits = 0;
+        while (*p >= '0' && *p <= '9' && digits < 6)
+            lo = lo * 10 + (*p++ - '0'), digits++;
+        if (digits == 0)
+            return -1;
+        hi = lo;
+        if (*p == '-') {
+            p++;
+            hi = 0;
+            digits = 0;
+            while (*p >= '0' && *p <= '9' && digits < 6)
+                hi = hi * 10 + (*p++ - '0'), digits++;
+            if (digits == 0)
+                return -1;
+        }
+        if (lo < 1 || hi > 65535 || lo > hi || (*p != ',' && *p != '\0'))
+            return -1;
+        if (n == PX_SANDBOX_MAX_PORT_RANGES) {
+            *why = "ports has too many entries";
+            return -1;
+        }
+        sb->ports[n].lo = (uint16_t)lo;
+        sb->ports[n].hi = (uint16_t)hi;
+        n++;
+        if (*p == ',' && *++p == '\0')
+            return -1; /* "3000," */
+    }
+    sb->nports = n;
+    return 0;
+}
+
+int px_sandbox_direct_port_ok(const struct px_sandbox *sb, unsigned port)
+{
+    if (port == 0 || port > 65535 || (int)port == sb->runner_port || sb->nports < 0 ||
+        (sb->addr != NULL && sb->addr[0] == '\0'))
+        return 0;
+    if (sb->nports == 0)
+        return 1;
+    for (int i = 0; i < sb->nports; i++)
+        if (port >= sb->ports[i].lo && port <= sb->ports[i].hi)
+            return 1;
+    return 0;
+}
+
 int px_sandbox_set(struct px_sandbox *sb, const char *key, const char *val, const char **why)
 {
     int b;
@@ -114,6 +173,29 @@ int px_sandbox_set(struct px_sandbox *sb, const char *key, const char *val, cons
         return set_str(&sb->state, val);
     if (!strcmp(key, "signing_key"))
         return set_str(&sb->signing_key, val);
+    if (!strcmp(key, "ports")) {
+        /* A list we cannot read opens nothing (Redis records ignore field
+         * errors): fail closed. */
+        sb->nports = -1;
+        return parse_ports(sb, val, why);
+    }
+    if (!strcmp(key, "addr")) {
+        size_t n = strlen(val);
+        if (n >= 2 && val[0] == '[' && val[n - 1] == ']') /* [::1] */
+            val++, n -= 2;
+        if (n == 0 || n > 253 || strcspn(val, " \t/?#@[]") < n) {
+            *why = "addr must be a host name or an IP address";
+            free(sb->addr); /* fail closed: "" reaches nothing (see direct_port_ok) */
+            sb->addr = strdup("");
+            return -1;
+        }
+        char *a = strndup(val, n);
+        if (a == NULL)
+            return -1;
+        free(sb->addr);
+        sb->addr = a;
+        return 0;
+    }
     if (!strcmp(key, "wake")) {
         if (strcmp(val, "http") && strcmp(val, "none")) {
             *why = "wake must be none or http";

@@ -9,6 +9,8 @@
 
 #include "proxy/px.h"
 
+#define PX_SANDBOX_MAX_PORT_RANGES 32
+
 struct px_sandbox {
     char *id;          /* owned */
     char *runner_url;  /* owned; e.g. http://10.0.0.5:3003 */
@@ -21,6 +23,13 @@ struct px_sandbox {
     int direct;
     int warning; /* -1 follow the global switch, else 0/1 */
     int wake_http;
+    /* Direct mode (SPEC 9): where the sandbox's ports answer, and which may be
+     * reached. nports 0 means any port but the runner's own. */
+    char *addr; /* owned; host or IP literal without brackets; NULL = the runner's host */
+    int nports;
+    struct {
+        uint16_t lo, hi;
+    } ports[PX_SANDBOX_MAX_PORT_RANGES];
     unsigned packed : 1; /* made by px_sandbox_dup(): read-only, one block */
     /* parsed from runner_url */
     int runner_tls;
@@ -35,6 +44,11 @@ int px_sandbox_set(struct px_sandbox *sb, const char *key, const char *val, cons
 
 /* Fills the runner_* fields from runner_url. Returns 0 or -1 with *why set. */
 int px_sandbox_finish(struct px_sandbox *sb, const char **why);
+
+/* Direct mode: may a request for port reach the sandbox? Never the runner's
+ * own port (its API takes the runner key), and only the listed ports when a
+ * `ports` list is set. */
+int px_sandbox_direct_port_ok(const struct px_sandbox *sb, unsigned port);
 
 struct px_sandbox *px_sandbox_new(const char *id);
 void px_sandbox_free(struct px_sandbox *sb);

@@ -285,6 +285,48 @@ static void test_store_find(void **state)
     px_sandbox_free(b);
 }
 
+/* SPEC 9 direct mode: addr and ports, and the ports a request may reach. */
+static void test_direct_ports(void **state)
+{
+    (void)state;
+    struct px_sandbox *sb = px_sandbox_new("d1");
+    const char *why = NULL;
+
+    assert_int_equal(px_sandbox_set(sb, "runner_url", "http://10.0.0.5:3003", &why), 0);
+    assert_int_equal(px_sandbox_finish(sb, &why), 0);
+    /* no list: anything but the runner's own port */
+    assert_true(px_sandbox_direct_port_ok(sb, 3000));
+    assert_false(px_sandbox_direct_port_ok(sb, 3003));
+    assert_false(px_sandbox_direct_port_ok(sb, 0));
+    assert_int_equal(px_sandbox_set(sb, "ports", "3000,8000-8099", &why), 0);
+    assert_int_equal(sb->nports, 2);
+    assert_true(px_sandbox_direct_port_ok(sb, 3000));
+    assert_true(px_sandbox_direct_port_ok(sb, 8000));
+    assert_true(px_sandbox_direct_port_ok(sb, 8099));
+    assert_false(px_sandbox_direct_port_ok(sb, 8100));
+    assert_false(px_sandbox_direct_port_ok(sb, 3001));
+    assert_int_equal(px_sandbox_set(sb, "ports", "3003", &why), 0);
+    assert_false(px_sandbox_direct_port_ok(sb, 3003)); /* listed or not, never the runner's */
+    /* unreadable lists fail closed */
+    const char *bad[] = {"", "x", "3000,", "0", "70000", "9-8", "3000;3001", "-5", "1-"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(px_sandbox_set(sb, "ports", bad[i], &why), -1);
+        assert_false(px_sandbox_direct_port_ok(sb, 3000));
+    }
+    assert_int_equal(px_sandbox_set(sb, "ports", "1-65535", &why), 0);
+    assert_true(px_sandbox_direct_port_ok(sb, 65535));
+    assert_int_equal(px_sandbox_set(sb, "addr", "[::1]", &why), 0);
+    assert_string_equal(sb->addr, "::1");
+    assert_int_equal(px_sandbox_set(sb, "addr", "10.1.2.3", &why), 0);
+    struct px_sandbox *d = px_sandbox_dup(sb);
+    assert_string_equal(d->addr, "10.1.2.3");
+    assert_int_equal(d->nports, 1);
+    px_sandbox_free(d);
+    assert_int_equal(px_sandbox_set(sb, "addr", "10.1.2.3/evil", &why), -1);
+    assert_false(px_sandbox_direct_port_ok(sb, 3000)); /* bad addr: reaches nothing */
+    px_sandbox_free(sb);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -296,6 +338,7 @@ int main(void)
         cmocka_unit_test(test_finish_requires_url),
         cmocka_unit_test(test_dup),
         cmocka_unit_test(test_store_find),
+        cmocka_unit_test(test_direct_ports),
     };
     return cmocka_run_group_tests_name("routing/store", tests, NULL, NULL);
 }
