@@ -123,7 +123,7 @@ static void exchange_reset(struct px_conn *c)
     c->resp_left = 0;
     c->resp_chunk_out = c->up_reusable = 0;
     c->status = 0;
-    c->bytes_out = 0;
+    c->bytes_out = c->req_bytes = c->progress_seen = 0;
     c->no_activity = 0;
 }
 
@@ -266,6 +266,14 @@ void px_conn_attach(struct px_server *srv, struct bufferevent *bev, const struct
     /* Pipelined requests wait in the input buffer; cap how much of them we hold. */
     bufferevent_setwatermark(c->bev, EV_READ, 0, srv->cfg->max_header_size + 16384);
     bufferevent_setcb(c->bev, on_client_read, on_client_write, on_client_event, c);
+    if (!c->h2_stream) {
+        /* send_timeout (nginx's): a client that stops taking our bytes for this
+         * long is dropped, whatever the state (a stalled download, pipelined
+         * answers never read). It only runs while bytes wait to be written.
+         * HTTP/2 streams are bounded by tls/h2.c. */
+        struct timeval wr = {srv->cfg->send_timeout, 0};
+        bufferevent_set_timeouts(c->bev, NULL, &wr);
+    }
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     px_conn_set_state(c, PX_CONN_IDLE);
     px_conn_arm_timer(c, srv->cfg->client_header_timeout);
@@ -584,6 +592,35 @@ void px_conn_exchange_done(struct px_conn *c)
 
 /* ---- callbacks ---- */
 
+/* A client that pipelines requests and never reads would make us pile up
+ * answers without bound (issue 9: 200,000 pipelined 404s grew RSS by 190 MB).
+ * Before starting the next exchange, check what the client has not taken yet:
+ * above PX_HIGH_WATER, stop reading until it drains to half of that
+ * (on_client_write resumes); send_timeout drops a client that takes nothing.
+ * The input side is already
+ * bounded by the read watermark, so a pipelining client holds at most
+ * PX_HIGH_WATER + max_header_size + 16 KiB here. Returns 1 when paused. */
+static int output_backlogged(struct px_conn *c)
+{
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) <= PX_HIGH_WATER)
+        return 0;
+    if (!c->out_paused) {
+        c->out_paused = 1;
+        bufferevent_disable(c->bev, EV_READ);
+        bufferevent_setwatermark(c->bev, EV_WRITE, PX_HIGH_WATER / 2, 0);
+        evtimer_del(c->timer); /* not idle: send_timeout bounds the wait */
+    }
+    return 1;
+}
+
+static void output_resume(struct px_conn *c)
+{
+    c->out_paused = 0;
+    bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+    bufferevent_enable(c->bev, EV_READ);
+    px_conn_arm_timer(c, c->srv->cfg->keepalive_timeout);
+}
+
 void px_conn_step(struct px_conn *c)
 {
     /* Loop so that pipelined requests answered locally are all processed. */
@@ -591,6 +628,10 @@ void px_conn_step(struct px_conn *c)
         uint64_t before = c->srv->next_req_id;
         switch (c->state) {
         case PX_CONN_IDLE:
+            if (output_backlogged(c))
+                return;
+            read_head(c);
+            break;
         case PX_CONN_HEAD: read_head(c); break;
         case PX_CONN_AUTH: return;
         case PX_CONN_STREAM: px_fwd_pump_request(c); return;
@@ -647,6 +688,11 @@ static void on_client_write(struct bufferevent *bev, void *arg)
         }
         break;
     case PX_CONN_IDLE:
+        /* Pipelined requests wait until the client has taken our answers. */
+        if (c->out_paused &&
+            evbuffer_get_length(bufferevent_get_output(c->bev)) <= PX_HIGH_WATER / 2)
+            output_resume(c); /* LEAVE() steps into the waiting request */
+        break;
     case PX_CONN_HEAD:
     case PX_CONN_AUTH: break;
     }
@@ -673,6 +719,26 @@ static void on_client_event(struct bufferevent *bev, short what, void *arg)
     case PX_CONN_AUTH:
     case PX_CONN_CLOSING: px_conn_close(c); break;
     case PX_CONN_STREAM:
+        if (what & BEV_EVENT_TIMEOUT) {
+            /* issue 9: a stalled body or a client that stops reading must not
+             * hold a client fd and a runner fd forever */
+            int body = (what & BEV_EVENT_READING) != 0;
+            if (px_log_allow(10))
+                clog(c, PX_INFO, "%s: closing",
+                     body ? "client_body_timeout (request body stalled)"
+                          : "send_timeout (client stopped reading)");
+            px_conn_upstream_drop(c);
+            if (body && c->status == 0) {
+                px_conn_fail_close(c, 408, "the request body did not arrive in time");
+                break;
+            }
+            if (c->status == 0)
+                c->status = 499;
+            px_conn_access_log(c);
+            c->have_req = 0;
+            px_conn_close(c);
+            break;
+        }
         if ((what & BEV_EVENT_EOF) && c->req_done && !c->h2_stream) {
             /* (An HTTP/2 stream's end means it was reset or its connection died:
              * nobody will read the answer, so it falls through to the abort.) */
@@ -704,12 +770,21 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
         clog(c, PX_INFO, "client_header_timeout: closing");
         px_conn_fail_close(c, 408, "the request head did not arrive in time");
         break;
-    case PX_CONN_STREAM:
-        /* SPEC 8: a long response (SSE, a download) keeps its sandbox awake. */
-        if (c->sb != NULL && !c->no_activity)
+    case PX_CONN_STREAM: {
+        /* SPEC 8: a long response (SSE, a download) keeps its sandbox awake --
+         * while it moves, or while it waits on the runner (an idle SSE stream).
+         * An exchange stalled on its client (a body that stopped coming, a
+         * client that stopped reading) does not (issue 9). */
+        uint64_t progress = c->bytes_out + c->req_bytes;
+        int waits_on_client =
+            !c->req_done || evbuffer_get_length(bufferevent_get_output(c->bev)) > 0;
+        if (c->sb != NULL && !c->no_activity &&
+            (progress != c->progress_seen || !waits_on_client))
             px_activity_touch(c->sb->id);
+        c->progress_seen = progress;
         px_conn_arm_timer(c, PX_ACTIVITY_REFRESH);
         break;
+    }
     case PX_CONN_IDLE:
     case PX_CONN_CLOSING:
     case PX_CONN_AUTH: px_conn_close(c); break;

@@ -53,6 +53,7 @@ struct px_conn {
     unsigned busy;               /* >0 while our frames are on the stack */
     unsigned doomed : 1;         /* destroy as soon as busy == 0 */
     unsigned lingering : 1;      /* CLOSING, output sent and FIN'd: discarding input */
+    unsigned out_paused : 1;     /* IDLE with over PX_HIGH_WATER unsent: not reading (issue 9) */
     time_t linger_until;         /* lingering ends by then at the latest */
     struct px_conn *next, *prev; /* srv->conns */
 
@@ -100,6 +101,8 @@ struct px_conn {
     unsigned no_activity : 1; /* X-Daytona-Skip-Last-Activity-Update: true */
     int status;               /* status sent to the client, 0 before */
     uint64_t bytes_out;       /* response body bytes sent */
+    uint64_t req_bytes;       /* request body bytes forwarded */
+    uint64_t progress_seen;   /* bytes_out + req_bytes at the last activity tick */
 };
 
 #define clog(c, lvl, ...)                                                                          \

@@ -212,6 +212,42 @@ static void build_request(struct px_conn *c, struct evbuffer *out)
     evbuffer_add(out, "\r\n", 2);
 }
 
+/* The one place that arms the runner connection's timeouts (issue 9: no
+ * exchange may wait forever):
+ *   connecting         write slot = connect_timeout (libevent's connect wait)
+ *   sending the body   write slot = send_timeout (a runner that stops reading)
+ *   awaiting the head  read slot = response_header_timeout, from the end of
+ *                      the request (SPEC 9)
+ *   streaming the body read slot = ws_idle_timeout (SSE may idle long)
+ * Under backpressure the runner's reading is paused and its read timeout with
+ * it; the client's send_timeout (set by conn.c) bounds that wait instead. */
+static void up_timeouts(struct px_conn *c)
+{
+    const struct px_config *cfg = c->srv->cfg;
+    struct timeval rd = {c->resp_st == RESP_HEAD ? cfg->response_header_timeout
+                                                 : cfg->ws_idle_timeout,
+                         0};
+    struct timeval wr = {c->up->connected ? cfg->send_timeout : cfg->connect_timeout, 0};
+    int read_armed = c->resp_st != RESP_HEAD || c->req_done;
+    int write_armed = !c->up->connected || !c->req_done;
+
+    bufferevent_set_timeouts(c->up->bev, read_armed ? &rd : NULL, write_armed ? &wr : NULL);
+}
+
+/* The client side of a forwarded exchange: client_body_timeout between two
+ * reads while the request body is still coming. (send_timeout, between two
+ * writes the client accepts, is set once per connection by conn.c.) HTTP/2
+ * streams are bounded per stream by tls/h2.c instead: a pair's generic
+ * timeouts do not look at pending bytes. */
+static void client_body_timeout(struct px_conn *c, int on)
+{
+    struct timeval rd = {c->srv->cfg->client_body_timeout, 0};
+    struct timeval wr = {c->srv->cfg->send_timeout, 0};
+
+    if (!c->h2_stream)
+        bufferevent_set_timeouts(c->bev, on ? &rd : NULL, &wr);
+}
+
 static int idempotent(enum http_method m)
 {
     return m == HTTP_GET || m == HTTP_HEAD || m == HTTP_OPTIONS || m == HTTP_PUT ||
@@ -249,10 +285,14 @@ void px_fwd_pump_request(struct px_conn *c)
         size_t n = (int64_t)avail < c->req_left ? avail : (size_t)c->req_left;
         evbuffer_remove_buffer(in, tmp, n);
         c->req_left -= (int64_t)n;
+        c->req_bytes += n;
         if (c->req_left == 0)
             c->req_done = 1;
     } else if (c->req_body == BODY_CHUNKED) {
-        switch (px_chunked_feed(&c->req_ch, in, tmp)) {
+        uint64_t t0 = c->req_ch.total;
+        enum px_parse r = px_chunked_feed(&c->req_ch, in, tmp);
+        c->req_bytes += c->req_ch.total - t0;
+        switch (r) {
         case PX_PARSE_OK: c->req_done = 1; break;
         case PX_PARSE_AGAIN: break;
         case PX_PARSE_BAD:
@@ -278,9 +318,9 @@ void px_fwd_pump_request(struct px_conn *c)
     evbuffer_free(tmp);
     if (c->req_done) {
         /* SPEC 9: response_header_timeout counts from the end of the request. */
-        struct timeval tv = {c->srv->cfg->response_header_timeout, 0};
-        if (c->resp_st == RESP_HEAD)
-            bufferevent_set_timeouts(c->up->bev, &tv, NULL);
+        up_timeouts(c);
+        if (c->req_body != BODY_NONE)
+            client_body_timeout(c, 0);
         return;
     }
     if (evbuffer_get_length(bufferevent_get_output(c->up->bev)) >= PX_HIGH_WATER) {
@@ -303,6 +343,8 @@ static int connect_upstream(struct px_conn *c, int allow_pool)
         if ((c->up = px_upstream_connect(c->srv, host, port, tls)) == NULL)
             return -1;
         bufferevent_set_timeouts(c->up->bev, NULL, &tv); /* connect timeout */
+    } else {
+        up_timeouts(c);
     }
     bufferevent_setcb(c->up->bev, on_up_read, on_up_write, on_up_event, c);
     bufferevent_enable(c->up->bev, EV_READ | EV_WRITE);
@@ -334,6 +376,8 @@ void px_fwd_start(struct px_conn *c)
         evbuffer_free(head);
     }
     px_conn_set_state(c, PX_CONN_STREAM);
+    if (!c->req_done)
+        client_body_timeout(c, 1);
     px_fwd_pump_request(c);
 }
 
@@ -354,11 +398,7 @@ static int retry(struct px_conn *c)
     }
     evbuffer_add_buffer(bufferevent_get_output(c->up->bev), replay);
     evbuffer_free(replay);
-    if (c->req_done) {
-        struct timeval tv = {c->srv->cfg->response_header_timeout, 0};
-        struct timeval ctv = {c->srv->cfg->connect_timeout, 0};
-        bufferevent_set_timeouts(c->up->bev, &tv, &ctv);
-    }
+    up_timeouts(c);
     return 0;
 }
 
@@ -582,8 +622,7 @@ void px_fwd_on_response(struct px_conn *c)
         c->resp_st = RESP_BODY;
         /* Streaming bodies (SSE, downloads) may idle for long; bound them by the
          * long-lived connection timeout instead of the header timeout. */
-        struct timeval tv = {c->srv->cfg->ws_idle_timeout, 0};
-        bufferevent_set_timeouts(c->up->bev, &tv, NULL);
+        up_timeouts(c);
         px_conn_arm_timer(c, PX_ACTIVITY_REFRESH);
     }
     if (c->resp_st == RESP_BODY)
@@ -684,11 +723,7 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
     if (what & BEV_EVENT_CONNECTED) {
         c->up->connected = 1;
         px_upstream_nodelay(c->up);
-        bufferevent_set_timeouts(c->up->bev, NULL, NULL);
-        if (c->req_done) {
-            struct timeval tv = {c->srv->cfg->response_header_timeout, 0};
-            bufferevent_set_timeouts(c->up->bev, &tv, NULL);
-        }
+        up_timeouts(c);
         goto out;
     }
     if (c->state != PX_CONN_STREAM)

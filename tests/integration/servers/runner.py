@@ -322,6 +322,11 @@ def handle_request(conn, nreq, method, target, version, headers):
                 return False
             conn.send(d)
 
+    if path == "/no-read":
+        # a runner that never reads the request body (until told to stop)
+        STATE.signal(q.get("name", "no-read")).wait(60)
+        return False
+
     expect = (hdr(headers, "expect") or "").lower()
     if expect == "100-continue":
         conn.send(status_line(100).encode() + b"\r\n")
