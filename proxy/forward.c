@@ -546,7 +546,12 @@ static void response_done(struct px_conn *c)
 {
     c->resp_st = RESP_DONE;
     if (c->up != NULL) {
-        int reusable = c->up_reusable && c->req_done;
+        /* A direct-mode app is sandbox code: one that sends a body after a
+         * HEAD, 204 or 304 answer (a common framework bug, or on purpose) has
+         * nothing to delimit it, and those bytes would be the next request's
+         * answer. Such connections are not reused. */
+        int direct = c->sb->direct && !c->toolbox;
+        int reusable = c->up_reusable && c->req_done && !(direct && c->resp_body == BODY_NONE);
         struct px_upstream *up = c->up;
         c->up = NULL;
         px_upstream_release(c->srv->pool, up, reusable);

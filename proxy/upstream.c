@@ -7,8 +7,10 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 
 #include <event2/bufferevent.h>
 #include <event2/buffer.h>
@@ -105,6 +107,26 @@ static void make_key(char *buf, size_t len, const char *host, int port, int tls)
     snprintf(buf, len, "%s%s:%d", tls ? "https://" : "", host, port);
 }
 
+/* An idle connection must have nothing to read: no unread bytes in its
+ * buffer, in OpenSSL, or on the socket, and no EOF. One recv(MSG_PEEK) per
+ * reuse; the idle callback catches what arrives while the loop runs, this
+ * catches what arrived in the same loop pass. */
+static int socket_quiet(struct px_upstream *up)
+{
+    evutil_socket_t fd = bufferevent_getfd(up->bev);
+    char byte;
+
+    if (evbuffer_get_length(bufferevent_get_input(up->bev)) != 0 || fd < 0)
+        return 0;
+    if (up->tls) {
+        SSL *ssl = bufferevent_openssl_get_ssl(up->bev);
+        if (ssl != NULL && SSL_pending(ssl) > 0)
+            return 0;
+    }
+    ssize_t n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
 struct px_upstream *px_pool_take(struct px_pool *pool, const char *host, int port, int tls)
 {
     char key[300];
@@ -112,13 +134,22 @@ struct px_upstream *px_pool_take(struct px_pool *pool, const char *host, int por
     struct px_upstream *up;
 
     make_key(key, sizeof(key), host, port, tls);
-    if ((b = bucket(pool, key, 0)) == NULL || b->idle == NULL)
+    if ((b = bucket(pool, key, 0)) == NULL)
         return NULL;
-    up = b->idle;
-    unlink_idle(up);
-    up->reused = 1;
-    bufferevent_set_timeouts(up->bev, NULL, NULL);
-    return up;
+    while ((up = b->idle) != NULL) {
+        unlink_idle(up);
+        if (!socket_quiet(up)) {
+            /* Bytes (or EOF) the loop has not delivered yet: the runner or a
+             * direct-mode app said something between responses. Handing that
+             * to the next request would make it its answer (issue 9). */
+            upstream_free(up);
+            continue;
+        }
+        up->reused = 1;
+        bufferevent_set_timeouts(up->bev, NULL, NULL);
+        return up;
+    }
+    return NULL;
 }
 
 /* Any event on an idle connection ends it: EOF, error, timeout, or bytes the

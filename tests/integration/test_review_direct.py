@@ -136,3 +136,78 @@ def test_query_auth_cookie_domain_after_longer_host(px):
     assert r.status == 200, r
     cookie = r.header("set-cookie")
     assert cookie is not None and cookie.endswith(f"Domain={host(3000, PRIV)}"), cookie
+
+
+# ------------------------- from reading: pooled connection with stray bytes --
+
+class SloppyApp:
+    """A direct-mode app that answers HEAD with its headers and then, a moment
+    later, a body anyway -- shaped like a whole response, as an app bent on
+    confusing the next request would. Every other request gets 'real:{path}'."""
+
+    def __init__(self):
+        import socket
+        import threading
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns += 1
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        import time
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                method, path = head.split(b" ")[:2]
+                if method == b"HEAD":
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+                    time.sleep(0.05)
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!")
+                    continue
+                body = b"real:" + path
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        except OSError:
+            return
+        finally:
+            c.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def test_direct_app_bytes_after_head_never_answer_the_next_request(proxy, dead_port):
+    app = SloppyApp()
+    try:
+        p = proxy(sandboxes=[f"sandbox dsloppy runner_url=http://127.0.0.1:{dead_port} "
+                             f"runner_key={RUNNER_KEY} public=1 direct=1"])
+        h = host(app.port, "dsloppy")
+        for i in range(3):
+            with p.raw(timeout=10) as c:
+                # pipelined: the GET is taken up the moment the HEAD's answer is in
+                c.send(request_bytes("HEAD", "/h", h) + request_bytes("GET", f"/g{i}", h))
+                r1 = c.read_response(head_request=True)
+                assert r1.status == 200
+                r2 = c.read_response()
+                assert r2.status == 200
+                assert r2.body == f"real:/g{i}".encode(), r2.body
+    finally:
+        app.close()
