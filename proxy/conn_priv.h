@@ -155,6 +155,8 @@ void px_fwd_on_response(struct px_conn *c);
 int px_fwd_hop_by_hop(struct px_str name, struct px_str conn_value);
 int px_fwd_consumed(struct px_str name, int drop_authorization);
 void px_fwd_add_cookie(struct evbuffer *out, struct px_str v);
+/* Does a runner's Set-Cookie value name one of the proxy's own cookies? */
+int px_fwd_proxy_cookie(struct px_str set_cookie_value);
 
 #define ENTER(c) ((c)->busy++)
 /* Leaving a callback: a finished exchange may leave a pipelined request waiting. */

@@ -402,6 +402,27 @@ static int retry(struct px_conn *c)
     return 0;
 }
 
+/* A sandbox must not set the proxy's own cookies: `daytona-preview-page-accepted`
+ * with the parent's Domain would switch the warning page off for every sandbox,
+ * and the auth and PKCE cookies are the proxy's credentials (issue 9). Cookie
+ * names are compared without case, as some browsers' stores are lax. */
+int px_fwd_proxy_cookie(struct px_str set_cookie_value)
+{
+    struct px_str v = set_cookie_value;
+    size_t n = 0;
+
+    while (v.len && (v.p[0] == ' ' || v.p[0] == '\t'))
+        v.p++, v.len--;
+    while (n < v.len && v.p[n] != '=' && v.p[n] != ';')
+        n++;
+    while (n > 0 && (v.p[n - 1] == ' ' || v.p[n - 1] == '\t'))
+        n--;
+    struct px_str name = px_str_make(v.p, n);
+    return px_str_ieq(name, PX_STR("daytona-preview-page-accepted")) ||
+           px_str_ieq(name, PX_STR("pkce_verifier")) ||
+           (n >= 21 && !strncasecmp(name.p, "daytona-sandbox-auth-", 21));
+}
+
 static void add_response_head(struct px_conn *c, struct evbuffer *out)
 {
     const struct px_head *rs = &c->resp;
@@ -426,6 +447,8 @@ static void add_response_head(struct px_conn *c, struct evbuffer *out)
             continue;
         if (cors && px_cors_owned_header(f->name))
             continue; /* ours replace the sandbox's: never two Allow-Origin headers */
+        if (px_str_ieq(f->name, PX_STR("set-cookie")) && px_fwd_proxy_cookie(f->value))
+            continue;
         if (c->toolbox && rs->status / 100 == 3 && px_str_ieq(f->name, PX_STR("location"))) {
             /* [compat] keep redirects inside /toolbox/{id} */
             char pre[300];

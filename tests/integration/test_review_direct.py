@@ -211,3 +211,13 @@ def test_direct_app_bytes_after_head_never_answer_the_next_request(proxy, dead_p
                 assert r2.body == f"real:/g{i}".encode(), r2.body
     finally:
         app.close()
+
+
+# --------------------------------- from reading: the proxy's own cookies --
+
+def test_sandbox_cannot_set_the_proxys_cookies(px, runner):
+    from helpers import PUB
+    r = raw_exchange(px.port, request_bytes("GET", "/setcookie", host(3000, PUB)))
+    assert r is not None and r.status == 200, r
+    cookies = r.header_all("set-cookie")
+    assert cookies == ["app=kept; Path=/", "daytona-preview-page-accepted-not=kept"], cookies

@@ -81,12 +81,31 @@ static void test_cookie_filter(void **state)
     check_cookie("daytona-sandbox-authx=1", "Cookie: daytona-sandbox-authx=1\r\n");
 }
 
+static void test_proxy_cookie_names(void **state)
+{
+    (void)state;
+#define PC(lit) px_fwd_proxy_cookie(PX_STR(lit))
+    assert_true(PC("daytona-preview-page-accepted=true; Domain=proxy.test"));
+    assert_true(PC(" daytona-preview-page-accepted =true"));
+    assert_true(PC("DAYTONA-SANDBOX-AUTH-abc=x"));
+    assert_true(PC("daytona-sandbox-auth-=x"));
+    assert_true(PC("pkce_verifier=v; Path=/"));
+    assert_true(PC("pkce_verifier"));
+    assert_false(PC("app=1"));
+    assert_false(PC("daytona-preview-page-accepted-not=1"));
+    assert_false(PC("daytona-sandbox-aut=1"));
+    assert_false(PC(""));
+    assert_false(PC("=x"));
+#undef PC
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hop_by_hop),
         cmocka_unit_test(test_consumed),
         cmocka_unit_test(test_cookie_filter),
+        cmocka_unit_test(test_proxy_cookie_names),
     };
     return cmocka_run_group_tests_name("proxy/forward", tests, NULL, NULL);
 }

@@ -32,6 +32,7 @@ App endpoints ({app}, query parameters in brackets)
   /bighdr?n=N                          response with an N-byte header value
   /hopresp                             response with hop-by-hop headers, 2 Set-Cookie
   /trailers                            chunked response with a trailer
+  /setcookie                           Set-Cookie of the proxy's own cookie names, and others
   Upgrade: websocket (any path)        101, then echo raw bytes back
   anything else                        echo: JSON of what was received
 Every request body is read (Content-Length or chunked with trailers); with
@@ -444,6 +445,19 @@ def handle_request(conn, nreq, method, target, version, headers):
                                   ("X-Resp-Kept", "yes"),
                                   ("Set-Cookie", "a=1; Path=/"),
                                   ("Set-Cookie", "b=2; Path=/")], b"hop", head=head, rec=rec)
+        return keep
+
+    if path == "/setcookie":
+        # the sandbox tries to set the proxy's own cookies, beside one of its own
+        send_response(conn, 200, [("Content-Type", "text/plain"),
+                                  ("Set-Cookie", "daytona-preview-page-accepted=true; Path=/; "
+                                                 "Domain=proxy.test; Max-Age=86400"),
+                                  ("Set-Cookie", "daytona-sandbox-auth-other=forged; Path=/"),
+                                  ("set-cookie", " DAYTONA-SANDBOX-AUTH-x=forged"),
+                                  ("Set-Cookie", "pkce_verifier=forged; Path=/"),
+                                  ("Set-Cookie", "app=kept; Path=/"),
+                                  ("Set-Cookie", "daytona-preview-page-accepted-not=kept")] + ka,
+                      b"cookies", head=head, rec=rec)
         return keep
 
     if path == "/trailers":
