@@ -221,3 +221,34 @@ def test_sandbox_cannot_set_the_proxys_cookies(px, runner):
     assert r is not None and r.status == 200, r
     cookies = r.header_all("set-cookie")
     assert cookies == ["app=kept; Path=/", "daytona-preview-page-accepted-not=kept"], cookies
+
+
+# ------------------------------- also found: stale upstream_ms in the log --
+
+def test_access_log_upstream_ms_is_per_exchange(px, runner):
+    from helpers import PUB, wait_until
+    with px.raw() as c:
+        c.send(request_bytes("GET", "/forwarded-first", host(3000, PUB)))
+        assert c.read_response().status == 200
+        c.send(request_bytes("GET", "/local-404-after", "proxy.test"))
+        assert c.read_response().status == 404
+    line = wait_until(lambda: next((l for l in px.log_lines()
+                                    if "ACCESS" in l and "path=/local-404-after" in l), None),
+                      what="the access log line of the local answer")
+    assert "upstream_ms=0.0 " in line, line
+    fwd = next(l for l in px.log_lines() if "path=/forwarded-first" in l)
+    assert "upstream_ms=0.0 " not in fwd, fwd
+
+
+# ------------------- also found: test binaries of one machine's checkout --
+
+def test_default_binaries_resolve_from_this_checkout():
+    import os
+    import conftest
+    import test_proxyctl
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert conftest.DEFAULT_BIN == os.path.join(root, "build", "preview-proxy")
+    assert test_proxyctl.DEFAULT_BIN == os.path.join(root, "build", "proxyctl")
+    for mod in (conftest, test_proxyctl):
+        src = open(mod.__file__).read()
+        assert '"/work/' not in src, mod.__file__
