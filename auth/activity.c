@@ -39,7 +39,7 @@ static void on_guard(void *arg, redisReply *r, const char *err)
     struct pending *p = arg;
     struct px_redis *redis = px_lookup_redis();
 
-    /* "OK" means we won the 45 s guard; nil means another process did. */
+    /* "OK" means we won the guard; nil means another process did. */
     if (err == NULL && r->type == REDIS_REPLY_STATUS && redis != NULL) {
         char score[32];
         const char *argv[4] = {"ZADD", "proxy:last-activity", score, p->id};
@@ -50,7 +50,7 @@ static void on_guard(void *arg, redisReply *r, const char *err)
     free(p);
 }
 
-void px_activity_touch(const char *sandbox_id)
+void px_activity_touch(const char *sandbox_id, int interval)
 {
     struct px_redis *redis = px_lookup_redis();
     uint64_t h = fnv(sandbox_id);
@@ -60,7 +60,7 @@ void px_activity_touch(const char *sandbox_id)
 
     if (redis == NULL || strlen(sandbox_id) >= sizeof(p->id))
         return;
-    if (slots[h % SLOTS].hash == h && now - slots[h % SLOTS].last < PX_ACTIVITY_DEDUP)
+    if (slots[h % SLOTS].hash == h && now - slots[h % SLOTS].last < interval)
         return;
     slots[h % SLOTS].hash = h;
     slots[h % SLOTS].last = now;
@@ -69,8 +69,10 @@ void px_activity_touch(const char *sandbox_id)
     strcpy(p->id, sandbox_id);
     p->now = now;
     int n = snprintf(key, sizeof(key), "proxy:sandbox-last-activity-update:%s", sandbox_id);
-    const char *argv[6] = {"SET", key, "1", "NX", "EX", "45"};
-    size_t len[6] = {3, (size_t)n, 1, 2, 2, 2};
+    char ex[16];
+    int exn = snprintf(ex, sizeof(ex), "%d", interval);
+    const char *argv[6] = {"SET", key, "1", "NX", "EX", ex};
+    size_t len[6] = {3, (size_t)n, 1, 2, 2, (size_t)exn};
     px_redis_cmd(redis, on_guard, p, 6, argv, len);
 }
 

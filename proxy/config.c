@@ -171,6 +171,7 @@ static void set_defaults(struct px_config *c)
     c->upstream_idle_timeout = 30;
     c->shutdown_timeout = 3600;
     c->client_body_timeout = 60;
+    c->activity_interval = 45;
     c->send_timeout = 60;
     c->max_connections = 10000;
     /* 128, not nginx's customary 32: one runner serves many browsers, and an
@@ -265,6 +266,7 @@ static const char *apply(struct px_config *c, char **w, int n)
     INT_DIRECTIVE("shutdown_timeout", shutdown_timeout, 0, 86400)
     INT_DIRECTIVE("client_body_timeout", client_body_timeout, 1, 86400)
     INT_DIRECTIVE("send_timeout", send_timeout, 1, 86400)
+    INT_DIRECTIVE("activity_interval", activity_interval, 1, 3600)
     INT_DIRECTIVE("max_connections", max_connections, 1, 1000000)
     INT_DIRECTIVE("upstream_keepalive", upstream_keepalive, 0, 10000)
     INT_DIRECTIVE("max_headers", max_headers, 1, 10000)

@@ -780,9 +780,9 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
             !c->req_done || evbuffer_get_length(bufferevent_get_output(c->bev)) > 0;
         if (c->sb != NULL && !c->no_activity &&
             (progress != c->progress_seen || !waits_on_client))
-            px_activity_touch(c->sb->id);
+            px_activity_touch(c->sb->id, c->srv->cfg->activity_interval);
         c->progress_seen = progress;
-        px_conn_arm_timer(c, PX_ACTIVITY_REFRESH);
+        px_conn_arm_timer(c, PX_ACTIVITY_REFRESH(c->srv->cfg->activity_interval));
         break;
     }
     case PX_CONN_IDLE:

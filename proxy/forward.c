@@ -651,7 +651,7 @@ void px_fwd_on_response(struct px_conn *c)
         /* Streaming bodies (SSE, downloads) may idle for long; bound them by the
          * long-lived connection timeout instead of the header timeout. */
         up_timeouts(c);
-        px_conn_arm_timer(c, PX_ACTIVITY_REFRESH);
+        px_conn_arm_timer(c, PX_ACTIVITY_REFRESH(c->srv->cfg->activity_interval));
     }
     if (c->resp_st == RESP_BODY)
         pump_response(c);

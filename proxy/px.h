@@ -121,6 +121,7 @@ struct px_config {
     /* nginx's meaning: the longest pause between two reads of the request body,
      * and between two writes the client accepts, once forwarding has started */
     int client_body_timeout, send_timeout;
+    int activity_interval; /* SPEC 8: seconds between activity updates of one sandbox */
     int max_connections; /* client connections per process; then accepting pauses */
     int upstream_keepalive; /* idle connections kept per upstream */
     size_t max_request_line, max_header_size;

@@ -264,7 +264,7 @@ static void on_auth(void *arg, struct px_auth_out *out)
     const struct px_hdr *skip = px_head_get(&c->req, PX_STR("x-daytona-skip-last-activity-update"));
     c->no_activity = skip != NULL && px_str_ieq(skip->value, PX_STR("true"));
     if (!c->no_activity)
-        px_activity_touch(c->sb->id);
+        px_activity_touch(c->sb->id, c->srv->cfg->activity_interval);
     if (out->label_is_sandbox && !c->toolbox) {
         struct px_host h = {.port = c->port, .label = px_str_make(c->sb->id, strlen(c->sb->id))};
         px_conn_loghost(c, &h, 1);

@@ -357,14 +357,14 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     /* SPEC 8: a long-lived connection keeps its sandbox awake while it lives. */
-    px_activity_touch(s->sandbox_id);
+    px_activity_touch(s->sandbox_id, s->srv->cfg->activity_interval);
 }
 
 int px_splice_start(struct px_server *srv, struct bufferevent *client, struct bufferevent *runner,
                     const char *sandbox_id, int activity, int raw)
 {
     struct px_splice *s = calloc(1, sizeof(*s));
-    struct timeval tick = {PX_ACTIVITY_REFRESH, 0};
+    struct timeval tick = {PX_ACTIVITY_REFRESH(srv->cfg->activity_interval), 0};
 
     if (s == NULL || (s->sandbox_id = strdup(sandbox_id)) == NULL) {
         free(s);
