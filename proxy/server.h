@@ -33,6 +33,11 @@ struct px_server {
     struct px_splice *splices; /* list of WebSocket tunnels (ws/splice.c) */
     unsigned long nsplices;
     unsigned draining : 1; /* SIGTERM: finish in-flight work, then exit */
+    /* Accepting: main.c alone writes these (see "accept pausing" there). */
+    unsigned long fd_cap;       /* most client sockets RLIMIT_NOFILE allows; 0 = no cap */
+    unsigned accept_paused;     /* 0 accepting, 1 at max_connections, 2 accept() failed */
+    unsigned long pauses_limit; /* times accepting paused at max_connections */
+    unsigned long pauses_error; /* times accepting paused after accept() failed (EMFILE...) */
     uint64_t next_conn_id;
     uint64_t next_req_id;
     unsigned pid;
