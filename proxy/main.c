@@ -76,7 +76,6 @@ static struct listener_arg listener_args[PX_MAX_LISTEN];
  *
  * Each reason logs its pause at most once per PAUSE_LOG_EVERY seconds, with the
  * number of pauses left unlogged in between. */
-enum { ACCEPTING = 0, PAUSED_LIMIT = 1, PAUSED_ERROR = 2 };
 #define RECHECK_MS 50
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 1600
@@ -85,6 +84,7 @@ enum { ACCEPTING = 0, PAUSED_LIMIT = 1, PAUSED_ERROR = 2 };
 
 static int backoff_ms; /* 0 after a successful accept */
 static unsigned long rlim_nofile;
+static long fd_reserved; /* descriptors open at start, plus FD_SLACK */
 static time_t pause_logged[3];
 static unsigned long pause_unlogged[3];
 
@@ -122,14 +122,14 @@ static void listeners_set(int on, int with_metrics)
                   : evconnlistener_disable(metrics_listener));
 }
 
-/* why is PAUSED_LIMIT, or PAUSED_ERROR with err the accept() errno. */
-static void pause_accepting(struct px_server *srv, unsigned why, int err)
+/* why is PX_PAUSED_LIMIT, or PX_PAUSED_ERROR with err the accept() errno. */
+static void pause_accepting(struct px_server *srv, enum px_accept_state why, int err)
 {
     struct timeval tv;
     int ms;
     time_t now = time(NULL);
 
-    if (why == PAUSED_LIMIT) {
+    if (why == PX_PAUSED_LIMIT) {
         ms = RECHECK_MS;
         srv->pauses_limit++;
     } else {
@@ -139,7 +139,7 @@ static void pause_accepting(struct px_server *srv, unsigned why, int err)
         ms = backoff_ms;
         srv->pauses_error++;
     }
-    listeners_set(0, why == PAUSED_ERROR);
+    listeners_set(0, why == PX_PAUSED_ERROR);
     srv->accept_paused = why;
     tv.tv_sec = ms / 1000;
     tv.tv_usec = (ms % 1000) * 1000;
@@ -149,18 +149,20 @@ static void pause_accepting(struct px_server *srv, unsigned why, int err)
         pause_unlogged[why]++;
         return;
     }
-    if (why == PAUSED_LIMIT)
+    char quiet[64] = "";
+    if (pause_unlogged[why] > 0)
+        snprintf(quiet, sizeof(quiet), " (%lu such pauses not logged)", pause_unlogged[why]);
+    if (why == PX_PAUSED_LIMIT)
         px_log(PX_WARN,
                "%lu client connections (max_connections %d%s): not accepting until one closes; "
-               "new clients wait in the listen backlog (%lu such pauses not logged)",
+               "new clients wait in the listen backlog%s",
                conn_limit(srv), srv->cfg->max_connections,
                conn_limit(srv) < (unsigned long)srv->cfg->max_connections
                    ? ", lowered to fit RLIMIT_NOFILE"
                    : "",
-               pause_unlogged[why]);
+               quiet);
     else
-        px_log(PX_WARN, "accept failed: %s; not accepting for %d ms (%lu such pauses not logged)",
-               strerror(err), ms, pause_unlogged[why]);
+        px_log(PX_WARN, "accept failed: %s; not accepting for %d ms%s", strerror(err), ms, quiet);
     pause_logged[why] = now;
     pause_unlogged[why] = 0;
 }
@@ -173,20 +175,20 @@ static void on_accept_timer(evutil_socket_t fd, short what, void *arg)
 
     if (srv->draining) { /* the listeners are closed; only metrics may be paused */
         listeners_set(1, 1);
-        srv->accept_paused = ACCEPTING;
+        srv->accept_paused = PX_ACCEPTING;
         return;
     }
     if (at_limit(srv)) {
-        if (srv->accept_paused == PAUSED_ERROR && metrics_listener != NULL)
+        if (srv->accept_paused == PX_PAUSED_ERROR && metrics_listener != NULL)
             evconnlistener_enable(metrics_listener);
-        srv->accept_paused = PAUSED_LIMIT;
+        srv->accept_paused = PX_PAUSED_LIMIT;
         struct timeval tv = {0, RECHECK_MS * 1000};
         evtimer_add(accept_timer, &tv);
         return;
     }
     /* After an error this is the retry: if accept() fails again, on_accept_error
      * pauses for twice as long. */
-    srv->accept_paused = ACCEPTING;
+    srv->accept_paused = PX_ACCEPTING;
     listeners_set(1, 1);
 }
 
@@ -199,7 +201,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     backoff_ms = 0;
     /* Disabling the listener from here makes libevent stop its accept loop. */
     if (at_limit(la->srv))
-        pause_accepting(la->srv, PAUSED_LIMIT, 0);
+        pause_accepting(la->srv, PX_PAUSED_LIMIT, 0);
 }
 
 /* For the proxy's listeners and the metrics listener. */
@@ -208,7 +210,7 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
     int err = EVUTIL_SOCKET_ERROR();
     (void)l;
     (void)arg;
-    pause_accepting(px_srv, PAUSED_ERROR, err);
+    pause_accepting(px_srv, PX_PAUSED_ERROR, err);
 }
 
 /* How many client sockets RLIMIT_NOFILE leaves room for: each connection can
@@ -233,7 +235,8 @@ static unsigned long fd_cap(void)
     } else {
         open_now = FD_SLACK;
     }
-    spare = (long)rl.rlim_cur - open_now - FD_SLACK;
+    fd_reserved = open_now + FD_SLACK;
+    spare = (long)rl.rlim_cur - fd_reserved;
     return spare >= 4 ? (unsigned long)spare / 2 : 1;
 }
 
@@ -243,7 +246,7 @@ static void warn_fd_cap(const struct px_server *srv)
         px_log(PX_WARN,
                "max_connections %d needs up to %ld file descriptors but RLIMIT_NOFILE is %lu: "
                "this process accepts at most %lu connections (raise ulimit -n)",
-               srv->cfg->max_connections, 2L * srv->cfg->max_connections + FD_SLACK, rlim_nofile,
+               srv->cfg->max_connections, 2L * srv->cfg->max_connections + fd_reserved, rlim_nofile,
                srv->fd_cap);
 }
 

@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import pytest
+import requests
 
 from conftest import CRASH_MARKERS, DEFAULT_SETTINGS, Proxy, default_sandboxes
 from helpers import BASE_DOMAIN, RawConn, free_port, request_bytes, wait_until
@@ -149,7 +150,9 @@ def health_request():
 
 
 def test_max_connections_pauses_accepting(proxy):
-    p = proxy(settings={"max_connections": "5", "keepalive_timeout": "60"})
+    mport = free_port()
+    p = proxy(settings={"max_connections": "5", "keepalive_timeout": "60"},
+              extra=[f"metrics_listen 127.0.0.1:{mport}"])
     held = []
     try:
         for _ in range(5):
@@ -168,6 +171,9 @@ def test_max_connections_pauses_accepting(proxy):
         except ConnectionResetError:
             pytest.fail("the connection over max_connections was reset")
         assert got is None, f"the 6th connection got {got!r} while 5 were open"
+        # the metrics listener keeps answering, and says why the proxy waits
+        m = requests.get(f"http://127.0.0.1:{mport}/metrics", timeout=5).text
+        assert 'preview_proxy_accept_paused{reason="max_connections"} 1' in m, m
 
         held.pop(0).close()       # one of the five goes away
         extra.sock.settimeout(5)
