@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from conftest import CRASH_MARKERS, DEFAULT_SETTINGS, Proxy, default_sandboxes
-from helpers import BASE_DOMAIN, RawConn, free_port, request_bytes, wait_until
+from helpers import BASE_DOMAIN, PUB, RawConn, free_port, host, request_bytes, wait_until
 
 IDLE_CONNS = 40
 WINDOW = 2.0       # seconds of measurement
@@ -185,6 +185,33 @@ def test_max_connections_pauses_accepting(proxy):
             c.close()
     pauses = [l for l in p.log_lines() if "max_connections" in l]
     assert 1 <= len(pauses) <= 3, pauses
+
+
+def test_max_connections_counts_h2_connection_not_streams(proxy, runner):
+    """An HTTP/2 connection is one client socket however many streams it
+    carries (inside the proxy each stream is a connection object too)."""
+    from tlsfix import H2Client
+    p = proxy(settings={"max_connections": "3", "keepalive_timeout": "60"})
+    held = []
+    with H2Client(p.port, tls=False) as h2c:
+        for _ in range(3):  # three streams the runner never answers: all stay open
+            h2c.request("GET", "/never", host(3000, PUB), scheme="http")
+        runner.wait_for("/never", count=3)
+        try:
+            for _ in range(2):   # with the h2 connection, 2 then 3 sockets: both accepted
+                c = RawConn(p.port, timeout=5)
+                held.append(c)
+                c.send(health_request())
+                assert c.read_response().status == 200
+            fourth = RawConn(p.port, timeout=5)    # a 4th socket waits in the backlog
+            held.append(fourth)
+            fourth.send(health_request())
+            fourth.sock.settimeout(1.0)
+            with pytest.raises(socket.timeout):
+                fourth.sock.recv(65536)
+        finally:
+            for c in held:
+                c.close()
 
 
 def run_check(proxy_bin, tmp_path, line):
