@@ -4,12 +4,15 @@
  * (N > 1) the master forks N workers that each bind the listeners with
  * SO_REUSEPORT and run their own event loop; the master only relays signals
  * and reaps. SIGTERM/SIGINT drain, SIGHUP reloads the configuration. */
+#include <dirent.h>
 #include <errno.h>
 #include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/dns.h>
@@ -20,6 +23,7 @@
 
 #include "auth/lookup.h"
 #include "tls/tls.h"
+#include "proxy/conn_priv.h"
 #include "proxy/metrics.h"
 #include "proxy/px.h"
 #include "proxy/server.h"
@@ -29,6 +33,8 @@ struct px_server *px_srv;
 
 static struct evconnlistener *listeners[PX_MAX_LISTEN];
 static int nlisteners;
+static struct evconnlistener *metrics_listener; /* NULL without metrics_listen */
+static struct event *accept_timer;              /* armed while accepting is paused */
 static struct event *shutdown_timer;
 static struct px_tls
     *tls_sets[64]; /* every certificate set loaded; handshakes may borrow old ones */
@@ -50,20 +56,198 @@ struct listener_arg {
 };
 static struct listener_arg listener_args[PX_MAX_LISTEN];
 
+/* ---- accept pausing ----
+ *
+ * Accepting stops for two reasons, and in both the listening sockets are just
+ * not read for a while: new clients complete the TCP handshake and wait in the
+ * kernel's listen backlog, neither refused nor reset, as with nginx's
+ * worker_connections and HAProxy's maxconn.
+ *
+ *  - The accept that reaches the connection limit (max_connections, lowered
+ *    to what RLIMIT_NOFILE allows) pauses. conn.c, tls/h2.c and ws/splice.c
+ *    free sockets without telling us, so a timer counts again every
+ *    RECHECK_MS and resumes as soon as the count is below the limit.
+ *  - accept() failed (EMFILE, ENFILE, ENOBUFS, ENOMEM...). The connection stays
+ *    in the backlog and the socket readable, so libevent would call accept()
+ *    again at once, forever: 100 % CPU and 600,000 log lines in 2 s (issue 9,
+ *    item 5). Retry after a pause that doubles from BACKOFF_MIN_MS to
+ *    BACKOFF_MAX_MS and starts over once an accept succeeds. The metrics
+ *    listener, which shares the fd table, pauses with the others.
+ *
+ * Each reason logs its pause at most once per PAUSE_LOG_EVERY seconds, with the
+ * number of pauses left unlogged in between. */
+#define RECHECK_MS 50
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 1600
+#define PAUSE_LOG_EVERY 5
+#define FD_SLACK 16 /* descriptors opened later: Redis reconnects, DNS, idle runner conns */
+
+static int backoff_ms; /* 0 after a successful accept */
+static unsigned long rlim_nofile;
+static long fd_reserved; /* descriptors open at start, plus FD_SLACK */
+static time_t pause_logged[3];
+static unsigned long pause_unlogged[3];
+
+static unsigned long conn_limit(const struct px_server *srv)
+{
+    unsigned long lim = (unsigned long)srv->cfg->max_connections;
+
+    return srv->fd_cap != 0 && srv->fd_cap < lim ? srv->fd_cap : lim;
+}
+
+/* Is the process holding as many client sockets as it may? Those are HTTP/1
+ * connections (plain or TLS, including lingering ones), HTTP/2 connections and
+ * WebSocket tunnels. HTTP/2 streams are px_conns too, but on bufferevent pairs
+ * inside their connection: not sockets, so not counted. A tunnel inside an
+ * HTTP/2 stream counts although its connection already does (ws/splice.c keeps
+ * that private): an over-count on the safe side. The sum is an upper bound, so
+ * the connection list is walked only near the limit, and only until the count
+ * drops below it. */
+static int at_limit(const struct px_server *srv)
+{
+    unsigned long lim = conn_limit(srv), n = srv->nconns + srv->nh2 + srv->nsplices;
+
+    for (const struct px_conn *c = srv->conns; c != NULL && n >= lim; c = c->next)
+        if (c->h2_stream)
+            n--;
+    return n >= lim;
+}
+
+static void listeners_set(int on, int with_metrics)
+{
+    for (int i = 0; i < nlisteners; i++)
+        (void)(on ? evconnlistener_enable(listeners[i]) : evconnlistener_disable(listeners[i]));
+    if (with_metrics && metrics_listener != NULL)
+        (void)(on ? evconnlistener_enable(metrics_listener)
+                  : evconnlistener_disable(metrics_listener));
+}
+
+/* why is PX_PAUSED_LIMIT, or PX_PAUSED_ERROR with err the accept() errno. */
+static void pause_accepting(struct px_server *srv, enum px_accept_state why, int err)
+{
+    struct timeval tv;
+    int ms;
+    time_t now = time(NULL);
+
+    if (why == PX_PAUSED_LIMIT) {
+        ms = RECHECK_MS;
+        srv->pauses_limit++;
+    } else {
+        backoff_ms = backoff_ms == 0                   ? BACKOFF_MIN_MS
+                     : backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS
+                                                       : backoff_ms * 2;
+        ms = backoff_ms;
+        srv->pauses_error++;
+    }
+    listeners_set(0, why == PX_PAUSED_ERROR);
+    srv->accept_paused = why;
+    tv.tv_sec = ms / 1000;
+    tv.tv_usec = (ms % 1000) * 1000;
+    evtimer_add(accept_timer, &tv);
+
+    if (now - pause_logged[why] < PAUSE_LOG_EVERY) {
+        pause_unlogged[why]++;
+        return;
+    }
+    char quiet[64] = "";
+    if (pause_unlogged[why] > 0)
+        snprintf(quiet, sizeof(quiet), " (%lu such pauses not logged)", pause_unlogged[why]);
+    if (why == PX_PAUSED_LIMIT)
+        px_log(PX_WARN,
+               "%lu client connections (max_connections %d%s): not accepting until one closes; "
+               "new clients wait in the listen backlog%s",
+               conn_limit(srv), srv->cfg->max_connections,
+               conn_limit(srv) < (unsigned long)srv->cfg->max_connections
+                   ? ", lowered to fit RLIMIT_NOFILE"
+                   : "",
+               quiet);
+    else
+        px_log(PX_WARN, "accept failed: %s; not accepting for %d ms%s", strerror(err), ms, quiet);
+    pause_logged[why] = now;
+    pause_unlogged[why] = 0;
+}
+
+static void on_accept_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct px_server *srv = arg;
+    (void)fd;
+    (void)what;
+
+    if (srv->draining) { /* the listeners are closed; only metrics may be paused */
+        listeners_set(1, 1);
+        srv->accept_paused = PX_ACCEPTING;
+        return;
+    }
+    if (at_limit(srv)) {
+        if (srv->accept_paused == PX_PAUSED_ERROR && metrics_listener != NULL)
+            evconnlistener_enable(metrics_listener);
+        srv->accept_paused = PX_PAUSED_LIMIT;
+        struct timeval tv = {0, RECHECK_MS * 1000};
+        evtimer_add(accept_timer, &tv);
+        return;
+    }
+    /* After an error this is the retry: if accept() fails again, on_accept_error
+     * pauses for twice as long. */
+    srv->accept_paused = PX_ACCEPTING;
+    listeners_set(1, 1);
+}
+
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
                       void *arg)
 {
     (void)l;
     struct listener_arg *la = arg;
     px_conn_accept(la->srv, fd, sa, salen, la->tls);
+    backoff_ms = 0;
+    /* Disabling the listener from here makes libevent stop its accept loop. */
+    if (at_limit(la->srv))
+        pause_accepting(la->srv, PX_PAUSED_LIMIT, 0);
 }
 
+/* For the proxy's listeners and the metrics listener. */
 static void on_accept_error(struct evconnlistener *l, void *arg)
 {
+    int err = EVUTIL_SOCKET_ERROR();
     (void)l;
     (void)arg;
-    /* EMFILE and friends: log and keep going; libevent retries on the next event. */
-    px_log(PX_WARN, "accept failed: %s", strerror(errno));
+    pause_accepting(px_srv, PX_PAUSED_ERROR, err);
+}
+
+/* How many client sockets RLIMIT_NOFILE leaves room for: each connection can
+ * hold two descriptors (its own and a runner's), after those open now and
+ * FD_SLACK. 0 when the limit is infinite. nginx warns likewise when
+ * worker_connections exceed the limit; we also lower the limit, since running
+ * out of descriptors fails runner connections too, not only accepts. */
+static unsigned long fd_cap(void)
+{
+    struct rlimit rl;
+    long open_now = 0, spare;
+    DIR *d;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+        return 0;
+    rlim_nofile = (unsigned long)rl.rlim_cur;
+    if ((d = opendir("/proc/self/fd")) != NULL) {
+        while (readdir(d) != NULL)
+            open_now++;
+        closedir(d);
+        open_now -= 3; /* ".", ".." and the directory's own descriptor */
+    } else {
+        open_now = FD_SLACK;
+    }
+    fd_reserved = open_now + FD_SLACK;
+    spare = (long)rl.rlim_cur - fd_reserved;
+    return spare >= 4 ? (unsigned long)spare / 2 : 1;
+}
+
+static void warn_fd_cap(const struct px_server *srv)
+{
+    if (srv->fd_cap != 0 && srv->fd_cap < (unsigned long)srv->cfg->max_connections)
+        px_log(PX_WARN,
+               "max_connections %d needs up to %ld file descriptors but RLIMIT_NOFILE is %lu: "
+               "this process accepts at most %lu connections (raise ulimit -n)",
+               srv->cfg->max_connections, 2L * srv->cfg->max_connections + fd_reserved, rlim_nofile,
+               srv->fd_cap);
 }
 
 static int open_listeners(struct px_server *srv)
@@ -161,6 +345,7 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
     px_log_level = cfg->log_level;
     px_log(PX_INFO, "SIGHUP: configuration%s reloaded (listeners unchanged)",
            srv->tls != NULL ? " and certificates" : "");
+    warn_fd_cap(srv);
 }
 
 static int run_worker(struct px_config *cfg)
@@ -206,11 +391,19 @@ static int run_worker(struct px_config *cfg)
     }
     if (srv.pool == NULL || px_lookup_init(srv.base, cfg) != 0 || open_listeners(&srv) != 0)
         return 1;
-    struct evconnlistener *metrics = px_metrics_listen(&srv);
-    if (cfg->metrics.addrlen != 0 && metrics == NULL) {
+    metrics_listener = px_metrics_listen(&srv);
+    if (cfg->metrics.addrlen != 0 && metrics_listener == NULL) {
         px_log(PX_ERR, "cannot listen on metrics_listen: %s", strerror(errno));
         return 1;
     }
+    if (metrics_listener != NULL)
+        evconnlistener_set_error_cb(metrics_listener, on_accept_error);
+    if ((accept_timer = evtimer_new(srv.base, on_accept_timer, &srv)) == NULL) {
+        px_log(PX_ERR, "cannot create the event loop");
+        return 1;
+    }
+    srv.fd_cap = fd_cap(); /* after the listeners, Redis and the logs are open */
+    warn_fd_cap(&srv);
     sigs[0] = evsignal_new(srv.base, SIGTERM, on_term, &srv);
     sigs[1] = evsignal_new(srv.base, SIGINT, on_term, &srv);
     sigs[2] = evsignal_new(srv.base, SIGHUP, on_hup, &srv);
@@ -230,8 +423,11 @@ static int run_worker(struct px_config *cfg)
     px_log(PX_INFO, "worker %u exiting", srv.pid);
     px_conn_close_all(&srv);
     close_listeners();
-    if (metrics != NULL)
-        evconnlistener_free(metrics);
+    if (metrics_listener != NULL)
+        evconnlistener_free(metrics_listener);
+    metrics_listener = NULL;
+    event_free(accept_timer);
+    accept_timer = NULL;
     for (int i = 0; i < 3; i++)
         event_free(sigs[i]);
     if (shutdown_timer != NULL)

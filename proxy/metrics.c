@@ -41,6 +41,17 @@ static void render(struct px_server *srv, struct evbuffer *b)
                         (unsigned long long)px_metrics.accepted, srv->nconns, srv->nsplices,
                         srv->nh2, srv->h2_goaways, ls->hits, ls->misses, ls->coalesced,
                         ls->refused);
+    /* main.c pauses accepting at max_connections and after accept() fails. */
+    evbuffer_add_printf(b,
+                        "# TYPE preview_proxy_accept_paused gauge\n"
+                        "preview_proxy_accept_paused{reason=\"max_connections\"} %d\n"
+                        "preview_proxy_accept_paused{reason=\"accept_error\"} %d\n"
+                        "# TYPE preview_proxy_accept_pauses_total counter\n"
+                        "preview_proxy_accept_pauses_total{reason=\"max_connections\"} %lu\n"
+                        "preview_proxy_accept_pauses_total{reason=\"accept_error\"} %lu\n",
+                        srv->accept_paused == PX_PAUSED_LIMIT,
+                        srv->accept_paused == PX_PAUSED_ERROR, srv->pauses_limit,
+                        srv->pauses_error);
 }
 
 static void on_done(struct bufferevent *bev, void *arg)

@@ -17,6 +17,13 @@ struct px_tls;
 struct px_h2;
 struct bufferevent;
 
+/* Whether main.c accepts new clients, and if not why. */
+enum px_accept_state {
+    PX_ACCEPTING = 0,
+    PX_PAUSED_LIMIT, /* at max_connections; a 50 ms timer counts again */
+    PX_PAUSED_ERROR, /* accept() failed (EMFILE...); retried after a backoff */
+};
+
 struct px_server {
     struct event_base *base;     /* owned by main.c */
     struct evdns_base *dns;      /* owned by main.c; non-blocking name lookups */
@@ -33,6 +40,11 @@ struct px_server {
     struct px_splice *splices; /* list of WebSocket tunnels (ws/splice.c) */
     unsigned long nsplices;
     unsigned draining : 1; /* SIGTERM: finish in-flight work, then exit */
+    /* Accepting: main.c alone writes these (see "accept pausing" there). */
+    unsigned long fd_cap; /* most client sockets RLIMIT_NOFILE allows; 0 = no cap */
+    enum px_accept_state accept_paused;
+    unsigned long pauses_limit; /* times accepting paused at max_connections */
+    unsigned long pauses_error; /* times accepting paused after accept() failed (EMFILE...) */
     uint64_t next_conn_id;
     uint64_t next_req_id;
     unsigned pid;
