@@ -267,6 +267,8 @@ static const char *apply(struct px_config *c, char **w, int n)
     INT_DIRECTIVE("client_body_timeout", client_body_timeout, 1, 86400)
     INT_DIRECTIVE("send_timeout", send_timeout, 1, 86400)
     INT_DIRECTIVE("activity_interval", activity_interval, 1, 3600)
+    if (!strcmp(d, "max_connections"))
+        c->max_connections_set = 1;
     INT_DIRECTIVE("max_connections", max_connections, 1, 1000000)
     INT_DIRECTIVE("upstream_keepalive", upstream_keepalive, 0, 10000)
     INT_DIRECTIVE("max_headers", max_headers, 1, 10000)

@@ -242,8 +242,9 @@ static unsigned long fd_cap(void)
 
 static void warn_fd_cap(const struct px_server *srv)
 {
+    /* The default is lowered quietly (INFO); a value someone wrote, with a warning. */
     if (srv->fd_cap != 0 && srv->fd_cap < (unsigned long)srv->cfg->max_connections)
-        px_log(PX_WARN,
+        px_log(srv->cfg->max_connections_set ? PX_WARN : PX_INFO,
                "max_connections %d needs up to %ld file descriptors but RLIMIT_NOFILE is %lu: "
                "this process accepts at most %lu connections (raise ulimit -n)",
                srv->cfg->max_connections, 2L * srv->cfg->max_connections + fd_reserved, rlim_nofile,

@@ -123,6 +123,7 @@ struct px_config {
     int client_body_timeout, send_timeout;
     int activity_interval; /* SPEC 8: seconds between activity updates of one sandbox */
     int max_connections; /* client connections per process; then accepting pauses */
+    unsigned max_connections_set : 1; /* written in the file, not the default */
     int upstream_keepalive; /* idle connections kept per upstream */
     size_t max_request_line, max_header_size;
     size_t max_body_size; /* 0: no limit (Daytona has none; uploads can be GBs) */
