@@ -143,7 +143,7 @@ static void on_lookup(void *arg, const struct px_lk_value *v, const char *err)
 static void lookup(struct px_auth *a, enum px_lk_kind kind, struct px_str key)
 {
     a->waiting = 1;
-    a->lk = px_lookup(kind, key, on_lookup, a);
+    a->lk = px_lookup(kind, key, a->in.client, on_lookup, a);
 }
 
 static int token_matches(const struct px_sandbox *sb, struct px_str tok)

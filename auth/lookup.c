@@ -37,7 +37,8 @@ struct entry {
     uint64_t hash;
     enum px_lk_kind kind;
     unsigned pending : 1;
-    unsigned stale : 1; /* invalidated while pending: deliver, do not keep */
+    unsigned stale : 1; /* invalidated while pending or delivering: deliver, do not keep */
+    unsigned delivering : 1; /* deliver() is walking its waiters: nobody else may free it */
     time_t expires;
     struct px_lk_value v;   /* owned contents */
     struct waiter *waiters; /* owned list while pending */
@@ -95,6 +96,12 @@ static struct entry *find(const char *key, size_t len, uint64_t h)
 
     while (*pp != NULL) {
         struct entry *e = *pp;
+        if (e->delivering) { /* deliver() frees or keeps it when its callbacks are done */
+            if (!e->stale && e->hash == h && strlen(e->key) == len && !memcmp(e->key, key, len))
+                return e;
+            pp = &e->next;
+            continue;
+        }
         if (!e->pending && e->expires <= now) { /* lazy expiry on the way */
             *pp = e->next;
             L.nentries--;
@@ -118,7 +125,7 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
         struct entry **pp = &L.buckets[i];
         while (*pp != NULL) {
             struct entry *e = *pp;
-            if (!e->pending && e->expires <= now) {
+            if (!e->pending && !e->delivering && e->expires <= now) {
                 *pp = e->next;
                 L.nentries--;
                 entry_free(e);
@@ -139,7 +146,7 @@ static void drop_matching(const char *prefix, size_t plen, int all)
                 pp = &e->next;
                 continue;
             }
-            if (e->pending) {
+            if (e->pending || e->delivering) {
                 e->stale = 1;
                 pp = &e->next;
                 continue;
@@ -158,7 +165,7 @@ static void drop_key(const char *key, size_t len)
 
     if (e == NULL)
         return;
-    if (e->pending) {
+    if (e->pending || e->delivering) {
         e->stale = 1;
         return;
     }
@@ -256,18 +263,22 @@ const struct px_lookup_stats *px_lookup_stats(void)
 
 /* ---- fetch ---- */
 
+/* Hands the fetch's result to every waiter. A callback may start other lookups
+ * (find() expires entries lazily on its way through a bucket) or see an
+ * invalidation, so while the callbacks run the entry is marked delivering:
+ * nobody else frees it, an invalidation only marks it stale, and its expiry is
+ * set once they are done. Errors and stale results are unlinked first, so no
+ * new asker can find them. */
 static void deliver(struct entry *e, const char *err)
 {
     struct waiter *w = e->waiters;
+    int keep = err == NULL && !e->stale; /* errors are never cached (SPEC 4) */
 
     e->waiters = NULL;
     e->pending = 0;
-    if (err != NULL || e->stale) {
-        /* Errors are never cached (SPEC 4); stale results are not kept. */
+    if (!keep)
         entry_unlink(e);
-    } else {
-        e->expires = time(NULL) + (e->v.found ? L.cfg->cache_ttl : NEG_TTL);
-    }
+    e->delivering = 1;
     while (w != NULL) {
         struct waiter *next = w->next;
         if (w->cb != NULL)
@@ -275,8 +286,14 @@ static void deliver(struct entry *e, const char *err)
         free(w);
         w = next;
     }
-    if (err != NULL || e->stale)
+    e->delivering = 0;
+    if (keep && e->stale) /* invalidated by a callback: deliver, do not keep */
+        entry_unlink(e);
+    if (!keep || e->stale) {
         entry_free(e);
+        return;
+    }
+    e->expires = time(NULL) + (e->v.found ? L.cfg->cache_ttl : NEG_TTL);
 }
 
 static const char *hash_field(const redisReply *r, const char *name)
@@ -426,7 +443,8 @@ static void memory_lookup(enum px_lk_kind kind, struct px_str key, px_lk_cb cb, 
     cb(arg, &v, NULL);
 }
 
-struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, px_lk_cb cb, void *arg)
+struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, const char *client, px_lk_cb cb,
+                        void *arg)
 {
     char buf[600];
     int n;
@@ -434,6 +452,7 @@ struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, px_lk_cb cb, vo
     struct entry *e;
     struct waiter *w;
 
+    (void)client;
     if (L.redis == NULL) {
         memory_lookup(kind, key, cb, arg);
         return NULL;

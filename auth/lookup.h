@@ -42,7 +42,8 @@ void px_lookup_set_config(const struct px_config *cfg);
 
 /* Looks key up. Returns NULL when cb already ran, else a handle for
  * px_lookup_cancel() (after which cb never runs). */
-struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, px_lk_cb cb, void *arg);
+struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, const char *client, px_lk_cb cb,
+                        void *arg);
 void px_lookup_cancel(struct px_lk *lk);
 
 /* Drops cache entries as a proxy:invalidate message says. */
