@@ -66,9 +66,9 @@
 #define MAX_ENTRIES 200000
 #define NEG_TTL 5
 #define SWEEP_SECONDS 10
-#define OUTAGE_MAX_AGE 60   /* seconds an entry is served while Redis is unreachable */
-#define MAX_INFLIGHT 1024   /* Redis fetches outstanding per process */
-#define PRESSURE_WINDOW 10  /* seconds a find-nothing fetch marks its client */
+#define OUTAGE_MAX_AGE 60  /* seconds an entry is served while Redis is unreachable */
+#define MAX_INFLIGHT 1024  /* Redis fetches outstanding per process */
+#define PRESSURE_WINDOW 10 /* seconds a find-nothing fetch marks its client */
 #define CLIENT_SETS 2048
 #define CLIENT_WAYS 4
 
@@ -103,7 +103,7 @@ struct entry {
     uint64_t hash;
     enum px_lk_kind kind;
     unsigned pending : 1;
-    unsigned stale : 1; /* invalidated while pending or delivering: deliver, do not keep */
+    unsigned stale : 1;      /* invalidated while pending or delivering: deliver, do not keep */
     unsigned delivering : 1; /* deliver() is walking its waiters: nobody else may free it */
     unsigned newcomer : 1;   /* took a newcomer unit: given back if something is found */
     struct ckey client;      /* who started the fetch: charged if it finds nothing */
@@ -120,11 +120,11 @@ static struct {
     struct px_redis *redis; /* owned; NULL in memory mode */
     struct entry *buckets[NBUCKETS];
     unsigned long nentries;
-    struct event *sweep;      /* owned */
-    struct bucket global;     /* find-nothing fetches of the process (lookup_rate) */
-    struct bucket newcomers;  /* while global is empty: clients without recent misses */
-    unsigned long inflight;   /* fetches sent, reply not yet handled */
-    uint64_t salt;            /* of the client table's hash */
+    struct event *sweep;     /* owned */
+    struct bucket global;    /* find-nothing fetches of the process (lookup_rate) */
+    struct bucket newcomers; /* while global is empty: clients without recent misses */
+    unsigned long inflight;  /* fetches sent, reply not yet handled */
+    uint64_t salt;           /* of the client table's hash */
     struct cslot clients[CLIENT_SETS][CLIENT_WAYS];
     struct px_lookup_stats stats;
 } L;

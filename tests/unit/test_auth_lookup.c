@@ -113,7 +113,8 @@ static int setup(void **state)
     unlink(sock);
     if ((redis_pid = fork()) == 0) {
         execlp("redis-server", "redis-server", "--port", "0", "--unixsocket", sock, "--save", "",
-               "--appendonly", "no", "--loglevel", "warning", "--logfile", "/dev/null", (char *)NULL);
+               "--appendonly", "no", "--loglevel", "warning", "--logfile", "/dev/null",
+               (char *)NULL);
         _exit(127);
     }
     for (int i = 0; i < 500; i++) { /* up to 5 s */
@@ -180,8 +181,8 @@ static void on_waiter(void *arg, const struct px_lk_value *v, const char *err)
         snprintf(r->id, sizeof(r->id), "%s", v->sb->id);
     if (r == &first || (first.calls == 0 && r == &second)) {
         /* The first waiter called starts a lookup that lands in the same bucket. */
-        px_lookup(PX_LK_SANDBOX, px_str_make(other_key, strlen(other_key)), "192.0.2.9",
-                  on_other, &other);
+        px_lookup(PX_LK_SANDBOX, px_str_make(other_key, strlen(other_key)), "192.0.2.9", on_other,
+                  &other);
     }
 }
 
@@ -278,11 +279,95 @@ static void invalidation_during_delivery(void **state)
     assert_int_equal(px_lookup_stats()->fetches, fetches + 1);
 }
 
+/* ---- the miss budget (config: lookup_rate 100 100, lookup_client_rate 5 5) ---- */
+
+static int one_called;
+static const char *one_err;
+static int one_found;
+static void on_one(void *arg, const struct px_lk_value *v, const char *err)
+{
+    (void)arg;
+    one_called = 1;
+    one_err = err;
+    one_found = err == NULL && v->found;
+}
+/* One lookup, run to completion; returns its error (NULL: answered). */
+static const char *lookup_one(enum px_lk_kind kind, const char *key, const char *client)
+{
+    one_called = 0;
+    px_lookup(kind, px_str_make(key, strlen(key)), client, on_one, NULL);
+    while (!one_called)
+        event_base_loop(base, EVLOOP_ONCE);
+    return one_err;
+}
+
+static void budget_charges_what_finds_nothing_per_client(void **state)
+{
+    char key[64];
+    int refused = 0;
+    (void)state;
+
+    /* 30 existing sandboxes from one client: never refused (burst is 5). */
+    for (int i = 0; i < 30; i++) {
+        snprintf(key, sizeof(key), "sbok%d", i);
+        redis_do("HSET sandbox:%s runner_url http://127.0.0.1:9 runner_key rk public 1", key);
+        assert_null(lookup_one(PX_LK_SANDBOX, key, "198.51.100.1"));
+        assert_int_equal(one_found, 1);
+    }
+    /* Unknown keys from another client: refused after its burst of 5. */
+    for (int i = 0; i < 20; i++) {
+        snprintf(key, sizeof(key), "nope-a-%d", i);
+        if (lookup_one(PX_LK_SANDBOX, key, "198.51.100.2") == px_err_busy)
+            refused++;
+    }
+    assert_in_range(refused, 13, 15); /* 15, less what refills (5/s) on a slow machine */
+    /* ... that client now also waits for uncached existing keys; the first does not. */
+    assert_ptr_equal(lookup_one(PX_LK_SANDBOX, "sbok-late", "198.51.100.2"), px_err_busy);
+    redis_do("HSET sandbox:sbok-late runner_url http://127.0.0.1:9 runner_key rk public 1");
+    assert_null(lookup_one(PX_LK_SANDBOX, "sbok-late", "198.51.100.1"));
+    assert_int_equal(one_found, 1);
+    /* The same IPv6 /64 is one client; another /64 is not. */
+    refused = 0;
+    for (int i = 0; i < 10; i++) {
+        snprintf(key, sizeof(key), "nope-6-%d", i);
+        char addr[64];
+        snprintf(addr, sizeof(addr), "2001:db8:1:2::%x", i + 1);
+        if (lookup_one(PX_LK_SANDBOX, key, addr) == px_err_busy)
+            refused++;
+    }
+    assert_in_range(refused, 3, 5);
+    assert_null(lookup_one(PX_LK_SANDBOX, "nope-6-other", "2001:db8:1:3::1"));
+}
+
+static void ceiling_bounds_a_flood_from_many_addresses(void **state)
+{
+    char key[64], addr[64];
+    unsigned long nf0 = px_lookup_stats()->notfound;
+    int refused = 0;
+    (void)state;
+
+    /* 600 addresses, 3 unknown keys each, within well under a second: the process
+     * ceiling (100 + newcomer allowance 100, plus refill) bounds what reaches Redis. */
+    for (int round = 0; round < 3; round++)
+        for (int i = 0; i < 600; i++) {
+            snprintf(key, sizeof(key), "flood-%d-%d", round, i);
+            snprintf(addr, sizeof(addr), "10.%d.%d.1", i / 250, i % 250);
+            if (lookup_one(PX_LK_SANDBOX, key, addr) == px_err_busy)
+                refused++;
+        }
+    printf("flood: %lu find-nothing fetches, %d refused\n", px_lookup_stats()->notfound - nf0,
+           refused);
+    assert_true(refused > 0);
+    assert_true(px_lookup_stats()->notfound - nf0 <= 200 + 200 * 2); /* ~2 x rate x (<2 s) */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(delivery_survives_expiry_in_callback),
         cmocka_unit_test(invalidation_during_delivery),
+        cmocka_unit_test(budget_charges_what_finds_nothing_per_client),
+        cmocka_unit_test(ceiling_bounds_a_flood_from_many_addresses),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
