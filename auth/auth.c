@@ -143,7 +143,7 @@ static void on_lookup(void *arg, const struct px_lk_value *v, const char *err)
 static void lookup(struct px_auth *a, enum px_lk_kind kind, struct px_str key)
 {
     a->waiting = 1;
-    a->lk = px_lookup(kind, key, on_lookup, a);
+    a->lk = px_lookup(kind, key, a->in.client, on_lookup, a);
 }
 
 static int token_matches(const struct px_sandbox *sb, struct px_str tok)
@@ -163,6 +163,22 @@ static struct px_str bearer(const struct px_head *req)
     if (h == NULL || h->value.len <= 7 || strncasecmp(h->value.p, "bearer ", 7) != 0)
         return PX_STR_NULL;
     return px_str_make(h->value.p + 7, h->value.len - 7);
+}
+
+/* Whether a host label can be a signed preview token at all: tools/proxyctl.c
+ * accepts 1-128 of [A-Za-z0-9_-] (Daytona mints 16 of [a-z0-9], DAYTONA-API.md
+ * C5). Anything else would cost a Redis fetch that cannot find anything. */
+static int can_be_token(struct px_str label)
+{
+    if (label.len == 0 || label.len > 128)
+        return 0;
+    for (size_t i = 0; i < label.len; i++) {
+        unsigned char ch = (unsigned char)label.p[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '_'))
+            return 0;
+    }
+    return 1;
 }
 
 /* One step of the chain. Sets a->waiting when it started a lookup. */
@@ -264,7 +280,7 @@ static void step(struct px_auth *a)
             a->step = ST_SIGNED_SANDBOX;
             return lookup(a, PX_LK_SANDBOX, px_str_make(a->id, strlen(a->id)));
         }
-        if (a->tried_signed) {
+        if (a->tried_signed || !can_be_token(in->label)) {
             a->step = ST_FAIL;
             return;
         }

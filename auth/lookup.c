@@ -5,14 +5,57 @@
  * afterwards. Invalidation removes READY entries and marks PENDING ones stale,
  * so a fetch that raced a change is delivered to its waiters but not kept.
  *
- * Unknown keys cost a Redis round trip each, so a flood of random tokens could
- * turn into a flood of Redis commands; a token bucket (lookup_rate per second)
- * bounds cache misses, and what it refuses gets px_err_busy. */
+ * Found records are kept for cache_ttl (default 300 s): a region's active set of
+ * sandboxes stays warm and costs Redis one read per record per TTL. A long TTL is
+ * safe because freshness comes from proxy:invalidate, not from expiry: every
+ * change is published, and when the subscriber (re)subscribes, on_resync() drops
+ * every entry and marks fetches in flight stale, so a message missed while the
+ * link was down cannot leave stale data behind. While the command link is down
+ * (SPEC 5: keep serving from the cache) an entry is served only up to
+ * OUTAGE_MAX_AGE after it was fetched, which bounds what a partition can keep
+ * stale. Negative results are kept NEG_TTL (5 s, SPEC 4).
+ *
+ * The miss budget. We cannot know before asking Redis whether a key exists, and
+ * lookups of things that exist must never be refused, so the budget charges
+ * outcomes, not attempts: a fetch that FINDS NOTHING costs its client one unit
+ * (coalesced waiters cost nothing; found records and errors cost nothing; the
+ * revocation check, whose normal answer is "absent", is exempt — it only runs for
+ * a cookie with a valid MAC). Before a fetch is sent:
+ *   1. its client address (IPv4 /32, IPv6 /64, IPv4-mapped as IPv4) must not be
+ *      in debt: lookup_client_rate RATE [BURST] units per second, burst BURST.
+ *      Units are charged after the reply, so a client can overshoot by what it
+ *      has in flight; its debt is floored at -BURST, so it recovers within
+ *      2 x BURST / RATE seconds;
+ *   2. a global bucket, lookup_rate RATE [BURST], is charged by every
+ *      find-nothing fetch of every client. While it is empty the proxy is under a
+ *      distributed flood: clients that found nothing in the last PRESSURE_WINDOW
+ *      seconds are refused outright, and every other client (one we have no miss
+ *      from, or evicted from the table) draws a unit from a "newcomer" bucket of
+ *      the same rate, taken before the fetch and given back when it finds
+ *      something. So an attacker with many addresses gets at most about
+ *      2 x lookup_rate find-nothing fetches per second, and honest clients keep
+ *      working unless they arrive during such a flood while it saturates the
+ *      newcomer bucket (then they may see 429 on an uncached lookup);
+ *   3. at most MAX_INFLIGHT fetches are outstanding per process (Redis stalled or
+ *      overloaded): beyond that px_err_saturated (503), whatever the client.
+ * Refusals by 1 and 2 get px_err_busy (429). The per-client table is fixed-size
+ * (CLIENT_SETS x CLIENT_WAYS slots, keyed by a salted hash): a slot whose bucket
+ * is full and whose last miss is older than PRESSURE_WINDOW says nothing and is
+ * reused; otherwise the slot with the oldest miss is evicted, and an evicted
+ * client counts as a newcomer in 2.
+ *
+ * An unknown host label costs two fetches (the sandbox, then the signed preview
+ * token); auth.c skips the second when the label cannot be a token (SPEC 4 step
+ * 5: tokens are 1-128 of [A-Za-z0-9_-], see tools/proxyctl.c). Host labels are
+ * already restricted to that alphabet, so in practice that only spares labels
+ * longer than 128 characters. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include <arpa/inet.h>
+#include <event2/util.h>
 #include <hiredis/hiredis.h>
 
 #include "auth/lookup.h"
@@ -23,8 +66,31 @@
 #define MAX_ENTRIES 200000
 #define NEG_TTL 5
 #define SWEEP_SECONDS 10
+#define OUTAGE_MAX_AGE 60  /* seconds an entry is served while Redis is unreachable */
+#define MAX_INFLIGHT 1024  /* Redis fetches outstanding per process */
+#define PRESSURE_WINDOW 10 /* seconds a find-nothing fetch marks its client */
+#define CLIENT_SETS 2048
+#define CLIENT_WAYS 4
 
 const char px_err_busy[] = "too many lookups of unknown credentials";
+const char px_err_saturated[] = "too many lookups in flight";
+
+/* A client address as the budget sees it: family, then IPv4 or an IPv6 /64. */
+struct ckey {
+    unsigned char b[9]; /* b[0]: 4, 6, or 0 for unknown (unix socket, unparsable) */
+};
+
+struct bucket {
+    double tokens;
+    double t; /* monotonic seconds of the last refill */
+};
+
+struct cslot {
+    struct ckey k;
+    unsigned used : 1;
+    struct bucket b;
+    double last_miss; /* monotonic seconds of its last find-nothing fetch */
+};
 
 struct waiter {
     px_lk_cb cb; /* NULL once cancelled */
@@ -37,7 +103,11 @@ struct entry {
     uint64_t hash;
     enum px_lk_kind kind;
     unsigned pending : 1;
-    unsigned stale : 1; /* invalidated while pending: deliver, do not keep */
+    unsigned stale : 1;      /* invalidated while pending or delivering: deliver, do not keep */
+    unsigned delivering : 1; /* deliver() is walking its waiters: nobody else may free it */
+    unsigned newcomer : 1;   /* took a newcomer unit: given back if something is found */
+    struct ckey client;      /* who started the fetch: charged if it finds nothing */
+    time_t fetched;
     time_t expires;
     struct px_lk_value v;   /* owned contents */
     struct waiter *waiters; /* owned list while pending */
@@ -50,9 +120,12 @@ static struct {
     struct px_redis *redis; /* owned; NULL in memory mode */
     struct entry *buckets[NBUCKETS];
     unsigned long nentries;
-    struct event *sweep; /* owned */
-    double tokens;       /* miss budget */
-    struct timespec refill;
+    struct event *sweep;     /* owned */
+    struct bucket global;    /* find-nothing fetches of the process (lookup_rate) */
+    struct bucket newcomers; /* while global is empty: clients without recent misses */
+    unsigned long inflight;  /* fetches sent, reply not yet handled */
+    uint64_t salt;           /* of the client table's hash */
+    struct cslot clients[CLIENT_SETS][CLIENT_WAYS];
     struct px_lookup_stats stats;
 } L;
 
@@ -95,6 +168,12 @@ static struct entry *find(const char *key, size_t len, uint64_t h)
 
     while (*pp != NULL) {
         struct entry *e = *pp;
+        if (e->delivering) { /* deliver() frees or keeps it when its callbacks are done */
+            if (!e->stale && e->hash == h && strlen(e->key) == len && !memcmp(e->key, key, len))
+                return e;
+            pp = &e->next;
+            continue;
+        }
         if (!e->pending && e->expires <= now) { /* lazy expiry on the way */
             *pp = e->next;
             L.nentries--;
@@ -118,7 +197,7 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
         struct entry **pp = &L.buckets[i];
         while (*pp != NULL) {
             struct entry *e = *pp;
-            if (!e->pending && e->expires <= now) {
+            if (!e->pending && !e->delivering && e->expires <= now) {
                 *pp = e->next;
                 L.nentries--;
                 entry_free(e);
@@ -139,7 +218,7 @@ static void drop_matching(const char *prefix, size_t plen, int all)
                 pp = &e->next;
                 continue;
             }
-            if (e->pending) {
+            if (e->pending || e->delivering) {
                 e->stale = 1;
                 pp = &e->next;
                 continue;
@@ -158,7 +237,7 @@ static void drop_key(const char *key, size_t len)
 
     if (e == NULL)
         return;
-    if (e->pending) {
+    if (e->pending || e->delivering) {
         e->stale = 1;
         return;
     }
@@ -218,8 +297,8 @@ int px_lookup_init(struct event_base *base, const struct px_config *cfg)
 
     L.base = base;
     L.cfg = cfg;
-    L.tokens = cfg->lookup_burst;
-    clock_gettime(CLOCK_MONOTONIC, &L.refill);
+    L.global.tokens = L.newcomers.tokens = cfg->lookup_burst;
+    evutil_secure_rng_get_bytes(&L.salt, sizeof(L.salt));
     if ((L.sweep = event_new(base, -1, EV_PERSIST, on_sweep, NULL)) == NULL)
         return -1;
     evtimer_add(L.sweep, &tv);
@@ -254,20 +333,178 @@ const struct px_lookup_stats *px_lookup_stats(void)
     return &L.stats;
 }
 
+/* ---- the miss budget (see the top of the file) ---- */
+
+static double mono(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void refill(struct bucket *b, double now, double rate, double burst)
+{
+    if (b->t == 0)
+        b->tokens = burst; /* first use */
+    else if (now > b->t)
+        b->tokens += (now - b->t) * rate;
+    if (b->tokens > burst)
+        b->tokens = burst;
+    b->t = now;
+}
+
+static void debit(struct bucket *b, double burst)
+{
+    b->tokens -= 1;
+    if (b->tokens < -burst)
+        b->tokens = -burst;
+}
+
+static void client_key(const char *text, struct ckey *k)
+{
+    unsigned char a[16];
+
+    memset(k, 0, sizeof(*k));
+    if (text == NULL)
+        return;
+    if (inet_pton(AF_INET, text, a) == 1) {
+        k->b[0] = 4;
+        memcpy(k->b + 1, a, 4);
+    } else if (inet_pton(AF_INET6, text, a) == 1) {
+        static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (!memcmp(a, mapped, 12)) {
+            k->b[0] = 4;
+            memcpy(k->b + 1, a + 12, 4);
+        } else { /* one subscriber usually holds a whole /64 */
+            k->b[0] = 6;
+            memcpy(k->b + 1, a, 8);
+        }
+    }
+}
+
+static struct cslot *client_set(const struct ckey *k)
+{
+    uint64_t h = L.salt ^ 1469598103934665603ULL;
+
+    for (size_t i = 0; i < sizeof(k->b); i++)
+        h = (h ^ k->b[i]) * 1099511628211ULL;
+    return L.clients[(h ^ (h >> 29)) % CLIENT_SETS];
+}
+
+static int slot_idle(struct cslot *s, double now)
+{
+    if (!s->used)
+        return 1;
+    refill(&s->b, now, L.cfg->lookup_client_rate, L.cfg->lookup_client_burst);
+    return s->b.tokens >= L.cfg->lookup_client_burst && now - s->last_miss >= PRESSURE_WINDOW;
+}
+
+/* The client's slot; with create, one is made (reusing an idle slot, else
+ * evicting the oldest miss of its set). NULL when absent and not created. */
+static struct cslot *client_get(const struct ckey *k, int create, double now)
+{
+    struct cslot *set = client_set(k), *victim = NULL;
+
+    for (int i = 0; i < CLIENT_WAYS; i++)
+        if (set[i].used && !memcmp(&set[i].k, k, sizeof(*k)))
+            return &set[i];
+    if (!create)
+        return NULL;
+    for (int i = 0; i < CLIENT_WAYS && victim == NULL; i++)
+        if (slot_idle(&set[i], now))
+            victim = &set[i];
+    if (victim == NULL) {
+        victim = &set[0];
+        for (int i = 1; i < CLIENT_WAYS; i++)
+            if (set[i].last_miss < victim->last_miss)
+                victim = &set[i];
+        L.stats.evicted++;
+    }
+    memset(victim, 0, sizeof(*victim));
+    victim->used = 1;
+    victim->k = *k;
+    return victim;
+}
+
+/* May a fetch for this client go to Redis now? NULL if yes, else the error.
+ * Sets *newcomer when it took a newcomer unit. */
+static const char *admit(enum px_lk_kind kind, const struct ckey *k, int *newcomer)
+{
+    const struct px_config *cfg = L.cfg;
+    double now = mono();
+    struct cslot *s;
+
+    *newcomer = 0;
+    if (L.inflight >= MAX_INFLIGHT)
+        return px_err_saturated;
+    if (kind == PX_LK_REVOKED)
+        return NULL;
+    if ((s = client_get(k, 0, now)) != NULL) {
+        refill(&s->b, now, cfg->lookup_client_rate, cfg->lookup_client_burst);
+        if (s->b.tokens < 1)
+            return px_err_busy;
+    }
+    refill(&L.global, now, cfg->lookup_rate, cfg->lookup_burst);
+    if (L.global.tokens >= 1)
+        return NULL;
+    /* The ceiling is spent: unknown keys are arriving from many addresses. */
+    if (s != NULL && now - s->last_miss < PRESSURE_WINDOW)
+        return px_err_busy;
+    refill(&L.newcomers, now, cfg->lookup_rate, cfg->lookup_burst);
+    if (L.newcomers.tokens < 1)
+        return px_err_busy;
+    L.newcomers.tokens -= 1;
+    *newcomer = 1;
+    return NULL;
+}
+
+/* Charges a finished fetch to its client and the ceiling (before its waiters run,
+ * so a chain's next lookup already sees the charge). */
+static void account(struct entry *e, const char *err)
+{
+    const struct px_config *cfg = L.cfg;
+    double now = mono();
+    struct cslot *s;
+
+    if (err != NULL || e->v.found || e->kind == PX_LK_REVOKED) {
+        if (e->newcomer) { /* found something (or could not tell): give it back */
+            L.newcomers.tokens += 1;
+            if (L.newcomers.tokens > cfg->lookup_burst)
+                L.newcomers.tokens = cfg->lookup_burst;
+        }
+        return;
+    }
+    L.stats.notfound++;
+    refill(&L.global, now, cfg->lookup_rate, cfg->lookup_burst);
+    debit(&L.global, cfg->lookup_burst);
+    if ((s = client_get(&e->client, 1, now)) != NULL) {
+        refill(&s->b, now, cfg->lookup_client_rate, cfg->lookup_client_burst);
+        debit(&s->b, cfg->lookup_client_burst);
+        s->last_miss = now;
+    }
+}
+
 /* ---- fetch ---- */
 
+/* Hands the fetch's result to every waiter. A callback may start other lookups
+ * (find() expires entries lazily on its way through a bucket) or see an
+ * invalidation, so while the callbacks run the entry is marked delivering:
+ * nobody else frees it, an invalidation only marks it stale, and its expiry is
+ * set once they are done. Errors and stale results are unlinked first, so no
+ * new asker can find them. */
 static void deliver(struct entry *e, const char *err)
 {
     struct waiter *w = e->waiters;
+    int keep = err == NULL && !e->stale; /* errors are never cached (SPEC 4) */
 
+    L.inflight--;
+    account(e, err);
     e->waiters = NULL;
     e->pending = 0;
-    if (err != NULL || e->stale) {
-        /* Errors are never cached (SPEC 4); stale results are not kept. */
+    if (!keep)
         entry_unlink(e);
-    } else {
-        e->expires = time(NULL) + (e->v.found ? L.cfg->cache_ttl : NEG_TTL);
-    }
+    e->delivering = 1;
     while (w != NULL) {
         struct waiter *next = w->next;
         if (w->cb != NULL)
@@ -275,8 +512,15 @@ static void deliver(struct entry *e, const char *err)
         free(w);
         w = next;
     }
-    if (err != NULL || e->stale)
+    e->delivering = 0;
+    if (keep && e->stale) /* invalidated by a callback: deliver, do not keep */
+        entry_unlink(e);
+    if (!keep || e->stale) {
         entry_free(e);
+        return;
+    }
+    e->fetched = time(NULL);
+    e->expires = e->fetched + (e->v.found ? L.cfg->cache_ttl : NEG_TTL);
 }
 
 static const char *hash_field(const redisReply *r, const char *name)
@@ -349,23 +593,6 @@ static void on_fetch(void *arg, redisReply *r, const char *err)
     deliver(e, NULL);
 }
 
-static int take_token(void)
-{
-    struct timespec now;
-    double dt;
-
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    dt = (double)(now.tv_sec - L.refill.tv_sec) + (double)(now.tv_nsec - L.refill.tv_nsec) / 1e9;
-    L.refill = now;
-    L.tokens += dt * L.cfg->lookup_rate;
-    if (L.tokens > L.cfg->lookup_burst)
-        L.tokens = L.cfg->lookup_burst;
-    if (L.tokens < 1)
-        return -1;
-    L.tokens -= 1;
-    return 0;
-}
-
 static void start_fetch(struct entry *e, struct px_str key)
 {
     char rkey[700];
@@ -402,6 +629,7 @@ static void start_fetch(struct entry *e, struct px_str key)
     argvlen[0] = strlen(argv[0]);
     argvlen[1] = (size_t)n;
     L.stats.fetches++;
+    L.inflight++; /* deliver() counts it back, also when cmd fails at once */
     px_redis_cmd(L.redis, on_fetch, e, 2, argv, argvlen);
 }
 
@@ -426,13 +654,17 @@ static void memory_lookup(enum px_lk_kind kind, struct px_str key, px_lk_cb cb, 
     cb(arg, &v, NULL);
 }
 
-struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, px_lk_cb cb, void *arg)
+struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, const char *client, px_lk_cb cb,
+                        void *arg)
 {
     char buf[600];
     int n;
     uint64_t h;
     struct entry *e;
     struct waiter *w;
+    struct ckey ck;
+    const char *why;
+    int newcomer;
 
     if (L.redis == NULL) {
         memory_lookup(kind, key, cb, arg);
@@ -446,6 +678,13 @@ struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, px_lk_cb cb, vo
     n = snprintf(buf, sizeof(buf), "%d:%.*s", kind, (int)key.len, key.p);
     h = fnv(buf, (size_t)n);
     e = find(buf, (size_t)n, h);
+    if (e != NULL && !e->pending && !e->delivering && !px_redis_up(L.redis) &&
+        time(NULL) - e->fetched > OUTAGE_MAX_AGE) {
+        /* Invalidations cannot reach us now: do not serve old entries for long. */
+        entry_unlink(e);
+        entry_free(e);
+        e = NULL;
+    }
     if (e != NULL && !e->pending) {
         L.stats.hits++;
         cb(arg, &e->v, NULL);
@@ -463,14 +702,18 @@ struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, px_lk_cb cb, vo
         e->waiters = w;
         return (struct px_lk *)w;
     }
-    if (L.nentries >= MAX_ENTRIES || take_token() != 0) {
+    client_key(client, &ck);
+    why = L.nentries >= MAX_ENTRIES ? px_err_nomem : admit(kind, &ck, &newcomer);
+    if (why != NULL) {
         L.stats.refused++;
         free(w);
-        cb(arg, NULL, L.nentries >= MAX_ENTRIES ? px_err_nomem : px_err_busy);
+        cb(arg, NULL, why);
         return NULL;
     }
     L.stats.misses++;
     if ((e = calloc(1, sizeof(*e))) == NULL || (e->key = strdup(buf)) == NULL) {
+        if (newcomer)
+            L.newcomers.tokens += 1;
         free(e);
         free(w);
         cb(arg, NULL, px_err_nomem);
@@ -479,6 +722,8 @@ struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, px_lk_cb cb, vo
     e->hash = h;
     e->kind = kind;
     e->pending = 1;
+    e->newcomer = newcomer;
+    e->client = ck;
     e->waiters = w;
     e->next = L.buckets[h % NBUCKETS];
     L.buckets[h % NBUCKETS] = e;

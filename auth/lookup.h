@@ -3,7 +3,8 @@
  * Backends: Redis (standalone mode, SPEC 5) or the in-memory store from
  * proxy.conf. Results are cached for cache_ttl seconds (negative ones for 5 s);
  * concurrent misses for one key share one Redis request; messages on
- * proxy:invalidate drop entries at once. */
+ * proxy:invalidate drop entries at once. Fetches that find nothing are budgeted
+ * per client address, with a per-process ceiling (lookup.c). */
 #ifndef PX_LOOKUP_H
 #define PX_LOOKUP_H
 
@@ -33,16 +34,20 @@ typedef void (*px_lk_cb)(void *arg, const struct px_lk_value *v, const char *err
 
 struct px_lk; /* a waiting lookup, cancellable */
 
-extern const char px_err_busy[]; /* the miss budget is spent (flood of unknown keys) */
+extern const char px_err_busy[];      /* the miss budget is spent (flood of unknown keys): 429 */
+extern const char px_err_saturated[]; /* too many Redis fetches in flight: 503 */
 
 /* Process-wide setup on the worker's loop; NULL redis host means in-memory. */
 int px_lookup_init(struct event_base *base, const struct px_config *cfg);
 void px_lookup_shutdown(void);
 void px_lookup_set_config(const struct px_config *cfg);
 
-/* Looks key up. Returns NULL when cb already ran, else a handle for
- * px_lookup_cancel() (after which cb never runs). */
-struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, px_lk_cb cb, void *arg);
+/* Looks key up. client is the asking client's address as text (borrowed for the
+ * call only; NULL or unparsable counts as one anonymous client): a fetch that
+ * finds nothing is charged to it (see lookup.c). Returns NULL when cb already
+ * ran, else a handle for px_lookup_cancel() (after which cb never runs). */
+struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, const char *client, px_lk_cb cb,
+                        void *arg);
 void px_lookup_cancel(struct px_lk *lk);
 
 /* Drops cache entries as a proxy:invalidate message says. */
@@ -54,6 +59,8 @@ struct px_redis *px_lookup_redis(void);
 /* Counters for tests and metrics. */
 struct px_lookup_stats {
     unsigned long hits, misses, fetches, coalesced, refused;
+    unsigned long notfound; /* fetches that found nothing (charged to the budget) */
+    unsigned long evicted;  /* client-table slots reused while still informative */
 };
 const struct px_lookup_stats *px_lookup_stats(void);
 

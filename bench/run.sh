@@ -27,6 +27,9 @@
 #   BENCH_CPU_UPSTREAM CPU for the upstream nginx                        (1)
 #   BENCH_PROXY      proxy binary (build/preview-proxy; built with make if missing)
 #   BENCH_KEEP=1     keep the work dir (configs, logs, raw wrk output)
+#   BENCH_MANY       e.g. "1000 5000": instead of the targets, run the
+#                    many-sandboxes case for each count (see "case: many")
+#   BENCH_MANY_DURATION  wrk -d per count in that case            (5s)
 #
 # Adding a target NAME (see the "target:" sections below):
 #   setup_NAME         start what it needs, once; may call other setup_*
@@ -853,6 +856,82 @@ load_nginx_resume() { run_wrk "$1" "$(url_nginx_resume)" -H "Host: $(host_demo)"
 warm_nginx_resume() { warm_wrk "$(url_nginx_resume)" -H "Host: $(host_demo)" -H 'Connection: close'; }
 pid_nginx_resume() { echo "$PID_nginxt"; }
 log_nginx_resume() { echo "$WORK/nginxt/logs/error.log"; }
+
+# ---------------------------------------------------------------- case: many
+# BENCH_MANY="1000 5000": for each count N, N public sandboxes in Redis and a
+# fresh Redis-mode proxy with the default cache_ttl and lookup budgets; wrk
+# (-c$CONNS, one client address) asks for a uniformly random one per request
+# (Lua script), so the run starts with a cold cache and N distinct records.
+# Prints the share of 429 answers (must be 0 %: lookups of sandboxes that exist
+# are never refused) and the Redis lookup commands (HGETALL/GET/EXISTS, from
+# INFO commandstats before and after) per request. wrk's response() hook slows
+# wrk down, which is fine here: this case counts statuses, it is not a
+# throughput comparison.
+lookup_cmds() {
+    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" INFO commandstats | tr -d '\r' |
+        awk -F'[:=,]' '/^cmdstat_(hgetall|get|exists):/ { n += $3 } END { print n + 0 }'
+}
+run_many() {
+    local n port dir r=(redis-cli -h 127.0.0.1 -p "$REDIS_PORT") c0 c1 out total n429 non2xx pidvar
+    local dur=${BENCH_MANY_DURATION:-5s}
+    echo
+    echo "=== many sandboxes: wrk -t1 -c$CONNS -d$dur, uniform over N public sandboxes, cold cache, default budgets ==="
+    printf '%-8s %10s %10s %8s %10s %14s\n' N requests 429 429_% non2xx redis_cmd/req
+    for n in $BENCH_MANY; do
+        "${r[@]}" FLUSHALL >/dev/null
+        # direct mode to the upstream nginx: addr names it (SPEC 9), the runner
+        # URL names nothing that listens.
+        seq 1 "$n" | awk '{ printf "HSET sandbox:many%d runner_url http://127.0.0.1:9 runner_key k public 1 direct 1 addr 127.0.0.1 state started\n", $1 }' |
+            "${r[@]}" >/dev/null
+        port=$(free_port)
+        dir=$WORK/many$n
+        mkdir -p "$dir"
+        cat >"$dir/proxy.conf" <<EOF
+listen 127.0.0.1:$port
+access_log off
+workers 1
+redis 127.0.0.1:$REDIS_PORT
+cookie_secret benchsecret
+EOF
+        cat >"$dir/many.lua" <<EOF
+math.randomseed(os.time())
+c429 = 0
+request = function()
+    return wrk.format("GET", "$FILE_PATH", { Host = "$UP_PORT-many" .. math.random(1, $n) .. ".proxy.localhost" })
+end
+response = function(status, headers, body)
+    if status == 429 then c429 = c429 + 1 end
+end
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+done = function(summary, latency, requests)
+    local t = 0
+    for _, th in ipairs(threads) do t = t + th:get("c429") end
+    io.write(string.format("COUNT429 %d\n", t))
+end
+EOF
+        start_proxy "many$n" "$dir/proxy.conf" "$port"
+        check_http "many$n" "http://127.0.0.1:$port$FILE_PATH" -H "Host: $UP_PORT-many1.proxy.localhost" ||
+            die "many$n: the proxy does not serve sandbox many1"
+        c0=$(lookup_cmds)
+        out=$dir/wrk.out
+        client wrk -t1 -c"$CONNS" -d"$dur" -s "$dir/many.lua" "http://127.0.0.1:$port$FILE_PATH" >"$out" 2>&1 ||
+            die "many$n: wrk failed: $(tail -n 3 "$out")"
+        c1=$(lookup_cmds)
+        total=$(awk '/requests in/ { print $1 }' "$out")
+        n429=$(awk '/^COUNT429/ { print $2 }' "$out")
+        non2xx=$(awk '/Non-2xx/ { print $NF }' "$out")
+        awk -v n="$n" -v t="${total:-0}" -v b="${n429:-0}" -v x="${non2xx:-0}" -v c=$((c1 - c0)) 'BEGIN {
+            printf "%-8d %10d %10d %7.2f%% %10d %14.4f\n", n, t, b, (t > 0 ? 100 * b / t : 0), x, (t > 0 ? c / t : 0) }'
+        pidvar=PID_many$n
+        kill "${!pidvar}" 2>/dev/null || true
+    done
+}
+if [ -n "${BENCH_MANY:-}" ]; then
+    setup_redis
+    run_many
+    exit 0
+fi
 
 # ---------------------------------------------------------------- driver
 has_fn() { declare -F "$1" >/dev/null; }

@@ -182,7 +182,9 @@ static void set_defaults(struct px_config *c)
     c->max_header_size = 65536;
     c->max_headers = 100;
     c->redis_port = 6379;
-    c->cache_ttl = 3;
+    /* Long: freshness comes from proxy:invalidate (and the resync on reconnect),
+     * expiry only bounds memory; see auth/lookup.c. */
+    c->cache_ttl = 300;
     c->lookup_rate = 200;
     c->lookup_burst = 200;
     c->lookup_client_rate = 20;

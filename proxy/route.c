@@ -87,7 +87,7 @@ void px_route_request(struct px_conn *c)
     if (cfg->ndomains > 0 && px_host_is_base(&h, cfg->domains, cfg->ndomains))
         return base_routes(c);
     /* Not one of our base domains: maybe a custom domain (SPEC 2, 5). */
-    c->dom_lk = px_lookup(PX_LK_DOMAIN, h.name, on_domain, c);
+    c->dom_lk = px_lookup(PX_LK_DOMAIN, h.name, c->peer_ip, on_domain, c);
 }
 
 static void on_domain(void *arg, const struct px_lk_value *v, const char *err)
