@@ -5,6 +5,7 @@
 
 #include "proxy/browser.h"
 #include "proxy/errors.h"
+#include "routing/route.h"
 
 static int contains(struct px_str hay, const char *needle)
 {
@@ -173,11 +174,107 @@ int px_cors_is_preflight(const struct px_head *req)
            px_head_get(req, PX_STR("access-control-request-method")) != NULL;
 }
 
-void px_cors_preflight_headers(struct evbuffer *out, const struct px_head *req)
+/* Is name base itself or a host under it? */
+static int under(struct px_str name, struct px_str base)
+{
+    if (base.len == 0)
+        return 0;
+    if (px_str_eq(name, base))
+        return 1;
+    return name.len > base.len && name.p[name.len - base.len - 1] == '.' &&
+           !memcmp(name.p + name.len - base.len, base.p, base.len);
+}
+
+/* The base domain req's Host is under: one of cfg->domains, or with none
+ * configured the part of a preview host after its label. Empty if none (a
+ * custom domain, an IP, no Host). */
+static struct px_str request_base(const struct px_head *req, const struct px_config *cfg, char *buf,
+                                  size_t buflen)
+{
+    struct px_host h;
+
+    if (req->host.len == 0 || req->host.len >= buflen)
+        return PX_STR_NULL;
+    memcpy(buf, req->host.p, req->host.len);
+    enum px_host_kind k = px_host_parse(buf, req->host.len, cfg->domains, cfg->ndomains, &h);
+    if (k == PX_HOST_BAD)
+        return PX_STR_NULL;
+    for (int i = 0; i < cfg->ndomains; i++) {
+        struct px_str d = px_str_make(cfg->domains[i], strlen(cfg->domains[i]));
+        if (under(h.name, d))
+            return d;
+    }
+    if (cfg->ndomains == 0 && k == PX_HOST_PREVIEW) {
+        const char *dot = memchr(h.name.p, '.', h.name.len);
+        if (dot != NULL) /* always: a preview host has one */
+            return px_str_make(dot + 1, h.name.len - (size_t)(dot + 1 - h.name.p));
+    }
+    return PX_STR_NULL;
+}
+
+static int listed(struct px_str o, const struct px_config *cfg)
+{
+    if (o.len > 0 && o.p[o.len - 1] == '/') /* cors_origins are stored without it */
+        o.len--;
+    for (int i = 0; i < cfg->ncors_origins; i++)
+        if (px_str_ieq(o, px_str_make(cfg->cors_origins[i], strlen(cfg->cors_origins[i]))))
+            return 1;
+    return 0;
+}
+
+int px_cors_credentials_allowed(struct px_str o, const struct px_head *req,
+                                const struct px_cors_req *r)
+{
+    const struct px_config *cfg = r->cfg;
+    char obuf[256], rbuf[256];
+    struct px_host oh;
+    size_t skip;
+
+    if (cfg->cors_credentials == PX_CORS_ANY) /* [compat] Daytona: every origin */
+        return 1;
+    if (listed(o, cfg))
+        return 1;
+    /* RFC 6454 7: scheme "://" host [ ":" port ], nothing else. "null" and
+     * anything that is not an http(s) origin get no credentials. */
+    if (o.len > 7 && !strncasecmp(o.p, "http://", 7))
+        skip = 7;
+    else if (o.len > 8 && !strncasecmp(o.p, "https://", 8))
+        skip = 8;
+    else
+        return 0;
+    if (o.len - skip >= sizeof(obuf) || memchr(o.p + skip, '/', o.len - skip) != NULL ||
+        memchr(o.p + skip, '@', o.len - skip) != NULL)
+        return 0;
+    memcpy(obuf, o.p + skip, o.len - skip);
+    enum px_host_kind k = px_host_parse(obuf, o.len - skip, cfg->domains, cfg->ndomains, &oh);
+    if (k == PX_HOST_BAD)
+        return 0;
+    struct px_str base = request_base(req, cfg, rbuf, sizeof(rbuf));
+    if (cfg->cors_credentials == PX_CORS_SAME_DOMAIN && under(oh.name, base))
+        return 1;
+    if (k != PX_HOST_PREVIEW)
+        return 0;
+    /* Without configured domains px_host_parse takes "3000-abc.evil.example" for a
+     * preview host: the origin must then sit under the request's own base. */
+    if (cfg->ndomains == 0) {
+        const char *dot = memchr(oh.name.p, '.', oh.name.len);
+        if (dot == NULL || base.len == 0 ||
+            !px_str_eq(px_str_make(dot + 1, oh.name.len - (size_t)(dot + 1 - oh.name.p)), base))
+            return 0;
+    }
+    /* Same sandbox: the request's label (a signed-token host is its own label),
+     * or once resolved the sandbox's ID. */
+    if (r->label.len > 0 && px_str_ieq(oh.label, r->label))
+        return 1;
+    return r->sandbox != NULL && px_str_ieq(oh.label, px_str_make(r->sandbox, strlen(r->sandbox)));
+}
+
+void px_cors_preflight_headers(struct evbuffer *out, const struct px_head *req,
+                               const struct px_cors_req *r)
 {
     const struct px_hdr *rh = px_head_get(req, PX_STR("access-control-request-headers"));
 
-    px_cors_headers(out, req);
+    px_cors_headers(out, req, r);
     evbuffer_add_printf(out, "Access-Control-Allow-Methods: GET, POST, PUT, PATCH, DELETE, HEAD, "
                              "OPTIONS\r\nAccess-Control-Max-Age: 86400\r\n");
     if (rh != NULL)
@@ -185,17 +282,19 @@ void px_cors_preflight_headers(struct evbuffer *out, const struct px_head *req)
                             rh->value.p);
 }
 
-void px_cors_headers(struct evbuffer *out, const struct px_head *req)
+void px_cors_headers(struct evbuffer *out, const struct px_head *req, const struct px_cors_req *r)
 {
+    static const char acac[] = "Access-Control-Allow-Credentials: true\r\n";
     const struct px_hdr *o = px_head_get(req, PX_STR("origin"));
 
     if (o == NULL || px_cors_disabled(req))
         return;
-    /* Reflect the origin: '*' is not allowed together with credentials. */
-    evbuffer_add_printf(out,
-                        "Access-Control-Allow-Origin: %.*s\r\n"
-                        "Access-Control-Allow-Credentials: true\r\nVary: Origin\r\n",
+    /* Reflect the origin: '*' is not allowed together with credentials, and the
+     * answer differs per Origin, so caches must key on it. */
+    evbuffer_add_printf(out, "Access-Control-Allow-Origin: %.*s\r\nVary: Origin\r\n",
                         (int)o->value.len, o->value.p);
+    if (px_cors_credentials_allowed(o->value, req, r))
+        evbuffer_add(out, acac, sizeof(acac) - 1);
 }
 
 int px_cors_owned_header(struct px_str name)

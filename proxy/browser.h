@@ -36,12 +36,35 @@ void px_url_encode(struct evbuffer *out, struct px_str s);
 /* Is this a CORS preflight (OPTIONS with Origin and Access-Control-Request-Method)? */
 int px_cors_is_preflight(const struct px_head *req);
 
-/* Appends the preflight answer's headers. */
-void px_cors_preflight_headers(struct evbuffer *out, const struct px_head *req);
+/* What the CORS decision of SPEC 7 knows about a request besides its head. */
+struct px_cors_req {
+    const struct px_config *cfg; /* borrowed; cors_credentials, cors_origins, domains */
+    struct px_str label;         /* the request's host label (sandbox ID or signed token),
+                                  * a custom domain's sandbox or a toolbox ID; empty if none */
+    const char *sandbox;         /* borrowed; the resolved sandbox's ID, NULL before auth */
+};
+
+/* SPEC 7: may this request's Origin (o, the raw header value) have
+ * Access-Control-Allow-Credentials? Under same-sandbox the Origin must be a preview
+ * host (any port) whose label is r->label or r->sandbox, under same-domain any host
+ * under the base domain req's Host is under; cors_origins entries always pass, and
+ * any passes every value. Malformed values and "null" pass only under any. */
+int px_cors_credentials_allowed(struct px_str o, const struct px_head *req,
+                                const struct px_cors_req *r);
+
+/* Appends the preflight answer's headers (r as for px_cors_headers). */
+void px_cors_preflight_headers(struct evbuffer *out, const struct px_head *req,
+                               const struct px_cors_req *r);
 
 /* Appends the CORS headers for a normal response when the request had an
- * Origin (and CORS is not disabled). */
-void px_cors_headers(struct evbuffer *out, const struct px_head *req);
+ * Origin (and CORS is not disabled): the Origin reflected, Vary: Origin, and
+ * Access-Control-Allow-Credentials: true when px_cors_credentials_allowed(). */
+void px_cors_headers(struct evbuffer *out, const struct px_head *req, const struct px_cors_req *r);
+
+/* The call sites' shorthand: cfg, label slice and sandbox (a struct px_sandbox
+ * pointer, may be NULL) of a connection. */
+#define PX_CORS_REQ(cfg_, label_, sb_)                                                             \
+    (&(struct px_cors_req){(cfg_), (label_), (sb_) != NULL ? (sb_)->id : NULL})
 
 /* X-Daytona-Disable-CORS: true */
 int px_cors_disabled(const struct px_head *req);

@@ -375,7 +375,7 @@ void px_conn_respond(struct px_conn *c, int status, const char *ctype, struct ev
     if (c->set_cookie != NULL)
         evbuffer_add(out, c->set_cookie, strlen(c->set_cookie));
     if (c->have_req) /* so that fetch() can read our errors too */
-        px_cors_headers(out, &c->req);
+        px_cors_headers(out, &c->req, PX_CORS_REQ(c->srv->cfg, c->label, c->sb));
     if (!c->keepalive)
         evbuffer_add(out, "Connection: close\r\n", 19);
     else if (minor == 0)

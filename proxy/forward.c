@@ -469,7 +469,7 @@ static void add_response_head(struct px_conn *c, struct evbuffer *out)
     if (c->set_cookie != NULL)
         evbuffer_add(out, c->set_cookie, strlen(c->set_cookie));
     if (cors)
-        px_cors_headers(out, &c->req);
+        px_cors_headers(out, &c->req, PX_CORS_REQ(c->srv->cfg, c->label, c->sb));
     if (rs->status == 101) {
         evbuffer_add(out, "\r\n", 2);
         return;

@@ -132,7 +132,7 @@ static void preview_flow(struct px_conn *c, unsigned port, struct px_str label)
         struct evbuffer *h = evbuffer_new();
         if (h == NULL)
             return px_conn_close(c);
-        px_cors_preflight_headers(h, &c->req);
+        px_cors_preflight_headers(h, &c->req, PX_CORS_REQ(cfg, label, c->sb));
         evbuffer_add(h, "", 1);
         c->status = 204;
         px_conn_respond_bare(c, 204, (const char *)evbuffer_pullup(h, -1));

@@ -119,7 +119,11 @@ def test_chromium_signed_url_warning_cors_errors(proxy, redis_srv):
         db("HSET", f"sandbox:{OTHER}", *common, "public", "1", "warning", "0")
         db("HSET", f"sandbox:{DOWN}", *common, "public", "1", "warning", "0")
         db("SET", f"sandbox:signed-preview-url-token:{pa}:{TOKEN}", APP, "EX", "600")
+        # Another sandbox's page reads this one with credentials: SPEC 7 allows that
+        # for origins under the same base domain only with cors_credentials
+        # same-domain (the default, same-sandbox, refuses it).
         px = proxy(settings={"domains": f"{DOMAIN} proxy.test", "preview_warning": "on",
+                             "cors_credentials": "same-domain",
                              "cookie_secret": "browser-test-cookie-secret-0123456789"},
                    extra=[f"redis 127.0.0.1:{redis_srv.port}"], default_sandboxes_too=False)
         signed = f"http://{pa}-{TOKEN}.{DOMAIN}:{px.port}/"

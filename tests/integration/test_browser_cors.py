@@ -1,7 +1,9 @@
-"""CORS (SPEC 7; LESSONS A10): the proxy reflects Origin with credentials,
-replaces the sandbox's own Access-Control-Allow-* headers, and answers
-preflights itself before authentication. The sandbox app is servers/site.py in
-direct mode, so the app can send its own CORS headers.
+"""CORS (SPEC 7; LESSONS A10): the proxy reflects Origin (with credentials for
+the same sandbox's origins under the default `cors_credentials same-sandbox`;
+test_cors_credentials.py covers the other origins and modes), replaces the
+sandbox's own Access-Control-Allow-* headers, and answers preflights itself
+before authentication. The sandbox app is servers/site.py in direct mode, so
+the app can send its own CORS headers.
 """
 import pytest
 
@@ -9,6 +11,13 @@ from helpers import DIRECT, PRIV, PUB, host, request_bytes, runner_prefix
 from servers.site import Site
 
 ORIGIN = "http://3001-other.proxy.test"
+
+
+def same_sandbox_origin(sandbox):
+    """A page on another port of the sandbox being called: it gets credentials
+    (SPEC 7, same-sandbox); ORIGIN, another sandbox's page, does not."""
+    return f"http://3001-{sandbox}.proxy.test"
+
 PRIVATE_DIRECT = "sbxprivdirect"
 PRIVATE_DIRECT_TOKEN = "tok-privdirect-S3CRET"
 
@@ -47,9 +56,10 @@ def vary_has_origin(resp):
 # ------------------------------------------------------------- simple --
 
 def test_origin_reflected_with_credentials(cp, site):
-    resp = raw(cp, "GET", "/api/data", app_host(site), [("Origin", ORIGIN)])
+    origin = same_sandbox_origin(DIRECT)
+    resp = raw(cp, "GET", "/api/data", app_host(site), [("Origin", origin)])
     assert resp.status == 200
-    assert resp.header_all("Access-Control-Allow-Origin") == [ORIGIN]
+    assert resp.header_all("Access-Control-Allow-Origin") == [origin]
     assert resp.header_all("Access-Control-Allow-Credentials") == ["true"]
     assert vary_has_origin(resp)
 
@@ -63,9 +73,10 @@ def test_no_origin_no_cors_headers(cp, site):
 
 def test_sandbox_cors_headers_replaced_not_duplicated(cp, site):
     """LESSONS A10 / daytona#1972: never two Access-Control-Allow-Origin headers."""
-    resp = raw(cp, "GET", "/api/data?own_cors=1", app_host(site), [("Origin", ORIGIN)])
+    origin = same_sandbox_origin(DIRECT)
+    resp = raw(cp, "GET", "/api/data?own_cors=1", app_host(site), [("Origin", origin)])
     assert resp.status == 200
-    assert resp.header_all("Access-Control-Allow-Origin") == [ORIGIN], resp.headers
+    assert resp.header_all("Access-Control-Allow-Origin") == [origin], resp.headers
     assert resp.header_all("Access-Control-Allow-Credentials") == ["true"], resp.headers
 
 
@@ -89,9 +100,10 @@ def test_disable_cors_leaves_sandbox_headers_and_is_stripped(cp, site):
 
 def test_error_responses_carry_cors(cp, site):
     """fetch() from another origin can read the proxy's own errors (e.g. 401)."""
-    resp = raw(cp, "GET", "/api/data", app_host(site, PRIVATE_DIRECT), [("Origin", ORIGIN)])
+    origin = same_sandbox_origin(PRIVATE_DIRECT)
+    resp = raw(cp, "GET", "/api/data", app_host(site, PRIVATE_DIRECT), [("Origin", origin)])
     assert resp.status == 401
-    assert resp.header_all("Access-Control-Allow-Origin") == [ORIGIN]
+    assert resp.header_all("Access-Control-Allow-Origin") == [origin]
     assert resp.header_all("Access-Control-Allow-Credentials") == ["true"]
 
 
@@ -104,17 +116,18 @@ def test_runner_path_mode_also_reflects(cp, runner):
 # ---------------------------------------------------------- preflight --
 
 def preflight(px, host_header, method="PUT", req_headers="content-type, x-custom, cache-control",
-              extra=()):
-    h = [("Origin", ORIGIN), ("Access-Control-Request-Method", method)]
+              extra=(), origin=ORIGIN):
+    h = [("Origin", origin), ("Access-Control-Request-Method", method)]
     if req_headers is not None:
         h.append(("Access-Control-Request-Headers", req_headers))
     return raw(px, "OPTIONS", "/api/data", host_header, [*h, *extra])
 
 
 def test_preflight_answered_by_proxy(cp, site):
-    resp = preflight(cp, app_host(site))
+    origin = same_sandbox_origin(DIRECT)
+    resp = preflight(cp, app_host(site), origin=origin)
     assert resp.status == 204, resp
-    assert resp.header_all("Access-Control-Allow-Origin") == [ORIGIN]
+    assert resp.header_all("Access-Control-Allow-Origin") == [origin]
     assert resp.header_all("Access-Control-Allow-Credentials") == ["true"]
     methods = {m.strip().upper() for m in resp.header("Access-Control-Allow-Methods", "").split(",")}
     assert {"GET", "POST", "PUT", "PATCH", "DELETE"} <= methods, methods

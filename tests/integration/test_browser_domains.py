@@ -98,8 +98,11 @@ def test_custom_domain_cors(dp, runner):
     assert resp.status == 204
     assert resp.header_all("Access-Control-Allow-Origin") == [ORIGIN]
     assert runner.find(runner_prefix(PRIV, 8080)) == []
-    resp = raw(dp, "GET", "/api", "app.example.test", [("Origin", ORIGIN)])
-    assert resp.header_all("Access-Control-Allow-Origin") == [ORIGIN]
+    # SPEC 7 same-sandbox: app.example.test serves PUB, so PUB's preview hosts get
+    # credentials (test_cors_credentials.py: other origins do not)
+    same = f"http://3001-{PUB}.proxy.test"
+    resp = raw(dp, "GET", "/api", "app.example.test", [("Origin", same)])
+    assert resp.header_all("Access-Control-Allow-Origin") == [same]
     assert resp.header_all("Access-Control-Allow-Credentials") == ["true"]
 
 

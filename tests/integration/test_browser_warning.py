@@ -290,10 +290,10 @@ def test_page_escapes_xss_in_target(wp, target):
 
 def test_page_carries_cors_headers(wp):
     """CORS comes before the warning so fetch() can read the page (LESSONS A8)."""
-    r = wp.get("/", host=host(3000, PUB), headers={"User-Agent": CHROME,
-                                                   "Origin": "http://3001-other.proxy.test"})
+    origin = f"http://3001-{PUB}.proxy.test"  # same sandbox: credentials (SPEC 7)
+    r = wp.get("/", host=host(3000, PUB), headers={"User-Agent": CHROME, "Origin": origin})
     assert is_warning(r)
-    assert r.headers.get("Access-Control-Allow-Origin") == "http://3001-other.proxy.test"
+    assert r.headers.get("Access-Control-Allow-Origin") == origin
     assert r.headers.get("Access-Control-Allow-Credentials") == "true"
 
 
