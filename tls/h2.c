@@ -469,8 +469,8 @@ static int stream_start(struct stream *s, int end_stream)
         s->req_chunked = 1;
     }
     rc |= evbuffer_add(req, "Connection: close\r\n\r\n", 21);
-    if (rc != 0 || bufferevent_pair_new(h->srv->base, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS,
-                                        pair) != 0) {
+    if (rc != 0 || bufferevent_pair_new(
+                       h->srv->base, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS, pair) != 0) {
         evbuffer_free(req); /* a truncated head must never reach the pipeline */
         return -1;
     }
