@@ -404,3 +404,41 @@ def test_upload_held_back_by_the_runner_is_not_a_client_timeout(proxy, runner, h
             assert not c.streams[1].resets, c.streams[1].resets
         assert c.get(3, "/health", BASE_DOMAIN).status == 200
         assert c.goaway is None and not c.closed
+
+
+def test_client_that_reads_nothing_is_closed_after_send_timeout(proxy, runner):
+    """A client that takes no byte at all (TCP window full) stalls every stream
+    of its connection: after send_timeout the proxy closes the connection and
+    the runner connection is freed, instead of holding both forever."""
+    p = proxy(settings=TIMEOUTS)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", p.port))
+    try:
+        block = Encoder().encode([(":method", "GET"), (":scheme", "http"),
+                                  (":authority", host(3000, PUB)),
+                                  (":path", f"/download?n={64 << 20}&tag=h2rdead")])
+        s.sendall(PREFACE + SettingsFrame(0, settings={SettingsFrame.INITIAL_WINDOW_SIZE:
+                                                       (1 << 31) - 1}).serialize()
+                  + WindowUpdateFrame(0, window_increment=1 << 30).serialize()
+                  + HeadersFrame(1, data=block, flags=["END_HEADERS", "END_STREAM"]).serialize())
+        runner.wait_for("tag=h2rdead")
+        wait_until(lambda: runner_conn_closed(runner, "tag=h2rdead"), timeout=15,
+                   what="the runner connection of a client that reads nothing to close")
+        # What the proxy had queued still arrives, then the end of the connection.
+        deadline, got = time.monotonic() + 15, 0
+        while True:
+            assert time.monotonic() < deadline, f"connection still open after {got} bytes"
+            try:
+                d = s.recv(1 << 20)
+            except ConnectionResetError:
+                break
+            if not d:
+                break
+            got += len(d)
+            assert got < 64 << 20, "the whole download arrived: nothing was bounded"
+    finally:
+        s.close()
+    assert "send_timeout" in p.log()
+    assert p.health_ok()
