@@ -57,7 +57,8 @@ struct stream {
     int64_t left;
     struct px_chunked ch;
     struct evbuffer *out; /* owned: response payload waiting for DATA frames */
-    unsigned out_eof : 1, deferred : 1, submitted : 1, expired : 1;
+    unsigned out_eof : 1, deferred : 1, submitted : 1;
+    unsigned reset : 1; /* we sent (queued) RST_STREAM: no more time bounds */
     /* Per-stream time bounds (on_tick(), CLOCK_MONOTONIC seconds): the last time
      * the client sent request body or could not send any (our window closed), and
      * the last time response DATA left or none was waiting. */
@@ -90,6 +91,12 @@ struct px_h2 {
 
 static void h2_send(struct px_h2 *h);
 static void stream_pump(struct stream *s);
+
+static void stream_reset(struct stream *s, uint32_t code)
+{
+    s->reset = 1;
+    nghttp2_submit_rst_stream(s->h2->ng, NGHTTP2_FLAG_NONE, s->id, code);
+}
 
 static time_t now_s(void)
 {
@@ -387,7 +394,7 @@ static void stream_pump(struct stream *s)
 bad:
     px_log(PX_WARN, "h2: stream %d: bad response from the pipeline", (int)s->id);
     finish_pair(s);
-    nghttp2_submit_rst_stream(s->h2->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
+    stream_reset(s, NGHTTP2_INTERNAL_ERROR);
 }
 
 static void on_pair_read(struct bufferevent *bev, void *arg)
@@ -417,9 +424,8 @@ static void on_pair_event(struct bufferevent *bev, short what, void *arg)
         s->out_eof = 1;
         s->rst = R_DONE;
         resume(s);
-    } else if (s->rst != R_DONE) {
-        nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, s->id,
-                                  s->submitted ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_REFUSED_STREAM);
+    } else if (s->rst != R_DONE && !s->reset) { /* stream_pump() may have reset it */
+        stream_reset(s, s->submitted ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_REFUSED_STREAM);
     }
     h2_send(h);
     if (--h->busy == 0 && h->doomed)
@@ -656,11 +662,11 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user
             s->is_head = !strcmp(s->method, "HEAD");
             if (!strcmp(s->method, "CONNECT") && !s->ws) {
                 s->started = 1;
-                nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_REFUSED_STREAM);
+                stream_reset(s, NGHTTP2_REFUSED_STREAM);
                 break;
             }
             if (stream_start(s, (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0) != 0)
-                nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_PROTOCOL_ERROR);
+                stream_reset(s, NGHTTP2_PROTOCOL_ERROR);
         } else if (f->hd.flags & NGHTTP2_FLAG_END_STREAM) {
             stream_end_request(s); /* trailers end the body */
         }
@@ -763,11 +769,10 @@ static void expire(struct stream *s, const char *why)
 {
     if (px_log_allow(10))
         px_log(PX_INFO, "h2: stream %d: %s: RST_STREAM", (int)s->id, why);
-    s->expired = 1;
     s->rst = R_DONE;
     finish_pair(s); /* conn.c hears EOF mid-exchange: logs 499, drops the runner side */
     evbuffer_drain(s->out, evbuffer_get_length(s->out));
-    nghttp2_submit_rst_stream(s->h2->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_CANCEL);
+    stream_reset(s, NGHTTP2_CANCEL);
 }
 
 /* Issue 9 item 4, per stream (nginx's meaning of both directives): a request
@@ -780,7 +785,7 @@ static void check_stream(struct stream *s, const struct px_config *cfg, time_t n
 {
     nghttp2_session *ng = s->h2->ng;
 
-    if (s->expired)
+    if (s->reset)
         return;
     if (s->started && !s->req_ended && !s->ws &&
         !nghttp2_session_get_stream_remote_close(ng, s->id)) {
