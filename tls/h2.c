@@ -58,6 +58,11 @@ struct stream {
     struct px_chunked ch;
     struct evbuffer *out; /* owned: response payload waiting for DATA frames */
     unsigned out_eof : 1, deferred : 1, submitted : 1;
+    unsigned reset : 1; /* we sent (queued) RST_STREAM: no more time bounds */
+    /* Per-stream time bounds (on_tick(), CLOCK_MONOTONIC seconds): the last time
+     * the client sent request body or could not send any (our window closed), and
+     * the last time response DATA left or none was waiting. */
+    time_t body_at, send_at;
     struct stream *next, *prev;
 };
 
@@ -68,10 +73,17 @@ struct px_h2 {
     struct sockaddr_storage peer;
     int tls;
     struct stream *streams; /* owned list */
+    struct event *kick;     /* owned: a send asked for where calling nghttp2 is unsafe */
+    struct event *tick;     /* owned: 1 s, while streams exist: per-stream timeouts */
     int nstreams;
-    unsigned in_ng; /* >0 while nghttp2 is calling us */
+    /* >0 while nghttp2_session_mem_recv() or _mem_send() is on the stack: nghttp2
+     * is not reentrant, so its callbacks (and what they reach: stream_free() ->
+     * finish_pair() -> on_pair_drained()) must not call back into the session's
+     * send or recv. h2_send() then only sets want_send, and the outer h2_send()
+     * loops (on_read() sends after mem_recv returns). */
+    unsigned in_ng;
     unsigned busy;
-    unsigned doomed : 1, draining : 1;
+    unsigned doomed : 1, draining : 1, want_send : 1;
     time_t win;
     unsigned pings, settings, resets, empty;
     struct px_h2 *next, *prev; /* srv->h2s */
@@ -80,16 +92,49 @@ struct px_h2 {
 static void h2_send(struct px_h2 *h);
 static void stream_pump(struct stream *s);
 
+static void stream_reset(struct stream *s, uint32_t code)
+{
+    s->reset = 1;
+    nghttp2_submit_rst_stream(s->h2->ng, NGHTTP2_FLAG_NONE, s->id, code);
+}
+
+static time_t now_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec;
+}
+
+/* Asks for a send without calling into nghttp2 from here. Inside one of its
+ * callbacks the h2_send() or on_read() on the stack sends once mem_send/recv
+ * returns; elsewhere (a pair's evbuffer callback, which can run while that
+ * buffer is being flushed or freed) the event loop runs on_kick() next. */
+static void kick(struct px_h2 *h)
+{
+    h->want_send = 1;
+    if (h->in_ng == 0 && h->kick != NULL)
+        event_active(h->kick, EV_TIMEOUT, 0);
+}
+
 /* ---- lifetime ---- */
 
 static void finish_pair(struct stream *s)
 {
     if (s->bev == NULL)
         return;
-    /* Tell the pipeline's end we are gone (a plain free would not). */
+    /* Tell the pipeline's end we are gone (a plain free would not). The flush
+     * hands it our unread request bytes, which on_pair_drained() credits back. */
     bufferevent_flush(s->bev, EV_READ | EV_WRITE, BEV_FINISHED);
     bufferevent_free(s->bev);
     s->bev = NULL;
+    if (s->unconsumed > 0) {
+        /* The pipeline's end was already gone: those bytes die with our end, but
+         * they still count against the connection window. */
+        nghttp2_session_consume(s->h2->ng, s->id, s->unconsumed);
+        s->unconsumed = 0;
+        kick(s->h2);
+    }
 }
 
 static void stream_free(struct stream *s)
@@ -122,8 +167,13 @@ static void h2_destroy(struct px_h2 *h)
 {
     struct px_server *srv = h->srv;
 
+    h->doomed = 1; /* nothing is sent from here on (px_h2_close_all() comes straight here) */
     while (h->streams != NULL)
         stream_free(h->streams);
+    if (h->kick != NULL)
+        event_free(h->kick);
+    if (h->tick != NULL)
+        event_free(h->tick);
     if (h->ng != NULL)
         nghttp2_session_del(h->ng);
     if (h->bev != NULL) {
@@ -193,8 +243,7 @@ static void on_pair_drained(struct evbuffer *buf, const struct evbuffer_cb_info 
     if (n > 0) {
         s->unconsumed -= n;
         nghttp2_session_consume(s->h2->ng, s->id, n);
-        if (s->h2->in_ng == 0)
-            h2_send(s->h2);
+        kick(s->h2);
     }
 }
 
@@ -209,6 +258,8 @@ static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
 
     if (s->bev != NULL && evbuffer_get_length(s->out) < BODY_HIGH / 2)
         bufferevent_enable(s->bev, EV_READ); /* the client's window moved: produce again */
+    if (n > 0)
+        s->send_at = now_s();
     if (n == 0 && !s->out_eof) {
         s->deferred = 1;
         return NGHTTP2_ERR_DEFERRED;
@@ -343,7 +394,7 @@ static void stream_pump(struct stream *s)
 bad:
     px_log(PX_WARN, "h2: stream %d: bad response from the pipeline", (int)s->id);
     finish_pair(s);
-    nghttp2_submit_rst_stream(s->h2->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
+    stream_reset(s, NGHTTP2_INTERNAL_ERROR);
 }
 
 static void on_pair_read(struct bufferevent *bev, void *arg)
@@ -373,38 +424,37 @@ static void on_pair_event(struct bufferevent *bev, short what, void *arg)
         s->out_eof = 1;
         s->rst = R_DONE;
         resume(s);
-    } else if (s->rst != R_DONE) {
-        nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, s->id,
-                                  s->submitted ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_REFUSED_STREAM);
+    } else if (s->rst != R_DONE && !s->reset) { /* stream_pump() may have reset it */
+        stream_reset(s, s->submitted ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_REFUSED_STREAM);
     }
     h2_send(h);
     if (--h->busy == 0 && h->doomed)
         h2_destroy(h);
 }
 
-/* The request head is complete: open the pair and hand one end to conn.c. */
+/* The request head is complete: open the pair and hand one end to conn.c.
+ * On failure nothing is left allocated (s->bev stays NULL) and the caller
+ * resets the stream. The request head is built before the pair exists, so the
+ * only step after bufferevent_pair_new() that can fail frees both ends. */
 static int stream_start(struct stream *s, int end_stream)
 {
     struct px_h2 *h = s->h2;
     struct bufferevent *pair[2];
     struct evbuffer *req;
+    int rc = 0;
 
+    s->started = 1; /* the head is used up, whatever happens: trailers never restart it */
     if (s->path == NULL || s->method[0] == '\0' || (s->authority == NULL && !s->ws))
         return -1;
-    if (bufferevent_pair_new(h->srv->base, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS, pair) !=
-        0)
-        return -1;
-    s->bev = pair[0];
-    s->started = 1;
     if ((req = evbuffer_new()) == NULL)
         return -1;
-    evbuffer_add_printf(req, "%s %s HTTP/1.1\r\nHost: %s\r\n", s->ws ? "GET" : s->method, s->path,
-                        s->authority ? s->authority : "");
-    evbuffer_add_buffer(req, s->head);
+    rc |= evbuffer_add_printf(req, "%s %s HTTP/1.1\r\nHost: %s\r\n", s->ws ? "GET" : s->method,
+                              s->path, s->authority ? s->authority : "") < 0;
+    rc |= evbuffer_add_buffer(req, s->head);
     if (s->cookies != NULL && evbuffer_get_length(s->cookies) > 0) {
-        evbuffer_add(req, "Cookie: ", 8);
-        evbuffer_add_buffer(req, s->cookies);
-        evbuffer_add(req, "\r\n", 2);
+        rc |= evbuffer_add(req, "Cookie: ", 8);
+        rc |= evbuffer_add_buffer(req, s->cookies);
+        rc |= evbuffer_add(req, "\r\n", 2);
     }
     if (s->ws) {
         /* RFC 8441: the runner speaks HTTP/1.1, so this becomes a classic upgrade. */
@@ -414,22 +464,36 @@ static int stream_start(struct stream *s, int end_stream)
         px_base64url(key, sizeof(key), b64);
         for (char *p = b64; *p; p++) /* RFC 6455 wants base64, not base64url */
             *p = *p == '-' ? '+' : *p == '_' ? '/' : *p;
-        evbuffer_add_printf(req,
-                            "Connection: Upgrade\r\nUpgrade: websocket\r\n"
-                            "Sec-WebSocket-Key: %s==\r\n",
-                            b64);
+        rc |= evbuffer_add_printf(req,
+                                  "Connection: Upgrade\r\nUpgrade: websocket\r\n"
+                                  "Sec-WebSocket-Key: %s==\r\n",
+                                  b64) < 0;
     } else if (s->req_cl >= 0) {
-        evbuffer_add_printf(req, "Content-Length: %lld\r\n", (long long)s->req_cl);
+        rc |= evbuffer_add_printf(req, "Content-Length: %lld\r\n", (long long)s->req_cl) < 0;
     } else if (!end_stream) {
-        evbuffer_add(req, "Transfer-Encoding: chunked\r\n", 28);
+        rc |= evbuffer_add(req, "Transfer-Encoding: chunked\r\n", 28);
         s->req_chunked = 1;
     }
-    evbuffer_add(req, "Connection: close\r\n\r\n", 21);
-    evbuffer_add_buffer(bufferevent_get_output(s->bev), req);
+    rc |= evbuffer_add(req, "Connection: close\r\n\r\n", 21);
+    if (rc != 0 || bufferevent_pair_new(
+                       h->srv->base, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS, pair) != 0) {
+        evbuffer_free(req); /* a truncated head must never reach the pipeline */
+        return -1;
+    }
+    /* Without the drain callback the client's window would never reopen. */
+    if (evbuffer_add_buffer(bufferevent_get_output(pair[0]), req) != 0 ||
+        evbuffer_add_cb(bufferevent_get_output(pair[0]), on_pair_drained, s) == NULL) {
+        evbuffer_free(req);
+        bufferevent_free(pair[1]); /* neither end has callbacks yet: nobody hears this */
+        bufferevent_free(pair[0]);
+        return -1;
+    }
     evbuffer_free(req);
-    evbuffer_add_cb(bufferevent_get_output(s->bev), on_pair_drained, s);
+    s->bev = pair[0];
+    s->body_at = now_s(); /* the body clock starts when the pipeline can take one */
     bufferevent_setcb(s->bev, on_pair_read, NULL, on_pair_event, s);
     bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    /* From here pair[1] is conn.c's, even if px_conn_attach() fails (it frees it). */
     px_conn_attach(h->srv, pair[1], (const struct sockaddr *)&h->peer,
                    PX_CONN_H2_STREAM | (h->tls ? PX_CONN_TLS : 0));
     if (end_stream)
@@ -439,9 +503,11 @@ static int stream_start(struct stream *s, int end_stream)
 
 static void stream_end_request(struct stream *s)
 {
-    if (s->req_ended || s->bev == NULL)
+    if (s->req_ended)
         return;
-    s->req_ended = 1;
+    s->req_ended = 1; /* also when the pipeline is gone: on_tick() reads it */
+    if (s->bev == NULL)
+        return;
     if (s->req_chunked)
         evbuffer_add(bufferevent_get_output(s->bev), "0\r\n\r\n", 5);
     else if (s->ws)
@@ -481,6 +547,11 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
         h->streams->prev = s;
     h->streams = s;
     h->nstreams++;
+    s->body_at = s->send_at = now_s();
+    if (!evtimer_pending(h->tick, NULL)) {
+        struct timeval sec = {1, 0};
+        evtimer_add(h->tick, &sec);
+    }
     nghttp2_session_set_stream_user_data(ng, s->id, s);
     return 0;
 }
@@ -590,11 +661,12 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user
                     !strcasecmp(s->protocol, "websocket");
             s->is_head = !strcmp(s->method, "HEAD");
             if (!strcmp(s->method, "CONNECT") && !s->ws) {
-                nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_REFUSED_STREAM);
+                s->started = 1;
+                stream_reset(s, NGHTTP2_REFUSED_STREAM);
                 break;
             }
             if (stream_start(s, (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0) != 0)
-                nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_PROTOCOL_ERROR);
+                stream_reset(s, NGHTTP2_PROTOCOL_ERROR);
         } else if (f->hd.flags & NGHTTP2_FLAG_END_STREAM) {
             stream_end_request(s); /* trailers end the body */
         }
@@ -616,6 +688,7 @@ static int on_data(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t
         return 0;
     }
     struct evbuffer *out = bufferevent_get_output(s->bev);
+    s->body_at = now_s();
     s->unconsumed += len;
     if (s->req_chunked)
         evbuffer_add_printf(out, "%zx\r\n", len);
@@ -640,20 +713,111 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t err, void *
 
 /* ---- I/O ---- */
 
+/* Moves what nghttp2 has queued to the client connection. Safe to call from
+ * anywhere: from inside an nghttp2 callback it only records that a send is
+ * wanted, and the call already on the stack (h2_send() or on_read()) does it.
+ * mem_send() hands out a pointer into the session's own frame buffer, valid
+ * until the next call; a nested mem_send() from a callback (on_stream_close
+ * after an RST_STREAM went out) overwrote it and split frames. */
 static void h2_send(struct px_h2 *h)
 {
     struct evbuffer *out;
     const uint8_t *data;
-    ssize_t n;
+    ssize_t n = 0;
 
+    if (h->in_ng > 0) {
+        h->want_send = 1;
+        return;
+    }
     if (h->bev == NULL || h->doomed)
         return;
     out = bufferevent_get_output(h->bev);
-    while (evbuffer_get_length(out) < OUT_HIGH && (n = nghttp2_session_mem_send(h->ng, &data)) > 0)
-        evbuffer_add(out, data, (size_t)n);
+    h->in_ng++;
+    do {
+        h->want_send = 0;
+        while (evbuffer_get_length(out) < OUT_HIGH &&
+               (n = nghttp2_session_mem_send(h->ng, &data)) > 0)
+            evbuffer_add(out, data, (size_t)n); /* may run on_write (TLS): it defers too */
+    } while (h->want_send && n >= 0 && evbuffer_get_length(out) < OUT_HIGH);
+    h->in_ng--;
+    if (n < 0) { /* only out of memory or a callback failure: nothing sane left to send */
+        if (px_log_allow(10))
+            px_log(PX_WARN, "h2: send failed: %s", nghttp2_strerror((int)n));
+        h2_close(h);
+        return;
+    }
     if (!nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng) &&
         evbuffer_get_length(out) == 0)
         h2_close(h);
+}
+
+static void on_kick(evutil_socket_t fd, short what, void *arg)
+{
+    struct px_h2 *h = arg;
+    (void)fd;
+    (void)what;
+
+    h->busy++;
+    h2_send(h);
+    if (--h->busy == 0 && h->doomed)
+        h2_destroy(h);
+}
+
+/* Resets one stream and lets its pipeline side (and runner connection) go. The
+ * stream itself is freed by on_stream_close() once the RST_STREAM is out. */
+static void expire(struct stream *s, const char *why)
+{
+    if (px_log_allow(10))
+        px_log(PX_INFO, "h2: stream %d: %s: RST_STREAM", (int)s->id, why);
+    s->rst = R_DONE;
+    finish_pair(s); /* conn.c hears EOF mid-exchange: logs 499, drops the runner side */
+    evbuffer_drain(s->out, evbuffer_get_length(s->out));
+    stream_reset(s, NGHTTP2_CANCEL);
+}
+
+/* Issue 9 item 4, per stream (nginx's meaning of both directives): a request
+ * body that has not moved for client_body_timeout while the client could send
+ * (both flow-control windows open towards it), and response bytes that have
+ * not left for send_timeout (the client keeps its window shut, or does not read
+ * at all), reset that stream only. A stream waiting on the runner is not the
+ * client's fault: conn.c's timers bound that. */
+static void check_stream(struct stream *s, const struct px_config *cfg, time_t now)
+{
+    nghttp2_session *ng = s->h2->ng;
+
+    if (s->reset)
+        return;
+    if (s->started && !s->req_ended && !s->ws &&
+        !nghttp2_session_get_stream_remote_close(ng, s->id)) {
+        if (nghttp2_session_get_stream_local_window_size(ng, s->id) <= 0 ||
+            nghttp2_session_get_local_window_size(ng) <= 0)
+            s->body_at = now; /* we hold the client back: its clock does not run */
+        else if (now - s->body_at >= cfg->client_body_timeout)
+            expire(s, "client_body_timeout");
+    }
+    if (evbuffer_get_length(s->out) == 0)
+        s->send_at = now;
+    else if (now - s->send_at >= cfg->send_timeout)
+        expire(s, "send_timeout");
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct px_h2 *h = arg;
+    const struct px_config *cfg = h->srv->cfg; /* read each time: SIGHUP swaps it */
+    time_t now = now_s();
+    (void)fd;
+    (void)what;
+
+    h->busy++;
+    /* expire() frees nothing: streams leave the list in h2_send(), below. */
+    for (struct stream *s = h->streams; s != NULL; s = s->next)
+        check_stream(s, cfg, now);
+    if (h->nstreams == 0)
+        evtimer_del(h->tick); /* on_begin_headers() re-arms it */
+    h2_send(h);
+    if (--h->busy == 0 && h->doomed)
+        h2_destroy(h);
 }
 
 static void on_read(struct bufferevent *bev, void *arg)
@@ -705,10 +869,12 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     struct px_h2 *h = arg;
     (void)bev;
 
-    if ((what & BEV_EVENT_TIMEOUT) && h->nstreams > 0) {
+    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && h->nstreams > 0) {
         bufferevent_enable(h->bev, EV_READ); /* busy, only quiet: keep it */
         return;
     }
+    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_WRITING) && px_log_allow(10))
+        px_log(PX_INFO, "h2: send_timeout: the client took no bytes, closing");
     h2_close(h);
 }
 
@@ -719,6 +885,9 @@ void px_h2_start(struct px_server *srv, struct bufferevent *bev, const struct so
     nghttp2_session_callbacks *cb;
     nghttp2_option *opt;
     struct timeval idle = {srv->cfg->keepalive_timeout, 0};
+    /* A client that takes no byte at all stalls every stream: that one bound is
+     * the connection's (per-stream stalls are on_tick()'s). */
+    struct timeval send = {srv->cfg->send_timeout, 0};
     nghttp2_settings_entry iv[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, MAX_STREAMS},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW},
@@ -740,6 +909,12 @@ void px_h2_start(struct px_server *srv, struct bufferevent *bev, const struct so
         srv->h2s->prev = h;
     srv->h2s = h;
     srv->nh2++;
+    h->kick = event_new(srv->base, -1, 0, on_kick, h);
+    h->tick = event_new(srv->base, -1, EV_PERSIST, on_tick, h);
+    if (h->kick == NULL || h->tick == NULL) {
+        h2_destroy(h);
+        return;
+    }
     nghttp2_session_callbacks_new(&cb);
     nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
     nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
@@ -764,7 +939,7 @@ void px_h2_start(struct px_server *srv, struct bufferevent *bev, const struct so
     nghttp2_session_set_local_window_size(h->ng, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW);
     bufferevent_setwatermark(bev, EV_READ, 0, 0);
     bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
-    bufferevent_set_timeouts(bev, &idle, NULL);
+    bufferevent_set_timeouts(bev, &idle, &send);
     bufferevent_setcb(bev, on_read, on_write, on_event, h);
     bufferevent_enable(bev, EV_READ | EV_WRITE);
     if (srv->draining)
