@@ -78,12 +78,21 @@ def port_is_listening(port, timeout=0.2):
         return False
 
 
+_HANDED_OUT = set()
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A port nothing listens on now, and never one this process handed out
+    before: two ports picked before either is bound (a listener and its metrics
+    listener) must differ, or SO_REUSEPORT lets both bind it."""
+    while True:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class Response:
