@@ -343,8 +343,8 @@ static int connect_upstream(struct px_conn *c, int allow_pool)
         if ((c->up = px_upstream_connect(c->srv, host, port, tls)) == NULL)
             return -1;
         bufferevent_set_timeouts(c->up->bev, NULL, &tv); /* connect timeout */
-    } else {
-        up_timeouts(c);
+    } else if (!c->req_done) {
+        up_timeouts(c); /* else px_fwd_pump_request() arms them in a moment */
     }
     bufferevent_setcb(c->up->bev, on_up_read, on_up_write, on_up_event, c);
     bufferevent_enable(c->up->bev, EV_READ | EV_WRITE);
