@@ -242,6 +242,22 @@ static int set_string(char **dst, const char *v)
     return *dst != NULL ? 0 : -1;
 }
 
+/* "RATE [BURST]" (per second); BURST defaults to RATE x burst_factor. */
+static const char *parse_rate(char **w, int n, int burst_factor, double *rate_out,
+                              double *burst_out)
+{
+    int rate, burst;
+
+    if (n < 2 || n > 3 || parse_int(w[1], 1, 1000000, &rate) != 0)
+        return "expects RATE [BURST] (lookups per second)";
+    burst = rate * burst_factor;
+    if (n == 3 && parse_int(w[2], 1, 10000000, &burst) != 0)
+        return "bad burst";
+    *rate_out = rate;
+    *burst_out = burst;
+    return NULL;
+}
+
 /* Applies one directive. Returns NULL on success, else the reason. */
 static const char *apply(struct px_config *c, char **w, int n)
 {
@@ -438,28 +454,10 @@ static const char *apply(struct px_config *c, char **w, int n)
         *slot = text;
         return NULL;
     }
-    if (!strcmp(d, "lookup_rate")) {
-        int rate, burst;
-        if (n < 2 || n > 3 || parse_int(w[1], 1, 1000000, &rate) != 0)
-            return "expects RATE [BURST] (lookups per second)";
-        burst = rate;
-        if (n == 3 && parse_int(w[2], 1, 10000000, &burst) != 0)
-            return "bad burst";
-        c->lookup_rate = rate;
-        c->lookup_burst = burst;
-        return NULL;
-    }
-    if (!strcmp(d, "lookup_client_rate")) {
-        int rate, burst;
-        if (n < 2 || n > 3 || parse_int(w[1], 1, 1000000, &rate) != 0)
-            return "expects RATE [BURST] (lookups per second)";
-        burst = rate * 2;
-        if (n == 3 && parse_int(w[2], 1, 10000000, &burst) != 0)
-            return "bad burst";
-        c->lookup_client_rate = rate;
-        c->lookup_client_burst = burst;
-        return NULL;
-    }
+    if (!strcmp(d, "lookup_rate"))
+        return parse_rate(w, n, 1, &c->lookup_rate, &c->lookup_burst);
+    if (!strcmp(d, "lookup_client_rate"))
+        return parse_rate(w, n, 2, &c->lookup_client_rate, &c->lookup_client_burst);
     if (!strcmp(d, "cors_credentials")) {
         static const char *const names[] = {"same-sandbox", "same-domain", "any"};
         if (n != 2)

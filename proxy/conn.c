@@ -155,6 +155,19 @@ void px_conn_destroy(struct px_conn *c)
         event_base_loopexit(srv->base, NULL);
 }
 
+/* Ends an exchange that cannot finish (client gone, a timeout, the runner lost
+ * mid-body): one access log line (499 when nothing was answered), then the
+ * connection goes. Safe at any depth. */
+void px_conn_abort(struct px_conn *c)
+{
+    if (c->status == 0)
+        c->status = 499;
+    c->keepalive = 0;
+    px_conn_access_log(c);
+    c->have_req = 0;
+    px_conn_close(c);
+}
+
 /* Safe at any depth (STYLE 8). */
 void px_conn_close(struct px_conn *c)
 {
@@ -732,11 +745,7 @@ static void on_client_event(struct bufferevent *bev, short what, void *arg)
                 px_conn_fail_close(c, 408, "the request body did not arrive in time");
                 break;
             }
-            if (c->status == 0)
-                c->status = 499;
-            px_conn_access_log(c);
-            c->have_req = 0;
-            px_conn_close(c);
+            px_conn_abort(c);
             break;
         }
         if ((what & BEV_EVENT_EOF) && c->req_done && !c->h2_stream) {
@@ -748,11 +757,7 @@ static void on_client_event(struct bufferevent *bev, short what, void *arg)
             break;
         }
         clog(c, PX_DEBUG, "client went away mid-exchange");
-        if (c->status == 0)
-            c->status = 499;
-        px_conn_access_log(c);
-        c->have_req = 0;
-        px_conn_close(c);
+        px_conn_abort(c);
         break;
     }
     LEAVE(c);

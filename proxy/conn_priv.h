@@ -125,6 +125,8 @@ void px_conn_destroy(struct px_conn *c);
 void px_conn_close(struct px_conn *c);
 /* Stop reading, flush what we wrote, then destroy. */
 void px_conn_linger(struct px_conn *c);
+/* An exchange that cannot finish: access log (499 if unanswered), then close. */
+void px_conn_abort(struct px_conn *c);
 void px_conn_access_log(struct px_conn *c);
 int px_conn_wants_html(const struct px_conn *c);
 /* A complete response of our own; the connection is kept only if the request

@@ -797,10 +797,7 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
     /* Mid-body failure: the status line is out, so all we can do is close. */
     clog(c, PX_INFO, "runner connection ended mid-response");
     px_conn_upstream_drop(c);
-    c->keepalive = 0;
-    px_conn_access_log(c);
-    c->have_req = 0;
-    px_conn_close(c);
+    px_conn_abort(c);
 out:
     LEAVE(c);
 }
