@@ -1,6 +1,6 @@
 # preview-proxy — see README.md. `make run` and `make test` install what they need.
-PKGS    := libevent libevent_openssl libevent_pthreads openssl libnghttp2 hiredis
-APT_PKGS := build-essential pkg-config libevent-dev libssl-dev libnghttp2-dev libhiredis-dev \
+PKGS    := libevent libevent_openssl libevent_pthreads openssl libnghttp2 hiredis jansson
+APT_PKGS := build-essential pkg-config libevent-dev libssl-dev libnghttp2-dev libhiredis-dev libjansson-dev \
             libhttp-parser-dev python3 redis-server curl
 TEST_PKGS := libcmocka-dev wrk nginx-light nghttp2-client openssl python3-pytest \
             python3-requests python3-websockets python3-h2
@@ -17,7 +17,7 @@ endif
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser
 
-PROXY_SRC := proxy/main.c proxy/config.c proxy/log.c proxy/conn.c proxy/route.c proxy/forward.c proxy/h1.c proxy/upstream.c \
+PROXY_SRC := proxy/main.c proxy/config.c proxy/log.c proxy/conn.c proxy/route.c proxy/forward.c proxy/h1.c proxy/upstream.c proxy/api.c \
              proxy/errors.c proxy/browser.c proxy/metrics.c routing/host.c routing/path.c routing/store.c auth/auth.c \
              auth/cookie.c auth/digest.c auth/lookup.c auth/redis.c auth/activity.c ws/splice.c tls/ctx.c tls/h2.c
 PROXY_OBJ := $(PROXY_SRC:%.c=$(BUILD)/obj/%.o)

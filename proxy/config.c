@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proxy/api.h"
 #include "proxy/px.h"
 #include "routing/store.h"
 
@@ -172,6 +173,7 @@ static void set_defaults(struct px_config *c)
     c->shutdown_timeout = 3600;
     c->client_body_timeout = 60;
     c->activity_interval = 45;
+    c->api_timeout = 60;
     c->send_timeout = 60;
     c->max_connections = 10000;
     /* 128, not nginx's customary 32: one runner serves many browsers, and an
@@ -285,6 +287,7 @@ static const char *apply(struct px_config *c, char **w, int n)
     INT_DIRECTIVE("client_body_timeout", client_body_timeout, 1, 86400)
     INT_DIRECTIVE("send_timeout", send_timeout, 1, 86400)
     INT_DIRECTIVE("activity_interval", activity_interval, 1, 3600)
+    INT_DIRECTIVE("api_timeout", api_timeout, 1, 3600)
     if (!strcmp(d, "max_connections"))
         c->max_connections_set = 1;
     INT_DIRECTIVE("max_connections", max_connections, 1, 1000000)
@@ -400,7 +403,15 @@ static const char *apply(struct px_config *c, char **w, int n)
     STR_DIRECTIVE("redis_username", redis_username)
     STR_DIRECTIVE("cookie_secret", cookie_secret)
     STR_DIRECTIVE("cookie_domain", cookie_domain)
-    STR_DIRECTIVE("api_url", api_url)
+    if (!strcmp(d, "api_url")) {
+        char host[256], prefix[512];
+        int tls, port;
+        if (n != 2)
+            return "expects one value";
+        if (px_api_parse_url(w[1], &tls, host, sizeof(host), &port, prefix, sizeof(prefix)) != 0)
+            return "expects http(s)://host[:port][/prefix], without query or fragment";
+        return set_string(&c->api_url, w[1]) ? "out of memory" : NULL;
+    }
     STR_DIRECTIVE("api_key", api_key)
 #undef STR_DIRECTIVE
     if (!strcmp(d, "tls_cert")) {
@@ -560,6 +571,14 @@ static const char *apply_env(struct px_config *c)
     ENV("SHUTDOWN_TIMEOUT_SEC", "shutdown_timeout")
     ENV("COOKIE_DOMAIN", "cookie_domain")
     ENV("DAYTONA_API_URL", "api_url")
+    /* Daytona: 0 or less also means the default */
+    if ((v = getenv("API_CLIENT_TIMEOUT_SEC")) != NULL && *v != '\0') {
+        char *end;
+        long t = strtol(v, &end, 10);
+        if (*end != '\0' || t > 3600)
+            return "API_CLIENT_TIMEOUT_SEC";
+        c->api_timeout = t > 0 ? (int)t : 60;
+    }
     ENV("REDIS_USERNAME", "redis_username")
     ENV("REDIS_PASSWORD", "redis_password")
 #undef ENV

@@ -25,6 +25,7 @@
 #include "tls/tls.h"
 #include "proxy/conn_priv.h"
 #include "proxy/metrics.h"
+#include "proxy/api.h"
 #include "proxy/px.h"
 #include "proxy/server.h"
 #include "proxy/upstream.h"
@@ -390,7 +391,8 @@ static int run_worker(struct px_config *cfg)
         }
         setvbuf(srv.access, NULL, _IOLBF, 0);
     }
-    if (srv.pool == NULL || px_lookup_init(srv.base, cfg) != 0 || open_listeners(&srv) != 0)
+    if (srv.pool == NULL || px_lookup_init(srv.base, cfg) != 0 || open_listeners(&srv) != 0 ||
+        px_api_start(&srv) != 0)
         return 1;
     metrics_listener = px_metrics_listen(&srv);
     if (cfg->metrics.addrlen != 0 && metrics_listener == NULL) {
@@ -433,6 +435,7 @@ static int run_worker(struct px_config *cfg)
         event_free(sigs[i]);
     if (shutdown_timer != NULL)
         event_free(shutdown_timer);
+    px_api_stop();
     px_lookup_shutdown();
     px_pool_free(srv.pool);
     SSL_CTX_free(srv.up_tls);

@@ -138,6 +138,7 @@ struct px_config {
     char *cookie_secret;
     char *cookie_domain;
     char *api_url, *api_key;
+    int api_timeout; /* seconds per attempt of an API call (API_CLIENT_TIMEOUT_SEC) */
     struct px_sandbox *sandboxes;     /* owned list, from `sandbox` records */
     struct px_domain *custom_domains; /* owned list, from `domain` records */
     int cache_ttl;                    /* seconds a positive lookup is served from memory */
