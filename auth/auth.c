@@ -25,6 +25,12 @@
 
 enum step {
     ST_SANDBOX = 0,
+    /* API mode (issue 10): the Daytona API decides, DAYTONA-API.md §5 steps 6-9 */
+    ST_API_PUBLIC,     /* C2 on the label came back */
+    ST_API_TOKEN,      /* C4 for the preview-token header came back */
+    ST_API_QUERY,      /* C4 for DAYTONA_SANDBOX_AUTH_KEY came back */
+    ST_API_SIGNED,     /* C5 came back */
+    ST_API_RUNNER,     /* C6 for the resolved sandbox came back */
     ST_PUBLIC,
     ST_BEARER,
     ST_TOKEN,
@@ -47,6 +53,8 @@ struct px_auth {
     char org[256];            /* org of a Bearer API key */
     int key_found;
     int revoked;
+    int api_yes;       /* the last API answer was yes (public, valid) */
+    char resolved[256]; /* API mode: the sandbox access was granted to */
     unsigned waiting : 1, in_run : 1, done : 1;
     unsigned backend_err : 1, busy_err : 1;
     unsigned tried_bearer : 1, tried_token : 1, tried_cookie : 1, tried_signed : 1;
@@ -131,6 +139,26 @@ static void on_lookup(void *arg, const struct px_lk_value *v, const char *err)
         else if (v->found)
             snprintf(a->id, sizeof(a->id), "%s", v->str);
         break;
+    case ST_API_PUBLIC:
+    case ST_API_TOKEN:
+    case ST_API_QUERY:
+        if (err != NULL)
+            note_error(a, err);
+        else
+            a->api_yes = v->found;
+        break;
+    case ST_API_SIGNED:
+        if (err != NULL)
+            note_error(a, err);
+        else if (v->found)
+            snprintf(a->id, sizeof(a->id), "%s", v->str);
+        break;
+    case ST_API_RUNNER:
+        if (err != NULL)
+            note_error(a, err);
+        else if (v->found && (a->other = px_sandbox_dup(v->sb)) == NULL)
+            note_error(a, px_err_nomem);
+        break;
     case ST_PUBLIC:
     case ST_TOKEN:
     case ST_FAIL: break;
@@ -181,11 +209,154 @@ static int can_be_token(struct px_str label)
     return 1;
 }
 
+/* "{a}:{b}" as a lookup key; 0 or -1 when it does not fit. */
+static int pair_key(char *buf, size_t cap, struct px_str a, struct px_str b, size_t *len)
+{
+    int n = snprintf(buf, cap, "%.*s:%.*s", (int)a.len, a.p, (int)b.len, b.p);
+
+    if (n < 0 || (size_t)n >= cap)
+        return -1;
+    *len = (size_t)n;
+    return 0;
+}
+
+/* Access is decided for sandbox id: the runner comes next (C6). */
+static void api_granted(struct px_auth *a, const char *id)
+{
+    snprintf(a->resolved, sizeof(a->resolved), "%s", id);
+    a->step = ST_API_RUNNER;
+    lookup(a, PX_LK_API_RUNNER, px_str_make(a->resolved, strlen(a->resolved)));
+}
+
+/* After the token checks: the auth cookie (no API call), then a signed
+ * preview host (C5), then failure. */
+static void api_after_tokens(struct px_auth *a)
+{
+    const struct px_auth_in *in = &a->in;
+    struct px_str value, id;
+    char name[300];
+    int n = snprintf(name, sizeof(name), PX_COOKIE_PREFIX "%.*s", (int)in->label.len, in->label.p);
+
+    if (in->cfg->cookie_secret != NULL &&
+        px_cookie_find(in->req, px_str_make(name, (size_t)n), &value) == 0) {
+        a->tried_cookie = 1;
+        if (px_cookie_verify(in->cfg->cookie_secret, in->label, in->port, value, in->now, &id) ==
+                0 &&
+            id.len < sizeof(a->id)) {
+            memcpy(a->id, id.p, id.len);
+            a->id[id.len] = '\0';
+            return api_granted(a, a->id);
+        }
+    }
+    if (in->toolbox || !can_be_token(in->label)) { /* signed tokens name preview hosts only */
+        a->step = ST_FAIL;
+        return;
+    }
+    char key[400];
+    size_t klen;
+    char port[12];
+    snprintf(port, sizeof(port), "%u", in->port);
+    if (pair_key(key, sizeof(key), px_str_make(port, strlen(port)), in->label, &klen) != 0) {
+        a->step = ST_FAIL;
+        return;
+    }
+    a->tried_signed = 1;
+    a->id[0] = '\0';
+    a->step = ST_API_SIGNED;
+    lookup(a, PX_LK_API_SIGNED, px_str_make(key, klen));
+}
+
+/* Asks C4 about one preview token; the answer lands in step next. */
+static int api_token(struct px_auth *a, struct px_str tok, enum step next)
+{
+    char key[700];
+    size_t klen;
+
+    if (tok.len == 0 || pair_key(key, sizeof(key), a->in.label, tok, &klen) != 0)
+        return 0;
+    a->tried_token = 1;
+    a->step = next;
+    lookup(a, PX_LK_API_TOKEN, px_str_make(key, klen));
+    return 1;
+}
+
+/* API mode, DAYTONA-API.md §5: C2 decides public; else a preview token (C4),
+ * the auth cookie, a signed host (C5); then C6 for the runner of the sandbox
+ * access was granted to. (Bearer access through C3 is not wired yet: a Bearer
+ * header is not a credential in API mode, and is forwarded as it came.) */
+static void api_step(struct px_auth *a)
+{
+    const struct px_auth_in *in = &a->in;
+    const struct px_hdr *h;
+
+    switch (a->step) {
+    case ST_SANDBOX:
+        a->step = ST_API_PUBLIC;
+        return lookup(a, PX_LK_API_PUBLIC, in->label);
+    case ST_API_PUBLIC: {
+        char label[256];
+        if (a->api_yes && !px_port_reserved(in->port) && !in->toolbox &&
+            in->label.len < sizeof(label)) {
+            memcpy(label, in->label.p, in->label.len);
+            label[in->label.len] = '\0';
+            return api_granted(a, label);
+        }
+        h = px_head_get(in->req, PX_STR("x-daytona-preview-token"));
+        if (h != NULL && api_token(a, h->value, ST_API_TOKEN))
+            return;
+        __attribute__((fallthrough)); /* no header token: the query one */
+    }
+    case ST_API_TOKEN:
+        if (a->step == ST_API_TOKEN && a->api_yes) {
+            char label[256];
+            snprintf(label, sizeof(label), "%.*s", (int)in->label.len, in->label.p);
+            return api_granted(a, label);
+        }
+        if (in->has_query_token && api_token(a, in->query_token, ST_API_QUERY))
+            return;
+        return api_after_tokens(a);
+    case ST_API_QUERY:
+        if (a->api_yes) {
+            char label[256];
+            snprintf(label, sizeof(label), "%.*s", (int)in->label.len, in->label.p);
+            set_cookie(a, label); /* the page's assets come without the parameter */
+            return api_granted(a, label);
+        }
+        return api_after_tokens(a);
+    case ST_API_SIGNED:
+        if (a->id[0] != '\0') {
+            set_cookie(a, a->id);
+            return api_granted(a, a->id);
+        }
+        a->step = ST_FAIL;
+        return;
+    case ST_API_RUNNER:
+        if (a->other != NULL)
+            return allow(a, &a->other);
+        if (!a->backend_err && !a->busy_err) {
+            /* Access was granted, but the API knows no runner for the sandbox:
+             * it is gone (issue 10: 404, where Daytona answers 400). */
+            a->out.status = 404;
+            a->out.code = "SANDBOX_NOT_FOUND";
+            a->out.message = "the sandbox does not exist (any more)";
+            free(a->out.cookie_value);
+            a->out.cookie_value = NULL;
+            finish(a);
+            return;
+        }
+        a->step = ST_FAIL;
+        return;
+    default: a->step = ST_FAIL; return;
+    }
+}
+
 /* One step of the chain. Sets a->waiting when it started a lookup. */
 static void step(struct px_auth *a)
 {
     const struct px_auth_in *in = &a->in;
 
+    if (in->cfg->api_url != NULL && a->step != ST_FAIL)
+        return api_step(a);
     switch (a->step) {
     case ST_SANDBOX: return lookup(a, PX_LK_SANDBOX, in->label);
     case ST_PUBLIC:
@@ -295,6 +466,11 @@ static void step(struct px_auth *a)
         }
         a->step = ST_FAIL;
         return;
+    case ST_API_PUBLIC:
+    case ST_API_TOKEN:
+    case ST_API_QUERY:
+    case ST_API_SIGNED:
+    case ST_API_RUNNER: a->step = ST_FAIL; return; /* API mode only (api_step) */
     case ST_FAIL:
         if (a->busy_err) {
             a->out.status = 429;

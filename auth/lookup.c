@@ -58,8 +58,11 @@
 #include <event2/util.h>
 #include <hiredis/hiredis.h>
 
+#include <jansson.h>
+
 #include "auth/lookup.h"
 #include "auth/redis.h"
+#include "proxy/api.h"
 #include "routing/store.h"
 
 #define NBUCKETS 4096
@@ -74,6 +77,17 @@
 
 const char px_err_busy[] = "too many lookups of unknown credentials";
 const char px_err_saturated[] = "too many lookups in flight";
+const char px_err_api_down[] = "the Daytona API is unavailable";
+
+#define API_PUBLIC_TTL 3600 /* DAYTONA-API.md §4, capped by cache_ttl */
+#define API_VALID_TTL 120
+#define API_SIGNED_TTL 10 /* Daytona never caches C5 (the cookie stands in): just single flight */
+
+static int api_kind(enum px_lk_kind k)
+{
+    return k == PX_LK_API_PUBLIC || k == PX_LK_API_TOKEN || k == PX_LK_API_SIGNED ||
+           k == PX_LK_API_RUNNER;
+}
 
 /* A client address as the budget sees it: family, then IPv4 or an IPv6 /64. */
 struct ckey {
@@ -110,12 +124,15 @@ struct entry {
     time_t fetched;
     time_t expires;
     struct px_lk_value v;   /* owned contents */
+    struct px_api_call *api; /* owned while an API fetch is out */
     struct waiter *waiters; /* owned list while pending */
     struct entry *next;     /* bucket chain */
 };
 
 static struct {
     struct event_base *base;
+    struct px_server *srv;  /* borrowed; API mode's calls */
+    time_t key_refused_logged; /* the API refused our key: one line a minute */
     const struct px_config *cfg;
     struct px_redis *redis; /* owned; NULL in memory mode */
     struct entry *buckets[NBUCKETS];
@@ -308,13 +325,40 @@ int px_lookup_init(struct event_base *base, const struct px_config *cfg)
     return L.redis != NULL ? 0 : -1;
 }
 
+void px_lookup_set_server(struct px_server *srv)
+{
+    L.srv = srv;
+}
+
 void px_lookup_set_config(const struct px_config *cfg)
 {
     L.cfg = cfg;
 }
 
+static void deliver(struct entry *e, const char *err);
+
+/* API fetches still out at exit: cancel the calls, end the entries (their
+ * waiters were cancelled with their connections). */
+static void cancel_api_fetches(void)
+{
+    for (int i = 0; i < NBUCKETS; i++) {
+        struct entry *e = L.buckets[i];
+        while (e != NULL) {
+            if (e->pending && e->api != NULL) {
+                px_api_cancel(e->api);
+                e->api = NULL;
+                deliver(e, px_err_api_down); /* unlinks and frees e */
+                e = L.buckets[i];            /* the chain changed: rescan it */
+                continue;
+            }
+            e = e->next;
+        }
+    }
+}
+
 void px_lookup_shutdown(void)
 {
+    cancel_api_fetches();
     px_redis_free(L.redis); /* pending fetches complete with errors first */
     L.redis = NULL;
     drop_matching(NULL, 0, 1);
@@ -487,6 +531,23 @@ static void account(struct entry *e, const char *err)
 
 /* ---- fetch ---- */
 
+static int min_ttl(int a, int b)
+{
+    return a < b ? a : b;
+}
+
+/* Seconds a result is kept (API kinds: Daytona's TTLs, DAYTONA-API.md §4). */
+static int ttl(const struct entry *e)
+{
+    switch (e->kind) {
+    case PX_LK_API_PUBLIC: return min_ttl(API_PUBLIC_TTL, L.cfg->cache_ttl);
+    case PX_LK_API_TOKEN:
+    case PX_LK_API_RUNNER: return e->v.found ? min_ttl(API_VALID_TTL, L.cfg->cache_ttl) : NEG_TTL;
+    case PX_LK_API_SIGNED: return e->v.found ? API_SIGNED_TTL : NEG_TTL;
+    default: return e->v.found ? L.cfg->cache_ttl : NEG_TTL;
+    }
+}
+
 /* Hands the fetch's result to every waiter. A callback may start other lookups
  * (find() expires entries lazily on its way through a bucket) or see an
  * invalidation, so while the callbacks run the entry is marked delivering:
@@ -520,7 +581,7 @@ static void deliver(struct entry *e, const char *err)
         return;
     }
     e->fetched = time(NULL);
-    e->expires = e->fetched + (e->v.found ? L.cfg->cache_ttl : NEG_TTL);
+    e->expires = e->fetched + ttl(e);
 }
 
 static const char *hash_field(const redisReply *r, const char *name)
@@ -589,8 +650,180 @@ static void on_fetch(void *arg, redisReply *r, const char *err)
         break;
     }
     case PX_LK_REVOKED: e->v.found = r->type == REDIS_REPLY_INTEGER && r->integer > 0; break;
+    case PX_LK_API_PUBLIC:
+    case PX_LK_API_TOKEN:
+    case PX_LK_API_SIGNED:
+    case PX_LK_API_RUNNER: break; /* asked of the API, never of Redis (on_api) */
     }
     deliver(e, NULL);
+}
+
+/* ---- API mode ---- */
+
+/* One path segment, percent-encoded but for RFC 3986 unreserved bytes: labels
+ * and tokens come from the client. Returns the length, or -1 if it won't fit. */
+static int escape_segment(char *dst, size_t cap, struct px_str s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = 0;
+
+    for (size_t i = 0; i < s.len; i++) {
+        unsigned char ch = (unsigned char)s.p[i];
+        int plain = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                    (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == '_' || ch == '~';
+        if (n + (plain ? 1 : 3) >= cap)
+            return -1;
+        if (plain) {
+            dst[n++] = (char)ch;
+        } else {
+            dst[n++] = '%';
+            dst[n++] = hex[ch >> 4];
+            dst[n++] = hex[ch & 15];
+        }
+    }
+    dst[n] = '\0';
+    return (int)n;
+}
+
+/* A sandbox ID as the API may answer it (C5's raw body): no bytes we would
+ * have to escape again, no empty value. */
+static int plausible_id(const char *s, size_t len)
+{
+    if (len == 0 || len >= 256)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '_'))
+            return 0;
+    }
+    return 1;
+}
+
+/* RunnerFull (C6) -> a record: proxyUrl is where previews go, apiKey the runner key. */
+static int runner_record(struct entry *e, const char *id, const char *body, size_t len)
+{
+    json_error_t je;
+    json_t *j = json_loadb(body, len, 0, &je), *url, *key;
+    const char *why;
+    int rc = -1;
+
+    if (!json_is_object(j))
+        goto out;
+    url = json_object_get(j, "proxyUrl");
+    key = json_object_get(j, "apiKey");
+    if (!json_is_string(url) || !json_is_string(key) || json_string_length(url) > 2048 ||
+        json_string_length(key) > 2048 ||
+        strlen(json_string_value(url)) != json_string_length(url) ||
+        strlen(json_string_value(key)) != json_string_length(key))
+        goto out; /* a null proxyUrl is an error (§2 C6) */
+    for (const char *k = json_string_value(key); *k; k++)
+        if ((unsigned char)*k < 0x20 || *k == 0x7f)
+            goto out; /* it becomes a header value */
+    if ((e->v.sb = px_sandbox_new(id)) == NULL ||
+        px_sandbox_set(e->v.sb, "runner_url", json_string_value(url), &why) != 0 ||
+        px_sandbox_set(e->v.sb, "runner_key", json_string_value(key), &why) != 0 ||
+        px_sandbox_finish(e->v.sb, &why) != 0) {
+        px_sandbox_free(e->v.sb);
+        e->v.sb = NULL;
+        goto out;
+    }
+    e->v.found = 1;
+    rc = 0;
+out:
+    json_decref(j);
+    return rc;
+}
+
+static void on_api(void *arg, const struct px_api_resp *r)
+{
+    struct entry *e = arg;
+    const char *key = strchr(e->key, ':') + 1;
+    int final4xx = r->status >= 400 && r->status <= 499 && r->status != 408 && r->status != 429;
+
+    e->api = NULL;
+    if (r->err != NULL)
+        return deliver(e, px_err_api_down);
+    if (r->status == 401 || (r->status == 403 && e->kind != PX_LK_API_SIGNED)) {
+        /* The proxy's own identity was refused: PROXY_API_KEY is wrong. Never
+         * cached as "private" or "invalid" (Daytona caches it for an hour). */
+        time_t now = time(NULL);
+        if (now - L.key_refused_logged >= 60) {
+            L.key_refused_logged = now;
+            px_log(PX_ERR, "api: the Daytona API refused the proxy's key (%d): check api_key / "
+                   "PROXY_API_KEY", r->status);
+        }
+        return deliver(e, px_err_api_down);
+    }
+    switch (e->kind) {
+    case PX_LK_API_PUBLIC:
+    case PX_LK_API_TOKEN:
+        /* §2 C2/C4: exactly 200 is yes; another 2xx or a final 4xx is no */
+        if (r->status == 200)
+            e->v.found = 1;
+        else if (!(r->status / 100 == 2 || final4xx))
+            return deliver(e, px_err_api_down);
+        break;
+    case PX_LK_API_SIGNED:
+        if (r->status == 200) {
+            if (!plausible_id(r->body, r->body_len))
+                return deliver(e, px_err_api_down);
+            if ((e->v.str = strdup(r->body)) == NULL)
+                return deliver(e, px_err_nomem);
+            e->v.found = 1;
+        } else if (!final4xx) {
+            return deliver(e, px_err_api_down);
+        }
+        break;
+    case PX_LK_API_RUNNER:
+        if (r->status == 200) {
+            if (runner_record(e, key, r->body, r->body_len) != 0) {
+                px_log(PX_WARN, "api: runner info for a sandbox is unusable (no proxyUrl/apiKey)");
+                return deliver(e, px_err_api_down);
+            }
+        } else if (r->status != 404) {
+            return deliver(e, px_err_api_down);
+        }
+        break;
+    default: break;
+    }
+    deliver(e, NULL);
+}
+
+static void start_api_fetch(struct entry *e, struct px_str key)
+{
+    char path[1400], a[600], b[600];
+    const char *colon = memchr(key.p, ':', key.len);
+    struct px_str k1 = key, k2 = PX_STR_NULL;
+    unsigned flags = 0;
+    int ok = 1;
+
+    if (colon != NULL && (e->kind == PX_LK_API_TOKEN || e->kind == PX_LK_API_SIGNED)) {
+        k1 = px_str_make(key.p, (size_t)(colon - key.p));
+        k2 = px_str_make(colon + 1, key.len - (size_t)(colon + 1 - key.p));
+    } else if (e->kind == PX_LK_API_TOKEN || e->kind == PX_LK_API_SIGNED) {
+        ok = 0;
+    }
+    ok = ok && escape_segment(a, sizeof(a), k1) >= 0 && escape_segment(b, sizeof(b), k2) >= 0;
+    switch (e->kind) {
+    case PX_LK_API_PUBLIC:
+        snprintf(path, sizeof(path), "/preview/%s/public", a);
+        flags = PX_API_FINAL_4XX;
+        break;
+    case PX_LK_API_TOKEN:
+        snprintf(path, sizeof(path), "/preview/%s/validate/%s", a, b);
+        flags = PX_API_FINAL_4XX;
+        break;
+    case PX_LK_API_SIGNED: /* key is "{port}:{token}"; the call is /preview/{token}/{port} */
+        snprintf(path, sizeof(path), "/preview/%s/%s/sandbox-id", b, a);
+        break;
+    default: snprintf(path, sizeof(path), "/runners/by-sandbox/%s", a); break;
+    }
+    L.stats.fetches++;
+    L.inflight++; /* deliver() counts it back */
+    if (!ok || L.srv == NULL ||
+        (e->api = px_api_request(L.srv, "GET", path, NULL, NULL, flags, on_api, e)) == NULL)
+        deliver(e, ok ? px_err_api_down : NULL); /* a key that cannot be asked finds nothing */
 }
 
 static void start_fetch(struct entry *e, struct px_str key)
@@ -600,6 +833,8 @@ static void start_fetch(struct entry *e, struct px_str key)
     size_t argvlen[2];
     int n;
 
+    if (api_kind(e->kind))
+        return start_api_fetch(e, key);
     switch (e->kind) {
     case PX_LK_SANDBOX:
         argv[0] = "HGETALL";
@@ -666,7 +901,7 @@ struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, const char *cli
     const char *why;
     int newcomer;
 
-    if (L.redis == NULL) {
+    if (L.redis == NULL && !api_kind(kind)) {
         memory_lookup(kind, key, cb, arg);
         return NULL;
     }
@@ -678,7 +913,7 @@ struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, const char *cli
     n = snprintf(buf, sizeof(buf), "%d:%.*s", kind, (int)key.len, key.p);
     h = fnv(buf, (size_t)n);
     e = find(buf, (size_t)n, h);
-    if (e != NULL && !e->pending && !e->delivering && !px_redis_up(L.redis) &&
+    if (e != NULL && !e->pending && !e->delivering && !api_kind(kind) && !px_redis_up(L.redis) &&
         time(NULL) - e->fetched > OUTAGE_MAX_AGE) {
         /* Invalidations cannot reach us now: do not serve old entries for long. */
         entry_unlink(e);

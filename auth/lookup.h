@@ -20,6 +20,11 @@ enum px_lk_kind {
     PX_LK_APIKEY,      /* key: sha256 hex          -> str = org, num = expires (0 none) */
     PX_LK_REVOKED,     /* key: token               -> found = revoked */
     PX_LK_DOMAIN,      /* key: host                -> str = sandbox ID, num = port */
+    /* API mode (issue 10; DAYTONA-API.md §2). found = the answer was yes. */
+    PX_LK_API_PUBLIC,  /* key: label (C2)                -> found = public */
+    PX_LK_API_TOKEN,   /* key: "{label}:{token}" (C4)    -> found = valid */
+    PX_LK_API_SIGNED,  /* key: "{port}:{token}" (C5)     -> str = sandbox ID */
+    PX_LK_API_RUNNER,  /* key: sandbox ID (C6)           -> sb (runner_url, runner_key) */
 };
 
 /* Borrowed by the callback for its duration only: copy what you keep. */
@@ -37,8 +42,13 @@ struct px_lk; /* a waiting lookup, cancellable */
 extern const char px_err_busy[];      /* the miss budget is spent (flood of unknown keys): 429 */
 extern const char px_err_saturated[]; /* too many Redis fetches in flight: 503 */
 
-/* Process-wide setup on the worker's loop; NULL redis host means in-memory. */
+/* Process-wide setup on the worker's loop; NULL redis host means in-memory.
+ * With api_url set (API mode) the API kinds are asked of the Daytona API and
+ * cached in process whether or not Redis is configured. */
 int px_lookup_init(struct event_base *base, const struct px_config *cfg);
+struct px_server;
+/* API mode needs the server (pool, resolver) for its calls. */
+void px_lookup_set_server(struct px_server *srv);
 void px_lookup_shutdown(void);
 void px_lookup_set_config(const struct px_config *cfg);
 

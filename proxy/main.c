@@ -391,6 +391,7 @@ static int run_worker(struct px_config *cfg)
         }
         setvbuf(srv.access, NULL, _IOLBF, 0);
     }
+    px_lookup_set_server(&srv);
     if (srv.pool == NULL || px_lookup_init(srv.base, cfg) != 0 || open_listeners(&srv) != 0 ||
         px_api_start(&srv) != 0)
         return 1;

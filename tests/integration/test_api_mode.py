@@ -1,0 +1,239 @@
+"""API mode, first slice (issue 10): the Daytona API decides public (C2), preview
+tokens (C4), signed preview hosts (C5) and the runner (C6); answers are cached
+in process with single flight; an API that is down or refuses the proxy's key
+gives 503, never a pass; a sandbox the API no longer knows gives 404.
+
+The API is a small stub here with Daytona's answer shapes (DAYTONA-API.md §2):
+booleans and strings as raw text/html, objects as JSON, errors as JSON with
+statusCode. It counts calls per path so the tests can assert cache behaviour.
+"""
+import json
+import socket
+import threading
+import time
+from urllib.parse import unquote
+
+import pytest
+
+from helpers import RUNNER_KEY, host, raw_exchange, request_bytes, wait_until
+
+PROXY_KEY = "pk-S3CRET-9"
+
+
+def err(status, message):
+    return status, "application/json", json.dumps(
+        {"path": "/x", "timestamp": "2026-12-04T00:00:00Z", "statusCode": status,
+         "error": "E", "message": message})
+
+
+class API:
+    def __init__(self, runner_url):
+        self.runner_url = runner_url
+        self.public = {"apub"}
+        self.tokens = {"apriv": "tok-1"}
+        self.signed = {("3000", "abc123"): "apriv"}
+        self.runners = {"apub", "apriv"}   # sandboxes with a runner
+        self.calls = []
+        self.down = False
+        self.delay = 0.0
+        self.lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def count(self, needle):
+        with self.lock:
+            return sum(1 for c in self.calls if needle in c)
+
+    def route(self, method, target, headers):
+        if headers.get("authorization") != f"Bearer {PROXY_KEY}":
+            return err(401, "Unauthorized")
+        parts = [unquote(p) for p in target.split("?")[0].split("/")]
+        # ['', 'api', 'preview', label, 'public']
+        if parts[1:3] == ["api", "preview"] and len(parts) == 5 and parts[4] == "public":
+            return (200, "text/html; charset=utf-8", "true") if parts[3] in self.public \
+                else err(404, "not public")
+        if parts[1:3] == ["api", "preview"] and len(parts) == 6 and parts[4] == "validate":
+            ok = self.tokens.get(parts[3]) == parts[5]
+            return (200, "text/html; charset=utf-8", "true") if ok else err(404, "bad token")
+        if parts[1:3] == ["api", "preview"] and len(parts) == 6 and parts[5] == "sandbox-id":
+            sid = self.signed.get((parts[4], parts[3]))
+            return (200, "text/html; charset=utf-8", sid) if sid else \
+                err(403, "Invalid or expired token")
+        if parts[1:4] == ["api", "runners", "by-sandbox"] and len(parts) == 5:
+            if parts[4] not in self.runners:
+                return err(404, f"Sandbox with ID {parts[4]} not found")
+            return 200, "application/json", json.dumps({
+                "id": "r1", "proxyUrl": self.runner_url, "apiKey": RUNNER_KEY,
+                "apiUrl": self.runner_url, "runnerClass": "container", "state": "ready"})
+        if target == "/api/config":
+            return 200, "application/json", json.dumps(
+                {"version": "0.190.0", "oidc": {"issuer": "http://idp/", "clientId": "c",
+                                                "audience": "a"}})
+        return err(404, "no route")
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ")
+                headers = {k.strip().lower(): v.strip() for k, _, v in
+                           (l.partition(":") for l in lines[1:])}
+                with self.lock:
+                    self.calls.append(target)
+                if self.down:
+                    status, ctype, body = 503, "text/html", "<html>down</html>"
+                else:
+                    if self.delay:
+                        time.sleep(self.delay)
+                    status, ctype, body = self.route(method, target, headers)
+                body = body.encode()
+                c.sendall(b"HTTP/1.1 %d X\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
+                          % (status, ctype.encode(), len(body)) + body)
+        except OSError:
+            return
+        finally:
+            c.close()
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def api(runner):
+    a = API(runner.url)
+    yield a
+    a.close()
+
+
+def api_proxy(proxy, api, **settings):
+    s = {"api_url": f"http://127.0.0.1:{api.port}/api", "api_key": PROXY_KEY,
+         "cookie_secret": "cookie-secret-for-tests"}
+    s.update(settings)
+    return proxy(settings=s, default_sandboxes_too=False)
+
+
+def get(p, label, path="/", port=3000, headers=()):
+    return raw_exchange(p.port, request_bytes("GET", path, host(port, label),
+                                              headers=[("Accept", "application/json"),
+                                                       *headers]))
+
+
+def test_public_sandbox_goes_to_its_runner_and_is_cached(proxy, api, runner):
+    p = api_proxy(proxy, api)
+    for i in range(5):
+        r = get(p, "apub", f"/page{i}")
+        assert r is not None and r.status == 200, r
+    rec = runner.wait_for("/sandboxes/apub/toolbox/proxy/3000/page0")[0]
+    assert rec["auth_ok"] is True                      # the runner key from C6
+    assert api.count("/api/preview/apub/public") == 1  # cached after the first
+    assert api.count("/api/runners/by-sandbox/apub") == 1
+
+
+def test_private_sandbox_needs_a_valid_token(proxy, api, runner):
+    p = api_proxy(proxy, api)
+    r = get(p, "apriv", "/nope")
+    assert r.status == 401, r
+    r = get(p, "apriv", "/bad", headers=[("X-Daytona-Preview-Token", "wrong")])
+    assert r.status == 401, r
+    r = get(p, "apriv", "/good", headers=[("X-Daytona-Preview-Token", "tok-1")])
+    assert r.status == 200, r
+    rec = runner.wait_for("/good")[0]
+    assert not any(k.lower() == "x-daytona-preview-token" for k, _ in rec["headers"])
+    # the query parameter also works, and leaves a cookie that works alone
+    r = get(p, "apriv", "/q?DAYTONA_SANDBOX_AUTH_KEY=tok-1&x=1")
+    assert r.status == 200, r
+    cookie = r.header("set-cookie").split(";")[0]
+    assert runner.wait_for("/q?x=1")
+    r = get(p, "apriv", "/with-cookie", headers=[("Cookie", cookie)])
+    assert r.status == 200, r
+    # reserved ports need credentials even for a public sandbox
+    r = get(p, "apub", "/term", port=22222)
+    assert r.status == 401, r
+
+
+def test_signed_preview_host(proxy, api, runner):
+    p = api_proxy(proxy, api)
+    r = get(p, "abc123", "/signed")
+    assert r.status == 200, r
+    assert runner.wait_for("/sandboxes/apriv/toolbox/proxy/3000/signed")
+    assert r.header("set-cookie").startswith("daytona-sandbox-auth-abc123=")
+    r = get(p, "abc123", "/other-port", port=3001)
+    assert r.status == 401, r                           # the token names port 3000 only
+
+
+def test_cold_burst_makes_one_call_per_key(proxy, api, runner):
+    p = api_proxy(proxy, api)
+    api.delay = 0.3
+    results = []
+
+    def one(i):
+        results.append(get(p, "apub", f"/burst{i}"))
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert [r.status for r in results] == [200] * 40
+    assert api.count("/api/preview/apub/public") == 1
+    assert api.count("/api/runners/by-sandbox/apub") == 1
+
+
+def test_api_down_is_503_never_a_pass(proxy, api, runner):
+    p = api_proxy(proxy, api, api_timeout=2)
+    api.down = True
+    r = get(p, "apriv", "/down", headers=[("X-Daytona-Preview-Token", "tok-1")])
+    assert r.status == 503, r
+    assert runner.find("/down") == []
+    assert api.count("/api/preview/apriv/public") == 3   # §3: HTML 503 is retried
+    api.down = False
+    r = get(p, "apriv", "/up", headers=[("X-Daytona-Preview-Token", "tok-1")])
+    assert r.status == 200, r                            # errors were not cached
+
+
+def test_wrong_proxy_key_is_503_and_one_log_line(proxy, api, runner):
+    p = api_proxy(proxy, api, api_key="not-the-key")
+    for i in range(3):
+        r = get(p, f"apub{i}" if i else "apub", f"/k{i}")
+        assert r.status == 503, r
+    assert runner.requests() == []
+    lines = [l for l in p.log_lines() if "refused the proxy's key" in l]
+    assert len(lines) == 1, lines
+    assert "not-the-key" not in p.log()
+
+
+def test_sandbox_gone_for_an_authenticated_caller_is_404(proxy, api, runner):
+    p = api_proxy(proxy, api)
+    api.runners.discard("apriv")
+    r = get(p, "apriv", "/gone", headers=[("X-Daytona-Preview-Token", "tok-1")])
+    assert r.status == 404, r
+    assert r.json()["code"] == "SANDBOX_NOT_FOUND"
+    r = get(p, "abc123", "/gone-signed")                # a valid signed token, sandbox gone
+    assert r.status == 404, r
+
+
+def test_hostile_labels_and_tokens_are_escaped(proxy, api, runner):
+    p = api_proxy(proxy, api)
+    r = get(p, "apriv", "/x", headers=[("X-Daytona-Preview-Token", "a/../../b%2f?c=d")])
+    assert r.status == 401, r
+    with api.lock:
+        asked = [c for c in api.calls if "/validate/" in c]
+    assert asked and asked[-1].endswith("/validate/a%2F..%2F..%2Fb%252f%3Fc%3Dd"), asked
