@@ -30,6 +30,7 @@ enum step {
     ST_API_TOKEN,      /* C4 for the preview-token header came back */
     ST_API_QUERY,      /* C4 for DAYTONA_SANDBOX_AUTH_KEY came back */
     ST_API_SIGNED,     /* C5 came back */
+    ST_API_ACCESS,     /* C3 for the Bearer token came back */
     ST_API_RUNNER,     /* C6 for the resolved sandbox came back */
     ST_PUBLIC,
     ST_BEARER,
@@ -142,6 +143,7 @@ static void on_lookup(void *arg, const struct px_lk_value *v, const char *err)
     case ST_API_PUBLIC:
     case ST_API_TOKEN:
     case ST_API_QUERY:
+    case ST_API_ACCESS:
         if (err != NULL)
             note_error(a, err);
         else
@@ -282,8 +284,8 @@ static int api_token(struct px_auth *a, struct px_str tok, enum step next)
 
 /* API mode, DAYTONA-API.md §5: C2 decides public; else a preview token (C4),
  * the auth cookie, a signed host (C5); then C6 for the runner of the sandbox
- * access was granted to. (Bearer access through C3 is not wired yet: a Bearer
- * header is not a credential in API mode, and is forwarded as it came.) */
+ * access was granted to. A Bearer token is the user's own: C3 asks the API
+ * with it and the client's address. */
 static void api_step(struct px_auth *a)
 {
     const struct px_auth_in *in = &a->in;
@@ -301,6 +303,26 @@ static void api_step(struct px_auth *a)
             label[in->label.len] = '\0';
             return api_granted(a, label);
         }
+        struct px_str t = bearer(in->req);
+        char key[700];
+        size_t klen;
+        a->api_yes = 0;
+        if (t.len > 0 && pair_key(key, sizeof(key), in->label, t, &klen) == 0) {
+            /* §5 8.1: the user's own token, asked with their address (C3) */
+            a->tried_bearer = 1;
+            a->step = ST_API_ACCESS;
+            return lookup(a, PX_LK_API_ACCESS, px_str_make(key, klen));
+        }
+        __attribute__((fallthrough)); /* no Bearer: the preview token */
+    }
+    case ST_API_ACCESS: {
+        if (a->step == ST_API_ACCESS && a->api_yes) {
+            char label[256];
+            snprintf(label, sizeof(label), "%.*s", (int)in->label.len, in->label.p);
+            a->out.used_authorization = 1; /* ours: not forwarded */
+            return api_granted(a, label);
+        }
+        a->api_yes = 0;
         h = px_head_get(in->req, PX_STR("x-daytona-preview-token"));
         if (h != NULL && api_token(a, h->value, ST_API_TOKEN))
             return;
@@ -470,6 +492,7 @@ static void step(struct px_auth *a)
     case ST_API_TOKEN:
     case ST_API_QUERY:
     case ST_API_SIGNED:
+    case ST_API_ACCESS:
     case ST_API_RUNNER: a->step = ST_FAIL; return; /* API mode only (api_step) */
     case ST_FAIL:
         if (a->busy_err) {

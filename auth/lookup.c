@@ -86,7 +86,7 @@ const char px_err_api_down[] = "the Daytona API is unavailable";
 static int api_kind(enum px_lk_kind k)
 {
     return k == PX_LK_API_PUBLIC || k == PX_LK_API_TOKEN || k == PX_LK_API_SIGNED ||
-           k == PX_LK_API_RUNNER;
+           k == PX_LK_API_RUNNER || k == PX_LK_API_ACCESS;
 }
 
 /* A client address as the budget sees it: family, then IPv4 or an IPv6 /64. */
@@ -125,6 +125,7 @@ struct entry {
     time_t expires;
     struct px_lk_value v;   /* owned contents */
     struct px_api_call *api; /* owned while an API fetch is out */
+    char *xff;               /* owned; C3: the client address the API throttles on */
     struct waiter *waiters; /* owned list while pending */
     struct entry *next;     /* bucket chain */
 };
@@ -163,6 +164,7 @@ static void value_clear(struct px_lk_value *v)
 
 static void entry_free(struct entry *e)
 {
+    free(e->xff);
     value_clear(&e->v);
     free(e->key);
     free(e);
@@ -542,6 +544,7 @@ static int ttl(const struct entry *e)
     switch (e->kind) {
     case PX_LK_API_PUBLIC: return min_ttl(API_PUBLIC_TTL, L.cfg->cache_ttl);
     case PX_LK_API_TOKEN:
+    case PX_LK_API_ACCESS:
     case PX_LK_API_RUNNER: return e->v.found ? min_ttl(API_VALID_TTL, L.cfg->cache_ttl) : NEG_TTL;
     case PX_LK_API_SIGNED: return e->v.found ? API_SIGNED_TTL : NEG_TTL;
     default: return e->v.found ? L.cfg->cache_ttl : NEG_TTL;
@@ -653,7 +656,8 @@ static void on_fetch(void *arg, redisReply *r, const char *err)
     case PX_LK_API_PUBLIC:
     case PX_LK_API_TOKEN:
     case PX_LK_API_SIGNED:
-    case PX_LK_API_RUNNER: break; /* asked of the API, never of Redis (on_api) */
+    case PX_LK_API_RUNNER:
+    case PX_LK_API_ACCESS: break; /* asked of the API, never of Redis (on_api) */
     }
     deliver(e, NULL);
 }
@@ -744,7 +748,10 @@ static void on_api(void *arg, const struct px_api_resp *r)
     e->api = NULL;
     if (r->err != NULL)
         return deliver(e, px_err_api_down);
-    if (r->status == 401 || (r->status == 403 && e->kind != PX_LK_API_SIGNED)) {
+    if (e->kind == PX_LK_API_ACCESS && r->status == 429)
+        return deliver(e, px_err_busy); /* the API throttles this client: not cached */
+    if ((r->status == 401 || r->status == 403) && e->kind != PX_LK_API_SIGNED &&
+        e->kind != PX_LK_API_ACCESS) {
         /* The proxy's own identity was refused: PROXY_API_KEY is wrong. Never
          * cached as "private" or "invalid" (Daytona caches it for an hour). */
         time_t now = time(NULL);
@@ -758,7 +765,8 @@ static void on_api(void *arg, const struct px_api_resp *r)
     switch (e->kind) {
     case PX_LK_API_PUBLIC:
     case PX_LK_API_TOKEN:
-        /* §2 C2/C4: exactly 200 is yes; another 2xx or a final 4xx is no */
+    case PX_LK_API_ACCESS:
+        /* §2 C2-C4: exactly 200 is yes; another 2xx or a final 4xx is no */
         if (r->status == 200)
             e->v.found = 1;
         else if (!(r->status / 100 == 2 || final4xx))
@@ -798,10 +806,14 @@ static void start_api_fetch(struct entry *e, struct px_str key)
     unsigned flags = 0;
     int ok = 1;
 
-    if (colon != NULL && (e->kind == PX_LK_API_TOKEN || e->kind == PX_LK_API_SIGNED)) {
+    int pair = e->kind == PX_LK_API_TOKEN || e->kind == PX_LK_API_SIGNED ||
+               e->kind == PX_LK_API_ACCESS;
+    char bearer[600];
+
+    if (colon != NULL && pair) {
         k1 = px_str_make(key.p, (size_t)(colon - key.p));
         k2 = px_str_make(colon + 1, key.len - (size_t)(colon + 1 - key.p));
-    } else if (e->kind == PX_LK_API_TOKEN || e->kind == PX_LK_API_SIGNED) {
+    } else if (pair) {
         ok = 0;
     }
     ok = ok && escape_segment(a, sizeof(a), k1) >= 0 && escape_segment(b, sizeof(b), k2) >= 0;
@@ -817,12 +829,23 @@ static void start_api_fetch(struct entry *e, struct px_str key)
     case PX_LK_API_SIGNED: /* key is "{port}:{token}"; the call is /preview/{token}/{port} */
         snprintf(path, sizeof(path), "/preview/%s/%s/sandbox-id", b, a);
         break;
+    case PX_LK_API_ACCESS: /* the user's own bearer; it goes in a header, not the path */
+        snprintf(path, sizeof(path), "/preview/%s/access", a);
+        flags = PX_API_FINAL_4XX | PX_API_USER;
+        ok = ok && k2.len > 0 && k2.len < sizeof(bearer);
+        if (ok) {
+            memcpy(bearer, k2.p, k2.len);
+            bearer[k2.len] = '\0';
+        }
+        break;
     default: snprintf(path, sizeof(path), "/runners/by-sandbox/%s", a); break;
     }
     L.stats.fetches++;
     L.inflight++; /* deliver() counts it back */
     if (!ok || L.srv == NULL ||
-        (e->api = px_api_request(L.srv, "GET", path, NULL, NULL, flags, on_api, e)) == NULL)
+        (e->api = px_api_request(L.srv, "GET", path,
+                                 e->kind == PX_LK_API_ACCESS ? bearer : NULL, e->xff, flags,
+                                 on_api, e)) == NULL)
         deliver(e, ok ? px_err_api_down : NULL); /* a key that cannot be asked finds nothing */
 }
 
@@ -959,6 +982,8 @@ struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, const char *cli
     e->pending = 1;
     e->newcomer = newcomer;
     e->client = ck;
+    if (kind == PX_LK_API_ACCESS && client != NULL)
+        e->xff = strdup(client); /* NULL on failure: the call goes without it */
     e->waiters = w;
     e->next = L.buckets[h % NBUCKETS];
     L.buckets[h % NBUCKETS] = e;

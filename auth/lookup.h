@@ -25,6 +25,8 @@ enum px_lk_kind {
     PX_LK_API_TOKEN,   /* key: "{label}:{token}" (C4)    -> found = valid */
     PX_LK_API_SIGNED,  /* key: "{port}:{token}" (C5)     -> str = sandbox ID */
     PX_LK_API_RUNNER,  /* key: sandbox ID (C6)           -> sb (runner_url, runner_key) */
+    PX_LK_API_ACCESS,  /* key: "{label}:{bearer}" (C3, the user's token, X-Forwarded-For =
+                          the lookup's client) -> found = allowed */
 };
 
 /* Borrowed by the callback for its duration only: copy what you keep. */

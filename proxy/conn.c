@@ -435,7 +435,8 @@ void px_conn_fail(struct px_conn *c, int status, const char *code, const char *m
     ctype = px_error_body(c->srv->cfg, body, &e, method, path, c->reqid, px_conn_wants_html(c));
     if (status >= 500 && px_log_allow(10)) /* a dead runner must not flood the log */
         clog(c, PX_WARN, "%d %s", status, message ? message : px_status_text(status));
-    px_conn_respond(c, status, ctype, body, NULL);
+    /* A 503 is a backend (Redis, the Daytona API) that is away: say when to retry. */
+    px_conn_respond(c, status, ctype, body, status == 503 ? "Retry-After: 5\r\n" : NULL);
     evbuffer_free(body);
 }
 

@@ -34,6 +34,7 @@ class API:
         self.signed = {("3000", "abc123"): "apriv"}
         self.runners = {"apub", "apriv"}   # sandboxes with a runner
         self.calls = []
+        self.xff = []
         self.down = False
         self.delay = 0.0
         self.lock = threading.Lock()
@@ -49,9 +50,18 @@ class API:
             return sum(1 for c in self.calls if needle in c)
 
     def route(self, method, target, headers):
+        parts = [unquote(p) for p in target.split("?")[0].split("/")]
+        if parts[1:3] == ["api", "preview"] and len(parts) == 5 and parts[4] == "access":
+            self.xff.append(headers.get("x-forwarded-for"))
+            user = headers.get("authorization", "")[len("Bearer "):]
+            if user == "throttled":
+                return err(429, "Too many failed attempts")
+            if user not in ("jwt-alice", "key-bob"):
+                return err(401, "Invalid credentials")
+            return (200, "text/html; charset=utf-8", "true") \
+                if user == "jwt-alice" and parts[3] == "apriv" else err(404, "not a member")
         if headers.get("authorization") != f"Bearer {PROXY_KEY}":
             return err(401, "Unauthorized")
-        parts = [unquote(p) for p in target.split("?")[0].split("/")]
         # ['', 'api', 'preview', label, 'public']
         if parts[1:3] == ["api", "preview"] and len(parts) == 5 and parts[4] == "public":
             return (200, "text/html; charset=utf-8", "true") if parts[3] in self.public \
@@ -202,6 +212,7 @@ def test_api_down_is_503_never_a_pass(proxy, api, runner):
     api.down = True
     r = get(p, "apriv", "/down", headers=[("X-Daytona-Preview-Token", "tok-1")])
     assert r.status == 503, r
+    assert r.header("retry-after") == "5"
     assert runner.find("/down") == []
     assert api.count("/api/preview/apriv/public") == 3   # §3: HTML 503 is retried
     api.down = False
@@ -237,3 +248,18 @@ def test_hostile_labels_and_tokens_are_escaped(proxy, api, runner):
     with api.lock:
         asked = [c for c in api.calls if "/validate/" in c]
     assert asked and asked[-1].endswith("/validate/a%2F..%2F..%2Fb%252f%3Fc%3Dd"), asked
+
+
+def test_bearer_access_asks_the_api_with_the_users_token(proxy, api, runner):
+    p = api_proxy(proxy, api)
+    r = get(p, "apriv", "/member", headers=[("Authorization", "Bearer jwt-alice")])
+    assert r.status == 200, r
+    rec = runner.wait_for("/member")[0]
+    assert not any(k.lower() == "authorization" for k, _ in rec["headers"])  # consumed
+    assert api.xff == ["127.0.0.1"]
+    r = get(p, "apriv", "/member2", headers=[("Authorization", "Bearer jwt-alice")])
+    assert r.status == 200 and api.count("/access") == 1                  # cached
+    for i, (user, status) in enumerate((("key-bob", 401), ("bad", 401), ("throttled", 429))):
+        r = get(p, "apriv", f"/u{i}", headers=[("Authorization", f"Bearer {user}")])
+        assert r.status == status, (user, r)
+    assert "jwt-alice" not in p.log() and "key-bob" not in p.log()
