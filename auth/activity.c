@@ -10,11 +10,52 @@
 
 #include <hiredis/hiredis.h>
 
+#include "proxy/api.h"
+#include "proxy/server.h"
+
 #include "auth/activity.h"
 #include "auth/lookup.h"
 #include "auth/redis.h"
 
 #define SLOTS 8192
+
+static struct px_server *api_srv; /* API mode: where C7 calls go from */
+
+void px_activity_set_server(struct px_server *srv)
+{
+    api_srv = srv;
+}
+
+static void on_c7(void *arg, const struct px_api_resp *r)
+{
+    (void)arg;
+    if ((r->err != NULL || r->status / 100 != 2) && px_log_allow(1))
+        px_log(PX_WARN, "api: last-activity update failed (%s)",
+               r->err ? r->err : "the API answered an error");
+}
+
+/* C7: one attempt, nothing cached (DAYTONA-API.md §2). */
+static void send_c7(const char *id)
+{
+    char path[320];
+
+    snprintf(path, sizeof(path), "/sandbox/%s/last-activity", id);
+    if (px_api_request(api_srv, "POST", path, NULL, NULL, PX_API_ONCE, on_c7, NULL) == NULL &&
+        px_log_allow(1))
+        px_log(PX_WARN, "api: cannot send a last-activity update");
+}
+
+/* Sandbox IDs go into a path as they are: only what needs no escaping. */
+static int path_safe(const char *id)
+{
+    if (*id == '\0')
+        return 0;
+    for (; *id; id++)
+        if (!((*id >= 'a' && *id <= 'z') || (*id >= 'A' && *id <= 'Z') ||
+              (*id >= '0' && *id <= '9') || *id == '-' || *id == '_'))
+            return 0;
+    return 1;
+}
 
 static struct {
     uint64_t hash;
@@ -40,7 +81,10 @@ static void on_guard(void *arg, redisReply *r, const char *err)
     struct px_redis *redis = px_lookup_redis();
 
     /* "OK" means we won the guard; nil means another process did. */
-    if (err == NULL && r->type == REDIS_REPLY_STATUS && redis != NULL) {
+    if (api_srv != NULL && api_srv->cfg->api_url != NULL) {
+        if (err == NULL && r->type == REDIS_REPLY_STATUS)
+            send_c7(p->id);
+    } else if (err == NULL && r->type == REDIS_REPLY_STATUS && redis != NULL) {
         char score[32];
         const char *argv[4] = {"ZADD", "proxy:last-activity", score, p->id};
         size_t len[4] = {4, 19, 0, strlen(p->id)};
@@ -58,7 +102,10 @@ void px_activity_touch(const char *sandbox_id, int interval)
     struct pending *p;
     char key[320];
 
-    if (redis == NULL || strlen(sandbox_id) >= sizeof(p->id))
+    int api = api_srv != NULL && api_srv->cfg->api_url != NULL;
+
+    if ((redis == NULL && !api) || strlen(sandbox_id) >= sizeof(p->id) ||
+        (api && !path_safe(sandbox_id)))
         return;
     if (slots[h % SLOTS].hash == h && now - slots[h % SLOTS].last < interval)
         return;
@@ -66,13 +113,20 @@ void px_activity_touch(const char *sandbox_id, int interval)
     slots[h % SLOTS].last = now;
     if ((p = malloc(sizeof(*p))) == NULL)
         return;
+    if (api && redis == NULL) { /* no Redis: the process's own guard is all there is */
+        free(p);
+        send_c7(sandbox_id);
+        return;
+    }
     strcpy(p->id, sandbox_id);
     p->now = now;
     int n = snprintf(key, sizeof(key), "proxy:sandbox-last-activity-update:%s", sandbox_id);
     char ex[16];
     int exn = snprintf(ex, sizeof(ex), "%d", interval);
-    const char *argv[6] = {"SET", key, "1", "NX", "EX", ex};
-    size_t len[6] = {3, (size_t)n, 1, 2, 2, (size_t)exn};
+    /* In API mode the value is Daytona's envelope: its proxies read the key too. */
+    const char *val = api ? "{\"value\":true}" : "1";
+    const char *argv[6] = {"SET", key, val, "NX", "EX", ex};
+    size_t len[6] = {3, (size_t)n, strlen(val), 2, 2, (size_t)exn};
     px_redis_cmd(redis, on_guard, p, 6, argv, len);
 }
 

@@ -8,6 +8,12 @@
  * ZADD proxy:last-activity {unix} {id}. Fire and forget: never waits. */
 void px_activity_touch(const char *sandbox_id, int interval);
 
+struct px_server;
+/* API mode (issue 10): activity goes to the Daytona API (C7, POST
+ * /sandbox/{id}/last-activity), deduplicated per process and, with Redis,
+ * fleet-wide by SET NX of Daytona's key with its {"value":true} envelope. */
+void px_activity_set_server(struct px_server *srv);
+
 /* Asks the orchestrator to start a stopped sandbox: PUBLISH proxy:wake {id},
  * at most once per 5 s per sandbox per process. */
 void px_activity_wake(const char *sandbox_id);

@@ -53,7 +53,10 @@ struct px_api_call {
     unsigned attempts;
     int status;
     const char *err;
+    struct px_api_call *next, *prev; /* live calls, for px_api_cancel_all() */
 };
+
+static struct px_api_call *live; /* every call not yet delivered or cancelled */
 
 static void attempt(struct px_api_call *call);
 static void finish_attempt(struct px_api_call *call, const char *err);
@@ -153,6 +156,12 @@ static void drop_upstream(struct px_api_call *call, int reusable)
 
 static void call_free(struct px_api_call *call)
 {
+    if (call->prev != NULL)
+        call->prev->next = call->next;
+    else if (live == call)
+        live = call->next;
+    if (call->next != NULL)
+        call->next->prev = call->prev;
     drop_upstream(call, 0);
     px_head_free(&call->resp);
     px_chunked_reset(&call->ch);
@@ -168,6 +177,12 @@ void px_api_cancel(struct px_api_call *call)
 {
     if (call != NULL)
         call_free(call);
+}
+
+void px_api_cancel_all(void)
+{
+    while (live != NULL)
+        call_free(live);
 }
 
 static void deliver(struct px_api_call *call)
@@ -426,6 +441,10 @@ struct px_api_call *px_api_request(struct px_server *srv, const char *method, co
         call_free(call);
         return NULL;
     }
+    call->next = live;
+    if (live != NULL)
+        live->prev = call;
+    live = call;
     call->st = C_SLEEP; /* the first attempt starts from the loop: cb never runs before we return */
     event_active(call->timer, EV_TIMEOUT, 0);
     return call;

@@ -48,6 +48,10 @@ struct px_api_call *px_api_request(struct px_server *srv, const char *method, co
 /* cb never runs afterwards; everything the call holds is freed now. */
 void px_api_cancel(struct px_api_call *call);
 
+/* At exit, after the owners of calls cancelled theirs: ends the rest (fire
+ * and forget ones such as C7), so nothing is left for the pool or the loop. */
+void px_api_cancel_all(void);
+
 /* §3 classification of a finished attempt: 1 when it is worth another try. */
 int px_api_retryable(int status, const char *body, size_t len, unsigned flags, int *json_status);
 

@@ -21,6 +21,7 @@
 
 #include <openssl/rand.h>
 
+#include "auth/activity.h"
 #include "auth/lookup.h"
 #include "tls/tls.h"
 #include "proxy/conn_priv.h"
@@ -392,6 +393,7 @@ static int run_worker(struct px_config *cfg)
         setvbuf(srv.access, NULL, _IOLBF, 0);
     }
     px_lookup_set_server(&srv);
+    px_activity_set_server(&srv);
     if (srv.pool == NULL || px_lookup_init(srv.base, cfg) != 0 || open_listeners(&srv) != 0 ||
         px_api_start(&srv) != 0)
         return 1;
@@ -438,6 +440,7 @@ static int run_worker(struct px_config *cfg)
         event_free(shutdown_timer);
     px_api_stop();
     px_lookup_shutdown();
+    px_api_cancel_all();
     px_pool_free(srv.pool);
     SSL_CTX_free(srv.up_tls);
     if (srv.dns != NULL)

@@ -16,6 +16,7 @@ from urllib.parse import unquote
 import pytest
 
 from helpers import RUNNER_KEY, host, raw_exchange, request_bytes, wait_until
+from redisfix import redis_server, rdb  # noqa: F401 (fixtures)
 
 PROXY_KEY = "pk-S3CRET-9"
 
@@ -79,6 +80,9 @@ class API:
             return 200, "application/json", json.dumps({
                 "id": "r1", "proxyUrl": self.runner_url, "apiKey": RUNNER_KEY,
                 "apiUrl": self.runner_url, "runnerClass": "container", "state": "ready"})
+        if method == "POST" and parts[1:3] == ["api", "sandbox"] and len(parts) == 5 \
+                and parts[4] == "last-activity":
+            return 201, "text/plain", ""
         if target == "/api/config":
             return 200, "application/json", json.dumps(
                 {"version": "0.190.0", "oidc": {"issuer": "http://idp/", "clientId": "c",
@@ -263,3 +267,41 @@ def test_bearer_access_asks_the_api_with_the_users_token(proxy, api, runner):
         r = get(p, "apriv", f"/u{i}", headers=[("Authorization", f"Bearer {user}")])
         assert r.status == status, (user, r)
     assert "jwt-alice" not in p.log() and "key-bob" not in p.log()
+
+
+# ------------------------------------------------------------- activity (C7) --
+
+def test_activity_goes_to_the_api_once_per_interval(proxy, api, runner):
+    p = api_proxy(proxy, api)
+    for i in range(3):
+        assert get(p, "apub", f"/act{i}").status == 200
+    wait_until(lambda: api.count("/api/sandbox/apub/last-activity") == 1, timeout=5,
+               what="one C7 for apub")
+    # the opt-out is honoured and the header does not reach the sandbox
+    r = get(p, "apriv", "/skip", headers=[("X-Daytona-Preview-Token", "tok-1"),
+                                          ("X-Daytona-Skip-Last-Activity-Update", "true")])
+    assert r.status == 200
+    rec = runner.wait_for("/skip")[0]
+    assert not any(k.lower().startswith("x-daytona-skip") for k, _ in rec["headers"])
+    # a marker request after it: C7s go out in order, so none for apriv means none was sent
+    assert get(p, "apub", "/marker", headers=[]).status == 200
+    assert api.count("/api/sandbox/apriv/last-activity") == 0
+
+
+def test_activity_is_deduplicated_across_proxies_with_redis(proxy, api, runner, redis_server,
+                                                            rdb):
+    from redisfix import _subscribed
+    ps = []
+    for _ in range(2):
+        ps.append(api_proxy(proxy, api, redis=f"127.0.0.1:{redis_server.port}"))
+    wait_until(lambda: _subscribed(redis_server.port), timeout=10, what="subscribers")
+    for i in range(4):
+        assert get(ps[i % 2], "apub", f"/fleet{i}").status == 200
+    wait_until(lambda: rdb("GET", "proxy:sandbox-last-activity-update:apub") is not None,
+               timeout=5, what="Daytona's activity key")
+    assert rdb("GET", "proxy:sandbox-last-activity-update:apub") == '{"value":true}'
+    assert 0 < int(rdb("TTL", "proxy:sandbox-last-activity-update:apub")) <= 45
+    wait_until(lambda: api.count("/api/sandbox/apub/last-activity") >= 1, timeout=5,
+               what="the C7")
+    time.sleep(0.5)  # a negative check needs its window: a second C7 would be out by now
+    assert api.count("/api/sandbox/apub/last-activity") == 1
