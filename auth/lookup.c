@@ -126,6 +126,9 @@ struct entry {
     struct px_lk_value v;   /* owned contents */
     struct px_api_call *api; /* owned while an API fetch is out */
     char *xff;               /* owned; C3: the client address the API throttles on */
+    char *api_path;          /* owned; the API call to make if Daytona's cache has nothing */
+    char *bearer;            /* owned; C3: the user's token */
+    unsigned api_flags;
     struct waiter *waiters; /* owned list while pending */
     struct entry *next;     /* bucket chain */
 };
@@ -134,6 +137,7 @@ static struct {
     struct event_base *base;
     struct px_server *srv;  /* borrowed; API mode's calls */
     time_t key_refused_logged; /* the API refused our key: one line a minute */
+    int closing;               /* px_lookup_shutdown(): no new API calls */
     const struct px_config *cfg;
     struct px_redis *redis; /* owned; NULL in memory mode */
     struct entry *buckets[NBUCKETS];
@@ -165,6 +169,8 @@ static void value_clear(struct px_lk_value *v)
 static void entry_free(struct entry *e)
 {
     free(e->xff);
+    free(e->api_path);
+    free(e->bearer);
     value_clear(&e->v);
     free(e->key);
     free(e);
@@ -360,6 +366,7 @@ static void cancel_api_fetches(void)
 
 void px_lookup_shutdown(void)
 {
+    L.closing = 1;
     cancel_api_fetches();
     px_redis_free(L.redis); /* pending fetches complete with errors first */
     L.redis = NULL;
@@ -704,17 +711,17 @@ static int plausible_id(const char *s, size_t len)
     return 1;
 }
 
-/* RunnerFull (C6) -> a record: proxyUrl is where previews go, apiKey the runner key. */
-static int runner_record(struct entry *e, const char *id, const char *body, size_t len)
+/* RunnerFull (C6, url_field "proxyUrl") or Daytona's cached runner info
+ * ("apiUrl", §4) -> a record: where previews go, and the runner key. */
+static int runner_record(struct entry *e, const char *id, json_t *j, const char *url_field)
 {
-    json_error_t je;
-    json_t *j = json_loadb(body, len, 0, &je), *url, *key;
+    json_t *url, *key;
     const char *why;
     int rc = -1;
 
     if (!json_is_object(j))
         goto out;
-    url = json_object_get(j, "proxyUrl");
+    url = json_object_get(j, url_field);
     key = json_object_get(j, "apiKey");
     if (!json_is_string(url) || !json_is_string(key) || json_string_length(url) > 2048 ||
         json_string_length(key) > 2048 ||
@@ -734,6 +741,80 @@ static int runner_record(struct entry *e, const char *id, const char *body, size
     }
     e->v.found = 1;
     rc = 0;
+out:
+    return rc;
+}
+
+/* ---- Daytona's Redis cache (DAYTONA-API.md §4): shared with its Go proxy ---- */
+
+#define DAYTONA_MAX_VALUE 65536 /* a bigger cached value is someone else's mistake: a miss */
+
+/* Daytona's key for an API kind's entry; 0 when the kind is never cached (C5). */
+static int daytona_key(const struct entry *e, char *buf, size_t cap)
+{
+    const char *key = strchr(e->key, ':') + 1;
+    const char *prefix;
+    int n;
+
+    switch (e->kind) {
+    case PX_LK_API_PUBLIC: prefix = "proxy:sandbox-public:"; break;
+    case PX_LK_API_TOKEN:
+    case PX_LK_API_ACCESS: prefix = "proxy:sandbox-auth-key-valid:"; break; /* "{label}:{cred}" */
+    case PX_LK_API_RUNNER: prefix = "proxy:sandbox-runner-info:"; break;
+    default: return 0;
+    }
+    n = snprintf(buf, cap, "%s%s", prefix, key);
+    return n > 0 && (size_t)n < cap ? n : 0;
+}
+
+/* Writes the answer as the Go proxy would: SET key {"value": V} EX ttl. */
+static void daytona_store(const struct entry *e)
+{
+    char key[800], val[5000], ex[16];
+    int kn, vn, exn, seconds;
+
+    if (L.redis == NULL || (kn = daytona_key(e, key, sizeof(key))) == 0)
+        return;
+    if (e->kind == PX_LK_API_RUNNER) {
+        json_t *v;
+        char *text;
+        if (!e->v.found)
+            return; /* only a C6 that succeeded is cached */
+        v = json_pack("{s:{s:s,s:s}}", "value", "apiUrl", e->v.sb->runner_url, "apiKey",
+                      e->v.sb->runner_key ? e->v.sb->runner_key : "");
+        text = v != NULL ? json_dumps(v, JSON_COMPACT) : NULL;
+        json_decref(v);
+        if (text == NULL || (vn = snprintf(val, sizeof(val), "%s", text)) >= (int)sizeof(val)) {
+            free(text);
+            return;
+        }
+        free(text);
+        seconds = API_VALID_TTL;
+    } else {
+        vn = snprintf(val, sizeof(val), "{\"value\":%s}", e->v.found ? "true" : "false");
+        seconds = e->kind == PX_LK_API_PUBLIC ? API_PUBLIC_TTL : e->v.found ? API_VALID_TTL : NEG_TTL;
+    }
+    exn = snprintf(ex, sizeof(ex), "%d", seconds);
+    const char *argv[5] = {"SET", key, val, "EX", ex};
+    size_t len[5] = {3, (size_t)kn, (size_t)vn, 2, (size_t)exn};
+    px_redis_send(L.redis, 5, argv, len); /* a write error is only logged by redis.c */
+}
+
+/* Reads a cached {"value": V}; 0 when it filled e->v. */
+static int daytona_load(struct entry *e, const char *text, size_t len)
+{
+    json_error_t je;
+    json_t *j = json_loadb(text, len, 0, &je), *v;
+    int rc = -1;
+
+    if (!json_is_object(j) || (v = json_object_get(j, "value")) == NULL)
+        goto out;
+    if (e->kind == PX_LK_API_RUNNER) {
+        rc = runner_record(e, strchr(e->key, ':') + 1, v, "apiUrl");
+    } else if (json_is_boolean(v)) {
+        e->v.found = json_is_true(v);
+        rc = 0;
+    }
 out:
     json_decref(j);
     return rc;
@@ -785,7 +866,11 @@ static void on_api(void *arg, const struct px_api_resp *r)
         break;
     case PX_LK_API_RUNNER:
         if (r->status == 200) {
-            if (runner_record(e, key, r->body, r->body_len) != 0) {
+            json_error_t je;
+            json_t *j = json_loadb(r->body, r->body_len, 0, &je);
+            int bad = runner_record(e, key, j, "proxyUrl") != 0;
+            json_decref(j);
+            if (bad) {
                 px_log(PX_WARN, "api: runner info for a sandbox is unusable (no proxyUrl/apiKey)");
                 return deliver(e, px_err_api_down);
             }
@@ -795,7 +880,29 @@ static void on_api(void *arg, const struct px_api_resp *r)
         break;
     default: break;
     }
+    daytona_store(e);
     deliver(e, NULL);
+}
+
+static void ask_api(struct entry *e)
+{
+    if (L.closing || L.srv == NULL || (e->api = px_api_request(L.srv, "GET", e->api_path, e->bearer, e->xff,
+                                                  e->api_flags, on_api, e)) == NULL)
+        deliver(e, px_err_api_down);
+}
+
+/* A read error or an unreadable value is a miss: the API decides (§4). */
+static void on_daytona_cache(void *arg, redisReply *r, const char *err)
+{
+    struct entry *e = arg;
+
+    if (err == NULL && r->type == REDIS_REPLY_STRING && r->len <= DAYTONA_MAX_VALUE &&
+        daytona_load(e, r->str, r->len) == 0) {
+        L.stats.hits_daytona++;
+        return deliver(e, NULL);
+    }
+    value_clear(&e->v);
+    ask_api(e);
 }
 
 static void start_api_fetch(struct entry *e, struct px_str key)
@@ -842,11 +949,21 @@ static void start_api_fetch(struct entry *e, struct px_str key)
     }
     L.stats.fetches++;
     L.inflight++; /* deliver() counts it back */
-    if (!ok || L.srv == NULL ||
-        (e->api = px_api_request(L.srv, "GET", path,
-                                 e->kind == PX_LK_API_ACCESS ? bearer : NULL, e->xff, flags,
-                                 on_api, e)) == NULL)
-        deliver(e, ok ? px_err_api_down : NULL); /* a key that cannot be asked finds nothing */
+    if (!ok)
+        return deliver(e, NULL); /* a key that cannot be asked finds nothing */
+    e->api_flags = flags;
+    if ((e->api_path = strdup(path)) == NULL ||
+        (e->kind == PX_LK_API_ACCESS && (e->bearer = strdup(bearer)) == NULL))
+        return deliver(e, px_err_nomem);
+    char dkey[800];
+    int dn = daytona_key(e, dkey, sizeof(dkey));
+    if (L.redis != NULL && dn > 0) { /* what this proxy or a Go proxy cached first */
+        const char *argv[2] = {"GET", dkey};
+        size_t len[2] = {3, (size_t)dn};
+        px_redis_cmd(L.redis, on_daytona_cache, e, 2, argv, len);
+        return;
+    }
+    ask_api(e);
 }
 
 static void start_fetch(struct entry *e, struct px_str key)

@@ -71,6 +71,7 @@ struct px_redis *px_lookup_redis(void);
 /* Counters for tests and metrics. */
 struct px_lookup_stats {
     unsigned long hits, misses, fetches, coalesced, refused;
+    unsigned long hits_daytona; /* API mode: answers found in Daytona's Redis keys */
     unsigned long notfound; /* fetches that found nothing (charged to the budget) */
     unsigned long evicted;  /* client-table slots reused while still informative */
 };

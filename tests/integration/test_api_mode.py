@@ -305,3 +305,56 @@ def test_activity_is_deduplicated_across_proxies_with_redis(proxy, api, runner, 
                what="the C7")
     time.sleep(0.5)  # a negative check needs its window: a second C7 would be out by now
     assert api.count("/api/sandbox/apub/last-activity") == 1
+
+
+# ------------------------------------ Daytona's Redis keys (§4): rolling swap --
+
+def test_serves_what_the_go_proxy_cached_without_asking_the_api(proxy, api, runner,
+                                                                redis_server, rdb):
+    # written exactly as the Go proxy writes them (SET key {"value": V} EX ttl)
+    rdb("SET", "proxy:sandbox-public:gocached", '{"value":false}', "EX", "3600")
+    rdb("SET", "proxy:sandbox-auth-key-valid:gocached:tok-go", '{"value":true}', "EX", "120")
+    rdb("SET", "proxy:sandbox-runner-info:gocached",
+        json.dumps({"value": {"apiUrl": runner.url, "apiKey": RUNNER_KEY}}), "EX", "120")
+    p = api_proxy(proxy, api, redis=f"127.0.0.1:{redis_server.port}")
+    r = get(p, "gocached", "/from-go-cache", headers=[("X-Daytona-Preview-Token", "tok-go")])
+    assert r.status == 200, r
+    assert runner.wait_for("/sandboxes/gocached/toolbox/proxy/3000/from-go-cache")
+    with api.lock:  # (activity, C7, is never cached: it may go out)
+        assert not [c for c in api.calls if "gocached" in c and "last-activity" not in c], \
+            api.calls
+    # an unreadable cached value is a miss: the API decides
+    rdb("SET", "proxy:sandbox-public:apub", "garbage{", "EX", "3600")
+    r = get(p, "apub", "/after-garbage")
+    assert r.status == 200 and api.count("/api/preview/apub/public") == 1
+
+
+def test_writes_daytona_keys_in_the_go_proxys_shape(proxy, api, runner, redis_server, rdb):
+    p = api_proxy(proxy, api, redis=f"127.0.0.1:{redis_server.port}")
+    assert get(p, "apriv", "/w", headers=[("X-Daytona-Preview-Token", "tok-1")]).status == 200
+    assert get(p, "apriv", "/w2", headers=[("X-Daytona-Preview-Token", "nope")]).status == 401
+    wait_until(lambda: rdb("GET", "proxy:sandbox-auth-key-valid:apriv:nope") is not None,
+               timeout=5, what="the negative token key")
+    assert rdb("GET", "proxy:sandbox-public:apriv") == '{"value":false}'
+    assert 3500 < int(rdb("TTL", "proxy:sandbox-public:apriv")) <= 3600
+    assert rdb("GET", "proxy:sandbox-auth-key-valid:apriv:tok-1") == '{"value":true}'
+    assert 100 < int(rdb("TTL", "proxy:sandbox-auth-key-valid:apriv:tok-1")) <= 120
+    assert rdb("GET", "proxy:sandbox-auth-key-valid:apriv:nope") == '{"value":false}'
+    assert 0 < int(rdb("TTL", "proxy:sandbox-auth-key-valid:apriv:nope")) <= 5
+    info = json.loads(rdb("GET", "proxy:sandbox-runner-info:apriv"))
+    assert info == {"value": {"apiUrl": runner.url, "apiKey": RUNNER_KEY}}
+    assert 100 < int(rdb("TTL", "proxy:sandbox-runner-info:apriv")) <= 120
+    # a second proxy sharing the Redis answers from those keys, without the API
+    before = len(api.calls)
+    p2 = api_proxy(proxy, api, redis=f"127.0.0.1:{redis_server.port}")
+    assert get(p2, "apriv", "/w3", headers=[("X-Daytona-Preview-Token", "tok-1")]).status == 200
+    with api.lock:
+        assert [c for c in api.calls[before:]
+                if "last-activity" not in c and c != "/api/config"] == []
+
+
+def test_redis_down_in_api_mode_is_a_cache_miss(proxy, api, runner, dead_port):
+    p = api_proxy(proxy, api, redis=f"127.0.0.1:{dead_port}")
+    r = get(p, "apub", "/no-redis")
+    assert r.status == 200, r
+    assert api.count("/api/preview/apub/public") == 1
