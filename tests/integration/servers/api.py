@@ -18,6 +18,7 @@ Response formats (§2)
   objects           application/json with every key the Go decoder requires
   errors            application/json {"path","timestamp","statusCode","error","message"}
   C7                201, empty body
+  every answer      Content-Length, and X-Api-Seq: the seq of its /_ctl/log entry
 
 Identity. Proxy-identity calls (C2 C4 C5 C6 C7 C10 C11 C12 C13; C8 when the
 bearer is the proxy key) need `Authorization: Bearer <proxy key>`: missing or
