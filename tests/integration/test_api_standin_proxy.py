@@ -1,0 +1,85 @@
+"""API mode against the Daytona API stand-in (servers/api.py, DAYTONA-API.md §9),
+configured through the environment as a Daytona deployment does
+(DAYTONA_API_URL, PROXY_API_KEY): the fixture's sandboxes, its fault controls,
+and the call log for how many API calls a request costs."""
+import time
+
+from apifix import *  # noqa: F401,F403
+from apifix import API_RUNNER_KEY
+from helpers import host, raw_exchange, request_bytes
+
+
+def start(proxy, api, key=None, **settings):
+    s = {"cookie_secret": "cookie-secret-for-tests", "api_timeout": "2"}
+    s.update(settings)
+    return proxy(settings=s, env=api.proxy_env(key), default_sandboxes_too=False)
+
+
+def get(p, label, path="/", port=3000, headers=(), timeout=5.0):
+    return raw_exchange(p.port, request_bytes("GET", path, host(port, label),
+                                              headers=[("Accept", "application/json"),
+                                                       *headers]), timeout=timeout)
+
+
+def test_fixture_sandboxes_through_the_standin(proxy, api):
+    p = start(proxy, api)
+    r = get(p, "sb-pub", "/hello")
+    assert r.status == 200, r
+    rec = api.runner.wait_for("/sandboxes/sb-pub/toolbox/proxy/3000/hello")[0]
+    assert rec["auth_ok"] is True            # the runner's apiKey (rk-1) from C6
+    assert get(p, "sb-priv", "/p").status == 401
+    assert get(p, "sb-priv", "/p2", headers=[("X-Daytona-Preview-Token", "tok-1")]).status == 200
+    assert get(p, "sb-priv", "/p3", headers=[("Authorization", "Bearer jwt-alice")]).status == 200
+    assert get(p, "sb-priv", "/p4", headers=[("Authorization", "Bearer key-bob")]).status == 401
+    assert get(p, "abc123", "/signed").status == 200
+    assert api.runner.wait_for("/sandboxes/sb-priv/toolbox/proxy/3000/signed")
+    # the warm path asks the API nothing
+    before = len(api.calls("/api/preview/") + api.calls("/api/runners/"))
+    for i in range(5):
+        assert get(p, "sb-pub", f"/warm{i}").status == 200
+    assert len(api.calls("/api/preview/") + api.calls("/api/runners/")) == before
+    assert API_RUNNER_KEY not in p.log()
+
+
+def test_5xx_then_success_is_retried_150_ms_later(proxy, api):
+    p = start(proxy, api)
+    api.fault("C6", fail_next=1, status=503, body="json")
+    assert get(p, "sb-pub", "/retry").status == 200
+    calls = api.calls("/api/runners/by-sandbox/sb-pub")
+    assert len(calls) == 2
+    gap = calls[1]["time"] - calls[0]["time"]
+    assert 0.13 <= gap < 1.0, gap
+
+
+def test_json_500_is_not_retried_and_gives_503(proxy, api):
+    p = start(proxy, api)
+    api.fault("C6", fail_next=1, status=500, body="json")
+    r = get(p, "sb-pub", "/j500")
+    assert r.status == 503 and r.header("retry-after") == "5", r
+    assert len(api.calls("/api/runners/by-sandbox/sb-pub")) == 1
+
+
+def test_api_faults_never_hang_or_pass(proxy, api):
+    p = start(proxy, api)
+    for i, kw in enumerate(({"body": "reset"}, {"body": "huge"}, {"body": "garbage"},
+                            {"body": "html", "status": 502})):
+        api.clear_faults()
+        api.fault("C2", fail_next=3, status=kw.pop("status", 200), **kw)
+        r = get(p, f"sb-fault{i}", "/f")
+        assert r is not None and r.status in (503, 401, 404), (kw, r)  # C2 is status-only
+        assert api.runner.find(f"sb-fault{i}") == []
+    api.clear_faults()
+    api.fault("C2", delay_ms=5000)
+    t0 = time.monotonic()
+    r = get(p, "sb-slow", "/slow", timeout=20)  # 3 attempts of api_timeout 2 s, then 503
+    assert r is not None and r.status == 503, r
+    assert 5.5 < time.monotonic() - t0 < 10        # bounded by 3 x api_timeout + 0.45 s
+    assert len(api.calls("/api/preview/sb-slow/public")) == 3
+    assert p.health_ok()
+
+
+def test_unknown_runner_for_an_authenticated_caller_is_404(proxy, api):
+    p = start(proxy, api)
+    api.add_sandbox("sb-gone", authToken="tok-g", runnerId=None)
+    r = get(p, "sb-gone", "/x", headers=[("X-Daytona-Preview-Token", "tok-g")])
+    assert r.status == 404 and r.json()["code"] == "SANDBOX_NOT_FOUND", r
