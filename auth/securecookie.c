@@ -14,10 +14,10 @@
 #include "auth/digest.h"
 #include "auth/securecookie.h"
 
-#define NAME_MAX_LEN 512                          /* cookie names we sign or check */
-#define DEC_MAX (PX_SECURECOOKIE_MAX / 4 * 3)     /* 3072: base64 of MAX decoded */
-#define PAYLOAD_MAX (DEC_MAX / 4 * 3)             /* 2304: the inner v, decoded */
-#define GOB_STRING_ID 0x0c                        /* gob type id 6 (string), as a signed int */
+#define NAME_MAX_LEN 512                      /* cookie names we sign or check */
+#define DEC_MAX (PX_SECURECOOKIE_MAX / 4 * 3) /* 3072: base64 of MAX decoded */
+#define PAYLOAD_MAX (DEC_MAX / 4 * 3)         /* 2304: the inner v, decoded */
+#define GOB_STRING_ID 0x0c                    /* gob type id 6 (string), as a signed int */
 
 static const char b64tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
@@ -76,7 +76,8 @@ static long b64_decode(const char *in, size_t n, unsigned char *out, size_t cap)
                 return -1;
         for (int k = 4 - pad; k < 4; k++)
             q[k] = 0;
-        uint32_t v = (uint32_t)q[0] << 18 | (uint32_t)q[1] << 12 | (uint32_t)q[2] << 6 | (uint32_t)q[3];
+        uint32_t v =
+            (uint32_t)q[0] << 18 | (uint32_t)q[1] << 12 | (uint32_t)q[2] << 6 | (uint32_t)q[3];
         if ((pad == 1 && (v & 0xff)) || (pad == 2 && (v & 0xffff)))
             return -1; /* bits that no encoder writes */
         out[o++] = (unsigned char)(v >> 16);
@@ -148,9 +149,9 @@ int px_securecookie_encode(const char *key, struct px_str name, struct px_str va
 {
     unsigned char payload[PAYLOAD_MAX]; /* gob: 9 + 2 + 9 + value */
     unsigned char hdr[20];
-    char v[DEC_MAX + 1];                /* base64 of payload, NUL */
-    unsigned char raw[DEC_MAX];         /* "{unix}|{v}|" + mac */
-    char b64[PX_SECURECOOKIE_MAX + 1];  /* the cookie value before escaping, NUL */
+    char v[DEC_MAX + 1];               /* base64 of payload, NUL */
+    unsigned char raw[DEC_MAX];        /* "{unix}|{v}|" + mac */
+    char b64[PX_SECURECOOKIE_MAX + 1]; /* the cookie value before escaping, NUL */
     unsigned char mac[32];
     size_t h, plen, o = 0;
     long vlen, blen;
@@ -203,8 +204,8 @@ static int hexval(char ch)
 int px_securecookie_decode(const char *key, struct px_str name, struct px_str wire, time_t now,
                            long max_age, char *out, size_t outcap)
 {
-    char val[PX_SECURECOOKIE_MAX];  /* the value after gin's unescaping */
-    unsigned char dec[DEC_MAX];     /* "{unix}|{v}|{mac}" */
+    char val[PX_SECURECOOKIE_MAX];      /* the value after gin's unescaping */
+    unsigned char dec[DEC_MAX];         /* "{unix}|{v}|{mac}" */
     unsigned char payload[PAYLOAD_MAX]; /* the gob */
     unsigned char mac[32];
     const unsigned char *bar1, *bar2, *p, *end;
@@ -241,7 +242,8 @@ int px_securecookie_decode(const char *key, struct px_str name, struct px_str wi
         return -1;
     /* 3. the mac, in constant time; its length first (Go's ConstantTimeCompare
      * answers 0 for unequal lengths too) */
-    if (end - bar2 - 1 != 32 || sign(key, name, (const char *)dec, (size_t)(bar2 - dec), mac) != 0 ||
+    if (end - bar2 - 1 != 32 ||
+        sign(key, name, (const char *)dec, (size_t)(bar2 - dec), mac) != 0 ||
         CRYPTO_memcmp(mac, bar2 + 1, 32) != 0)
         return -1;
     /* 4. the age */

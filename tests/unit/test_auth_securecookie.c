@@ -73,23 +73,26 @@ static void test_vector_decode(void **state)
     assert_string_equal(id, "sb1");
     assert_int_equal(dec(VECTOR_WIRE, TS, id, sizeof(id)), 3); /* as gin sent it */
     assert_string_equal(id, "sb1");
-    const char *lower = "MTc4MTIzNDU2N3xCZ3dBQTNOaU1RPT18KmcuNc_oDru7h-IETWpg0ZZxHp5qyX-yglbiAQbDFpI%3d";
+    const char *lower =
+        "MTc4MTIzNDU2N3xCZ3dBQTNOaU1RPT18KmcuNc_oDru7h-IETWpg0ZZxHp5qyX-yglbiAQbDFpI%3d";
     assert_int_equal(dec(lower, TS, id, sizeof(id)), 3); /* QueryUnescape takes either case */
     /* a broken escape, a stripped pad, a doubled pad */
-    assert_int_equal(dec("MTc4MTIzNDU2N3xCZ3dBQTNOaU1RPT18KmcuNc_oDru7h-IETWpg0ZZxHp5qyX-yglbiAQbDFpI%3",
-                         TS, id, sizeof(id)),
-                     -1);
-    assert_int_equal(dec("MTc4MTIzNDU2N3xCZ3dBQTNOaU1RPT18KmcuNc_oDru7h-IETWpg0ZZxHp5qyX-yglbiAQbDFpI",
-                         TS, id, sizeof(id)),
-                     -1);
+    assert_int_equal(
+        dec("MTc4MTIzNDU2N3xCZ3dBQTNOaU1RPT18KmcuNc_oDru7h-IETWpg0ZZxHp5qyX-yglbiAQbDFpI%3", TS, id,
+            sizeof(id)),
+        -1);
+    assert_int_equal(
+        dec("MTc4MTIzNDU2N3xCZ3dBQTNOaU1RPT18KmcuNc_oDru7h-IETWpg0ZZxHp5qyX-yglbiAQbDFpI", TS, id,
+            sizeof(id)),
+        -1);
     assert_int_equal(dec(VECTOR "=", TS, id, sizeof(id)), -1);
     /* the output must fit: "sb1" needs 4 bytes */
     assert_int_equal(dec(VECTOR, TS, id, 3), -1);
     assert_int_equal(dec(VECTOR, TS, id, 4), 3);
     /* another key */
-    assert_int_equal(px_securecookie_decode("other_key", PX_STR(NAME), PX_STR(VECTOR), TS, 3600, id,
-                                            sizeof(id)),
-                     -1);
+    assert_int_equal(
+        px_securecookie_decode("other_key", PX_STR(NAME), PX_STR(VECTOR), TS, 3600, id, sizeof(id)),
+        -1);
 }
 
 /* Every single-byte change of the value, to every other byte, is refused. */
@@ -124,8 +127,8 @@ static void test_age_window(void **state)
     (void)state;
     char id[256];
 
-    assert_int_equal(dec(VECTOR, TS + 3600, id, sizeof(id)), 3);   /* unix >= now - 3600 */
-    assert_int_equal(dec(VECTOR, TS + 3601, id, sizeof(id)), -1);  /* an hour and a second */
+    assert_int_equal(dec(VECTOR, TS + 3600, id, sizeof(id)), 3);  /* unix >= now - 3600 */
+    assert_int_equal(dec(VECTOR, TS + 3601, id, sizeof(id)), -1); /* an hour and a second */
     assert_int_equal(dec(VECTOR, TS + 86400, id, sizeof(id)), -1);
     assert_int_equal(dec(VECTOR, TS - PX_SECURECOOKIE_SKEW, id, sizeof(id)), 3); /* skew */
     assert_int_equal(dec(VECTOR, TS - PX_SECURECOOKIE_SKEW - 1, id, sizeof(id)), -1);
@@ -144,8 +147,8 @@ static void test_wrong_name_refused(void **state)
     assert_int_equal(px_securecookie_decode(KEY, PX_STR("daytona-sandbox-auth-sb"), PX_STR(VECTOR),
                                             TS, 3600, id, sizeof(id)),
                      -1);
-    assert_int_equal(
-        px_cookie_verify(KEY, PX_STR("sb2"), 3000, PX_STR(VECTOR), TS, id, sizeof(id)), -1);
+    assert_int_equal(px_cookie_verify(KEY, PX_STR("sb2"), 3000, PX_STR(VECTOR), TS, id, sizeof(id)),
+                     -1);
     assert_int_equal(px_cookie_verify(KEY, PX_STR("sb1"), 3000, PX_STR(VECTOR), TS, id, sizeof(id)),
                      0);
     assert_string_equal(id, "sb1");
@@ -203,8 +206,10 @@ static void test_malformed_gob(void **state)
         {"multi-byte length, truncated", {3, 0x0c, 0, 0xfe, 0x01}, 5, 0},
         {"multi-byte length, 9 bytes", {4, 0x0c, 0, 0xf7, 0}, 5, 0},
         {"multi-byte length, non-minimal", {7, 0x0c, 0, 0xff, 3, 's', 'b', '1'}, 8, 1},
-        {"multi-byte length, huge", {12, 0x0c, 0, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-                                     0xff, 's'}, 13, 0},
+        {"multi-byte length, huge",
+         {12, 0x0c, 0, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 's'},
+         13,
+         0},
         {"control byte", {6, 0x0c, 0, 3, 's', '\n', '1'}, 7, 0},
         {"NUL byte", {6, 0x0c, 0, 3, 's', 0, '1'}, 7, 0},
         {"space", {6, 0x0c, 0, 3, 's', ' ', '1'}, 7, 0},
@@ -250,14 +255,14 @@ static void test_both_formats(void **state)
     assert_true(n > 0);
     assert_memory_not_equal(v, "v1.", 3);
     for (size_t i = 0; i < 5; i++) {
-        assert_int_equal(
-            px_cookie_verify("s3cret", sb, ports[i], px_str_make(v, (size_t)n), 5000, id, sizeof(id)),
-            0);
+        assert_int_equal(px_cookie_verify("s3cret", sb, ports[i], px_str_make(v, (size_t)n), 5000,
+                                          id, sizeof(id)),
+                         0);
         assert_string_equal(id, "sb-1");
     }
-    assert_int_equal(
-        px_cookie_verify("s3cret", sb, 3000, px_str_make(v, (size_t)n), 5000 + 3601, id, sizeof(id)),
-        -1);
+    assert_int_equal(px_cookie_verify("s3cret", sb, 3000, px_str_make(v, (size_t)n), 5000 + 3601,
+                                      id, sizeof(id)),
+                     -1);
     /* the same decision under v1 */
     n = px_cookie_issue("s3cret", PX_COOKIE_FMT_V1, sb, 3000, sb, 5000, v, sizeof(v));
     assert_memory_equal(v, "v1.sb-1.8600.", 13); /* expires = now + 3600 */
@@ -279,7 +284,8 @@ static void test_both_formats(void **state)
     assert_int_equal(
         px_cookie_verify("s3cret", tok, 22222, px_str_make(v, (size_t)n), 5000, id, sizeof(id)), 0);
     assert_int_equal(
-        px_cookie_verify("s3cret", tok, 33333, px_str_make(v, (size_t)n), 5000, id, sizeof(id)), -1);
+        px_cookie_verify("s3cret", tok, 33333, px_str_make(v, (size_t)n), 5000, id, sizeof(id)),
+        -1);
     /* a v1 cookie stays port-bound */
     n = px_cookie_issue("s3cret", PX_COOKIE_FMT_V1, tok, 3000, sb, 5000, v, sizeof(v));
     assert_int_equal(
@@ -293,7 +299,7 @@ static void test_both_formats(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_vector_encode),  cmocka_unit_test(test_vector_decode),
+        cmocka_unit_test(test_vector_encode),        cmocka_unit_test(test_vector_decode),
         cmocka_unit_test(test_every_tamper_refused), cmocka_unit_test(test_age_window),
         cmocka_unit_test(test_wrong_name_refused),   cmocka_unit_test(test_length_cap),
         cmocka_unit_test(test_malformed_gob),        cmocka_unit_test(test_both_formats),
