@@ -6,8 +6,8 @@
  *   SANDBOX  fetch the label's record (public sandboxes need nothing more)
  *   BEARER   Authorization: Bearer -> proxy:api-key:{sha256}, org must match
  *   TOKEN    X-Daytona-Preview-Token, then DAYTONA_SANDBOX_AUTH_KEY
- *   COOKIE   daytona-sandbox-auth-{label}; for a token label, refused when the
- *            token carries a revocation marker
+ *   COOKIE   daytona-sandbox-auth-{label}, ours (v1) or Daytona's format; for
+ *            a token label, refused when the token carries a revocation marker
  *   SIGNED   the label is a signed preview token for this port
  * A failed lookup (Redis down, timeout) never counts as "invalid": when no step
  * succeeded and one could not be checked, the answer is 503, not 401. */
@@ -79,13 +79,13 @@ static void allow(struct px_auth *a, struct px_sandbox **owned)
 
 static void set_cookie(struct px_auth *a, const char *sandbox_id)
 {
-    char v[600];
+    char v[700]; /* v1 of a 255-byte ID, or Daytona's (528 bytes at most for one) */
     const char *secret = a->in.cfg->cookie_secret;
 
     if (secret == NULL)
         return;
-    if (px_cookie_mint(secret, a->in.label, a->in.port, px_str_make(sandbox_id, strlen(sandbox_id)),
-                       a->in.now + PX_COOKIE_MAX_AGE, v, sizeof(v)) > 0)
+    if (px_cookie_issue(secret, a->in.cfg->cookie_format, a->in.label, a->in.port,
+                        px_str_make(sandbox_id, strlen(sandbox_id)), a->in.now, v, sizeof(v)) > 0)
         a->out.cookie_value = strdup(v);
 }
 
@@ -422,7 +422,7 @@ static void step(struct px_auth *a)
             }
         }
         a->step = ST_COOKIE;
-        struct px_str value, id;
+        struct px_str value;
         char name[300];
         int n =
             snprintf(name, sizeof(name), PX_COOKIE_PREFIX "%.*s", (int)in->label.len, in->label.p);
@@ -430,13 +430,11 @@ static void step(struct px_auth *a)
             px_cookie_find(in->req, px_str_make(name, (size_t)n), &value) != 0)
             goto no_cookie;
         a->tried_cookie = 1;
-        if (px_cookie_verify(in->cfg->cookie_secret, in->label, in->port, value, in->now, &id) !=
-                0 ||
-            id.len >= sizeof(a->id))
+        /* Either format (auth/cookie.h): a Daytona-format cookie names no port */
+        if (px_cookie_verify(in->cfg->cookie_secret, in->label, in->port, value, in->now, a->id,
+                             sizeof(a->id)) != 0)
             goto no_cookie;
-        memcpy(a->id, id.p, id.len);
-        a->id[id.len] = '\0';
-        if (px_str_eq(id, in->label)) {
+        if (px_str_eq(px_str_make(a->id, strlen(a->id)), in->label)) {
             if (a->sb != NULL)
                 return allow(a, &a->sb);
             goto no_cookie; /* the sandbox is gone */

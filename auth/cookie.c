@@ -10,6 +10,8 @@
 
 #include "auth/cookie.h"
 #include "auth/digest.h"
+#include "auth/securecookie.h"
+#include "routing/route.h"
 
 size_t px_base64url(const unsigned char *in, size_t n, char *out)
 {
@@ -74,7 +76,8 @@ int px_cookie_mint(const char *secret, struct px_str label, unsigned port, struc
     return n < 0 || (size_t)n >= outlen ? -1 : n;
 }
 
-int px_cookie_verify(const char *secret, struct px_str label, unsigned port, struct px_str value,
+/* Our v1 format; on success *sandbox_id points into value. */
+static int v1_verify(const char *secret, struct px_str label, unsigned port, struct px_str value,
                      time_t now, struct px_str *sandbox_id)
 {
     const char *p = value.p, *end = value.p + value.len, *d1, *d2;
@@ -105,6 +108,70 @@ int px_cookie_verify(const char *secret, struct px_str label, unsigned port, str
         return -1;
     *sandbox_id = id;
     return 0;
+}
+
+/* A Daytona (gorilla securecookie) value carries a sandbox ID and nothing else,
+ * so it cannot be bound to a port the way v1 is. We take it as Daytona does --
+ * any port, for its hour -- with one exception: on the reserved ports (22222
+ * terminal, 2280 toolbox, 33333) a cookie whose label is a signed preview token
+ * is refused, so a link for port 3000 still cannot open the terminal when
+ * cookie_domain sends its cookie to every host. The chain then falls through to
+ * the signed token itself, which is port-bound. A sandbox-ID label is not
+ * port-bound in either format (the grant was for the whole sandbox). */
+static int daytona_verify(const char *secret, struct px_str label, unsigned port,
+                          struct px_str value, time_t now, char *id, size_t idcap)
+{
+    char name[PX_COOKIE_NAME_MAX]; /* "daytona-sandbox-auth-{label}" */
+    int n = snprintf(name, sizeof(name), PX_COOKIE_PREFIX "%.*s", (int)label.len, label.p);
+    int idlen;
+
+    if (n < 0 || (size_t)n >= sizeof(name))
+        return -1;
+    idlen = px_securecookie_decode(secret, px_str_make(name, (size_t)n), value, now,
+                                   PX_COOKIE_MAX_AGE, id, idcap);
+    if (idlen < 0)
+        return -1;
+    if (!px_str_eq(px_str_make(id, (size_t)idlen), label) && px_port_reserved(port)) {
+        id[0] = '\0';
+        return -1;
+    }
+    return 0;
+}
+
+int px_cookie_verify(const char *secret, struct px_str label, unsigned port, struct px_str value,
+                     time_t now, char *id, size_t idcap)
+{
+    struct px_str got;
+
+    if (idcap == 0)
+        return -1;
+    id[0] = '\0';
+    if (value.len < 3 || memcmp(value.p, "v1.", 3) != 0) /* never base64: '.' is not in it */
+        return daytona_verify(secret, label, port, value, now, id, idcap);
+    if (v1_verify(secret, label, port, value, now, &got) != 0 || got.len >= idcap)
+        return -1;
+    memcpy(id, got.p, got.len);
+    id[got.len] = '\0';
+    return 0;
+}
+
+int px_cookie_issue(const char *secret, int format, struct px_str label, unsigned port,
+                    struct px_str sandbox_id, time_t now, char *out, size_t outlen)
+{
+    char name[PX_COOKIE_NAME_MAX]; /* "daytona-sandbox-auth-{label}" */
+    int n;
+
+    /* A Daytona cookie for a token label would not be accepted on a reserved
+     * port (above), so there the port-bound v1 is written whatever the format. */
+    if (format == PX_COOKIE_FMT_DAYTONA &&
+        (px_str_eq(label, sandbox_id) || !px_port_reserved(port))) {
+        n = snprintf(name, sizeof(name), PX_COOKIE_PREFIX "%.*s", (int)label.len, label.p);
+        if (n < 0 || (size_t)n >= sizeof(name))
+            return -1;
+        return px_securecookie_encode(secret, px_str_make(name, (size_t)n), sandbox_id, now, out,
+                                      outlen);
+    }
+    return px_cookie_mint(secret, label, port, sandbox_id, now + PX_COOKIE_MAX_AGE, out, outlen);
 }
 
 int px_cookie_find(const struct px_head *req, struct px_str name, struct px_str *value)

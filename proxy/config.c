@@ -469,6 +469,17 @@ static const char *apply(struct px_config *c, char **w, int n)
         return parse_rate(w, n, 1, &c->lookup_rate, &c->lookup_burst);
     if (!strcmp(d, "lookup_client_rate"))
         return parse_rate(w, n, 2, &c->lookup_client_rate, &c->lookup_client_burst);
+    if (!strcmp(d, "cookie_format")) {
+        if (n != 2)
+            return "expects daytona or v1";
+        if (!strcmp(w[1], "daytona"))
+            c->cookie_format = PX_COOKIE_FMT_DAYTONA;
+        else if (!strcmp(w[1], "v1"))
+            c->cookie_format = PX_COOKIE_FMT_V1;
+        else
+            return "expects daytona or v1";
+        return NULL;
+    }
     if (!strcmp(d, "cors_credentials")) {
         static const char *const names[] = {"same-sandbox", "same-domain", "any"};
         if (n != 2)
@@ -706,6 +717,8 @@ struct px_config *px_config_load(const char *path, char *err, size_t errlen)
                 goto fail;
             }
         }
+    if (c->cookie_format == PX_COOKIE_FMT_AUTO) /* SPEC 4.5: Daytona's in API mode */
+        c->cookie_format = c->api_url != NULL ? PX_COOKIE_FMT_DAYTONA : PX_COOKIE_FMT_V1;
     if (c->access_log == NULL && set_string(&c->access_log, "stderr")) {
         snprintf(err, errlen, "out of memory");
         goto fail;

@@ -69,6 +69,9 @@ int px_log_allow(int per_second);
 #define PX_MAX_TRUSTED 16
 
 enum { PX_CORS_SAME_SANDBOX = 0, PX_CORS_SAME_DOMAIN, PX_CORS_ANY };
+/* cookie_format: which auth cookie is written (both are always read);
+ * AUTO is resolved at load: DAYTONA with api_url, else V1. */
+enum { PX_COOKIE_FMT_AUTO = 0, PX_COOKIE_FMT_V1, PX_COOKIE_FMT_DAYTONA };
 
 struct px_listen_cfg {
     struct sockaddr_storage addr;
@@ -137,6 +140,7 @@ struct px_config {
     int redis_db;
     char *cookie_secret;
     char *cookie_domain;
+    int cookie_format; /* PX_COOKIE_FMT_V1 or _DAYTONA after load */
     char *api_url, *api_key;
     int api_timeout; /* seconds per attempt of an API call (API_CLIENT_TIMEOUT_SEC) */
     struct px_sandbox *sandboxes;     /* owned list, from `sandbox` records */

@@ -139,6 +139,34 @@ static void test_defaults(void **state)
     px_config_free(c);
 }
 
+/* cookie_format: Daytona's by default in API mode (api_url, from the file or
+ * DAYTONA_API_URL), ours in standalone mode; an explicit value wins. */
+static void test_cookie_format(void **state)
+{
+    (void)state;
+    struct px_config *c = load_ok("");
+    assert_int_equal(c->cookie_format, PX_COOKIE_FMT_V1);
+    px_config_free(c);
+    c = load_ok("api_url http://127.0.0.1:3000\n");
+    assert_int_equal(c->cookie_format, PX_COOKIE_FMT_DAYTONA);
+    px_config_free(c);
+    c = load_ok("api_url http://127.0.0.1:3000\ncookie_format v1\n");
+    assert_int_equal(c->cookie_format, PX_COOKIE_FMT_V1);
+    px_config_free(c);
+    c = load_ok("cookie_format daytona\n");
+    assert_int_equal(c->cookie_format, PX_COOKIE_FMT_DAYTONA);
+    px_config_free(c);
+    setenv("DAYTONA_API_URL", "http://127.0.0.1:3000", 1);
+    c = load_ok("");
+    assert_int_equal(c->cookie_format, PX_COOKIE_FMT_DAYTONA);
+    px_config_free(c);
+    unsetenv("DAYTONA_API_URL");
+    load_bad("cookie_format gorilla\n", 1);
+    load_bad("\ncookie_format\n", 2);
+    load_bad("cookie_format v1 daytona\n", 1);
+    load_bad("cookie_format V1\n", 1);
+}
+
 static void test_good_values(void **state)
 {
     (void)state;
@@ -669,6 +697,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_env_bad_values, setup, teardown),
         cmocka_unit_test_setup_teardown(test_env_proxy_port_keeps_tls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_trusted_proxies, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cookie_format, setup, teardown),
     };
     return cmocka_run_group_tests_name("proxy/config", tests, NULL, NULL);
 }
