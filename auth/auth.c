@@ -235,20 +235,17 @@ static void api_granted(struct px_auth *a, const char *id)
 static void api_after_tokens(struct px_auth *a)
 {
     const struct px_auth_in *in = &a->in;
-    struct px_str value, id;
+    struct px_str value;
     char name[300];
     int n = snprintf(name, sizeof(name), PX_COOKIE_PREFIX "%.*s", (int)in->label.len, in->label.p);
 
     if (in->cfg->cookie_secret != NULL &&
         px_cookie_find(in->req, px_str_make(name, (size_t)n), &value) == 0) {
         a->tried_cookie = 1;
-        if (px_cookie_verify(in->cfg->cookie_secret, in->label, in->port, value, in->now, &id) ==
-                0 &&
-            id.len < sizeof(a->id)) {
-            memcpy(a->id, id.p, id.len);
-            a->id[id.len] = '\0';
+        /* Either format (auth/cookie.h): a Daytona-format cookie names no port */
+        if (px_cookie_verify(in->cfg->cookie_secret, in->label, in->port, value, in->now, a->id,
+                             sizeof(a->id)) == 0)
             return api_granted(a, a->id);
-        }
     }
     if (in->toolbox || !can_be_token(in->label)) { /* signed tokens name preview hosts only */
         a->step = ST_FAIL;
