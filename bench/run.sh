@@ -20,7 +20,7 @@
 #   BENCH_RETRIES    times a noisy run is repeated before it counts (1)
 #   BENCH_H2_CLIENTS, BENCH_H2_STREAMS  h2load -c, -m                  (10, 10)
 #   BENCH_HS_CLIENTS parallel `openssl s_time -new` loops (handshake)  (8)
-#   BENCH_TARGETS    targets, in order                    ($DEFAULT_TARGETS: all 14)
+#   BENCH_TARGETS    targets, in order                    ($DEFAULT_TARGETS: all 15)
 #   BENCH_RATIOS     A/B pairs to report                  ($DEFAULT_RATIOS)
 #   BENCH_CPU_SERVER   CPU for the proxy under test and nginx-as-proxy   (0)
 #   BENCH_CPU_CLIENT   CPU for wrk                                       (1)
@@ -50,8 +50,8 @@ THREADS=${BENCH_THREADS:-1}
 CONNS=${BENCH_CONNS:-50}
 NOISE_PCT=${BENCH_NOISE_PCT:-10}
 RETRIES=${BENCH_RETRIES:-1}
-DEFAULT_TARGETS="direct proxy nginx public_redis private cookie h2tls nginx_h2tls h2c nginx_h2c handshake nginx_handshake resume nginx_resume"
-DEFAULT_RATIOS="proxy/direct proxy/nginx public_redis/proxy private/public_redis cookie/public_redis h2tls/nginx_h2tls h2c/nginx_h2c handshake/nginx_handshake resume/nginx_resume"
+DEFAULT_TARGETS="direct proxy nginx public_redis private cookie api_mode h2tls nginx_h2tls h2c nginx_h2c handshake nginx_handshake resume nginx_resume"
+DEFAULT_RATIOS="proxy/direct proxy/nginx public_redis/proxy private/public_redis cookie/public_redis api_mode/public_redis h2tls/nginx_h2tls h2c/nginx_h2c handshake/nginx_handshake resume/nginx_resume"
 read -r -a TARGETS <<<"${BENCH_TARGETS:-$DEFAULT_TARGETS}"
 read -r -a RATIOS <<<"${BENCH_RATIOS:-$DEFAULT_RATIOS}"
 
@@ -59,6 +59,11 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PROXY_BIN=${BENCH_PROXY:-$ROOT/build/preview-proxy}
 SANDBOX=demo
 RUNNER_KEY=benchkey
+# The sandboxes of the standalone targets are direct (SPEC 9): the proxy
+# connects to addr (127.0.0.1) on the port named in Host (the upstream's) and
+# refuses the runner's own port there (403 PORT_NOT_ALLOWED), so the runner
+# URL must name another port; nothing is ever sent to it.
+DIRECT_RUNNER_URL=http://127.0.0.1:9
 FILE_PATH=/1k.txt
 FILE_SIZE=1024
 
@@ -393,7 +398,7 @@ setup_proxy() {
 listen 127.0.0.1:$PROXY_PORT
 access_log off
 workers 1
-sandbox $SANDBOX runner_url=http://127.0.0.1:$UP_PORT runner_key=$RUNNER_KEY public=1 direct=1
+sandbox $SANDBOX runner_url=$DIRECT_RUNNER_URL runner_key=$RUNNER_KEY public=1 direct=1 addr=127.0.0.1
 EOF
     "$PROXY_BIN" -t -c "$WORK/proxy/proxy.conf" >"$WORK/proxy/configtest.log" 2>&1 \
         || { cat "$WORK/proxy/configtest.log" >&2; die "preview-proxy -t rejected the config"; }
@@ -522,9 +527,9 @@ setup_redis() {
         --port "$REDIS_PORT" --save '' --appendonly no --dir "$WORK/redis"
     wait_port "$REDIS_PORT" "$PID_redis" "$WORK/redis/stderr.log"
     local r=(redis-cli -h 127.0.0.1 -p "$REDIS_PORT")
-    "${r[@]}" HSET sandbox:priv runner_url "http://127.0.0.1:$UP_PORT" runner_key "$RUNNER_KEY" \
+    "${r[@]}" HSET sandbox:priv runner_url "$DIRECT_RUNNER_URL" addr 127.0.0.1 runner_key "$RUNNER_KEY" \
         public 0 auth_token "$PREVIEW_TOKEN" direct 1 >/dev/null
-    "${r[@]}" HSET sandbox:demo runner_url "http://127.0.0.1:$UP_PORT" runner_key "$RUNNER_KEY" \
+    "${r[@]}" HSET sandbox:demo runner_url "$DIRECT_RUNNER_URL" addr 127.0.0.1 runner_key "$RUNNER_KEY" \
         public 1 direct 1 >/dev/null
     "${r[@]}" SET "sandbox:signed-preview-url-token:$UP_PORT:$SIGNED_TOKEN" priv >/dev/null
     log "redis: redis-server on 127.0.0.1:$REDIS_PORT (pid $PID_redis): sandbox:priv (private), sandbox:demo (public), signed token for port $UP_PORT"
@@ -616,6 +621,102 @@ warm_cookie() { warm_wrk "$(url_proxyr)" -H "Host: $(host_cookie)" -H "Cookie: $
 pid_cookie() { pid_proxyr; }
 log_cookie() { log_proxyr; }
 
+# ---------------------------------------------------------------- target: api_mode
+# The proxy in API mode (api_url/api_key, i.e. DAYTONA_API_URL and
+# PROXY_API_KEY) in front of the Daytona API stand-in
+# tests/integration/servers/api.py, with a warm cache: the stand-in's public
+# fixture sandbox sb-pub, whose runner (C6: proxyUrl, apiKey rk-1) is the same
+# upstream nginx as every other target's. API mode forwards in runner-path
+# form, GET /sandboxes/sb-pub/toolbox/proxy/3000/1k.txt with
+# X-Daytona-Authorization: Bearer rk-1, so setup puts a copy of the 1 KiB
+# file at that path under the upstream's root (same nginx, same location,
+# same answer; nginx ignores the header). The baseline is public_redis: the
+# same kind of lookup (a public sandbox from the proxy's cache) in standalone
+# mode. load_api_mode counts the stand-in's logged API calls (/_ctl/log:
+# every /api call, control endpoints excluded) just before and just after each
+# timed run; the summary prints them, C7 (POST .../last-activity, at most one
+# per activity interval per sandbox) apart from the rest (target 0).
+API_PORT=
+PID_api=''
+API_SANDBOX=sb-pub
+API_APP_PORT=3000
+API_STANDIN=$ROOT/tests/integration/servers/api.py
+setup_api() {
+    [ -n "$API_PORT" ] && return 0
+    [ -x /usr/bin/python3 ] || die "api_mode needs /usr/bin/python3 (for $API_STANDIN)"
+    [ -f "$API_STANDIN" ] || die "api_mode: $API_STANDIN not found"
+    setup_upstream
+    local rp=/sandboxes/$API_SANDBOX/toolbox/proxy/$API_APP_PORT
+    mkdir -p "$WORK/upstream/www$rp"
+    cp "$WORK/upstream/www$FILE_PATH" "$WORK/upstream/www$rp$FILE_PATH"
+    chmod -R a+rX "$WORK/upstream"
+    API_PORT=$(free_port)
+    mkdir -p "$WORK/api"
+    # like redis: a backend, on the upstream's CPU
+    spawn api "$WORK/api/stderr.log" "$CPU_UPSTREAM" /usr/bin/python3 "$API_STANDIN" --port "$API_PORT" \
+        --runner-url "http://127.0.0.1:$UP_PORT" --proxy-key pk --runner-key rk-1
+    wait_port "$API_PORT" "$PID_api" "$WORK/api/stderr.log"
+    log "api: Daytona API stand-in on 127.0.0.1:$API_PORT (pid $PID_api), runners -> 127.0.0.1:$UP_PORT"
+}
+# api_calls — the stand-in's call log so far, one "ROUTE COUNT" line per route.
+api_calls() {
+    curl -sS --max-time 5 "http://127.0.0.1:$API_PORT/_ctl/log" |
+        grep -o '"route": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/' | sort | uniq -c | awk '{ print $2, $1 }'
+}
+# api_calls_diff BEFORE AFTER -> "total c7 detail" (detail: ROUTE=N,... or -)
+api_calls_diff() {
+    awk 'FNR == 1 { k++ } { n[k, $1] = $2; r[$1] = 1 }
+        END { t = 0; c7 = 0; d = ""
+            for (x in r) { v = n[2, x] - n[1, x]; if (v <= 0) continue
+                if (x == "C7") c7 += v; else { t += v; d = d (d == "" ? "" : ",") x "=" v } }
+            print t, c7, (d == "" ? "-" : d) }' "$1" "$2"
+}
+PROXYA_PORT=
+PID_proxya=''
+setup_api_mode() {
+    [ -n "$PROXYA_PORT" ] && return 0
+    setup_api
+    PROXYA_PORT=$(free_port)
+    mkdir -p "$WORK/proxya"
+    cat >"$WORK/proxya/proxy.conf" <<EOF
+listen 127.0.0.1:$PROXYA_PORT
+access_log off
+workers 1
+api_url http://127.0.0.1:$API_PORT/api
+api_key pk
+EOF
+    start_proxy proxya "$WORK/proxya/proxy.conf" "$PROXYA_PORT"
+}
+url_api_mode() { echo "http://127.0.0.1:$PROXYA_PORT$FILE_PATH"; }
+host_api_mode() { echo "$API_APP_PORT-$API_SANDBOX.proxy.localhost"; }
+check_api_mode() { check_http api_mode "$(url_api_mode)" -H "Host: $(host_api_mode)"; }
+load_api_mode() {
+    local rc=0 run
+    run=$(basename "$1" .txt); run=${run#api_mode.}
+    api_calls >"$1.api0"
+    run_wrk "$1" "$(url_api_mode)" -H "Host: $(host_api_mode)" || rc=$?
+    api_calls >"$1.api1"
+    echo "$run $(api_calls_diff "$1.api0" "$1.api1")" >>"$WORK/api/calls.runs"
+    [ -f "$WORK/api/calls.first" ] || cp "$1.api0" "$WORK/api/calls.first"
+    return "$rc"
+}
+warm_api_mode() { warm_wrk "$(url_api_mode)" -H "Host: $(host_api_mode)"; }
+pid_api_mode() { echo "$PID_proxya"; }
+log_api_mode() { echo "$WORK/proxya/stderr.log"; }
+
+# report_api_calls — the API calls made during each timed api_mode run.
+report_api_calls() {
+    [ -s "$WORK/api/calls.runs" ] || return 0
+    echo
+    echo "=== API calls during the timed api_mode runs (stand-in /_ctl/log, before/after each run; target 0) ==="
+    printf '%-15s %10s %10s  %s\n' run api_calls C7_activity "other calls by route"
+    awk '{ printf "%-15s %10d %10d  %s\n", $1, $2, $3, $4; t += $2; c += $3 }
+        END { printf "%-15s %10d %10d\n", "total", t, c }' "$WORK/api/calls.runs"
+    if [ -s "$WORK/api/calls.first" ]; then
+        echo "before the first timed run (proxy start, checks, warm-up), by route: $(awk '{ printf "%s%s=%s", (NR > 1 ? "," : ""), $1, $2 }' "$WORK/api/calls.first")"
+    fi
+}
+
 # ---------------------------------------------------------------- TLS certificate
 # A self-signed ECDSA P-256 certificate for proxy.localhost and
 # *.proxy.localhost, used by both our proxy and nginx.
@@ -651,7 +752,7 @@ listen 127.0.0.1:$PROXYT_TLS_PORT tls
 tls_cert $CERT $KEY proxy.localhost
 access_log off
 workers 1
-sandbox $SANDBOX runner_url=http://127.0.0.1:$UP_PORT runner_key=$RUNNER_KEY public=1 direct=1
+sandbox $SANDBOX runner_url=$DIRECT_RUNNER_URL runner_key=$RUNNER_KEY public=1 direct=1 addr=127.0.0.1
 EOF
     start_proxy proxyt "$WORK/proxyt/proxy.conf" "$PROXYT_TLS_PORT"
     log "proxyt: h2c/HTTP/1.1 on 127.0.0.1:$PROXYT_PORT, TLS on 127.0.0.1:$PROXYT_TLS_PORT"
@@ -1047,6 +1148,8 @@ for pair in "${RATIOS[@]}"; do
         if (ua > 0 && ub > 0) printf "   srv_cpu/req %.3f", ua / ub
         printf "\n" }'
 done
+
+report_api_calls
 
 if [ "$NOISY" -gt 0 ]; then
     echo
