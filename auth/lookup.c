@@ -82,11 +82,12 @@ const char px_err_api_down[] = "the Daytona API is unavailable";
 #define API_PUBLIC_TTL 3600 /* DAYTONA-API.md §4, capped by cache_ttl */
 #define API_VALID_TTL 120
 #define API_SIGNED_TTL 10 /* Daytona never caches C5 (the cookie stands in): just single flight */
+#define API_WARNING_TTL 60
 
 static int api_kind(enum px_lk_kind k)
 {
     return k == PX_LK_API_PUBLIC || k == PX_LK_API_TOKEN || k == PX_LK_API_SIGNED ||
-           k == PX_LK_API_RUNNER || k == PX_LK_API_ACCESS;
+           k == PX_LK_API_RUNNER || k == PX_LK_API_ACCESS || k == PX_LK_API_WARNING;
 }
 
 /* A client address as the budget sees it: family, then IPv4 or an IPv6 /64. */
@@ -554,6 +555,7 @@ static int ttl(const struct entry *e)
     case PX_LK_API_ACCESS:
     case PX_LK_API_RUNNER: return e->v.found ? min_ttl(API_VALID_TTL, L.cfg->cache_ttl) : NEG_TTL;
     case PX_LK_API_SIGNED: return e->v.found ? API_SIGNED_TTL : NEG_TTL;
+    case PX_LK_API_WARNING: return min_ttl(API_WARNING_TTL, L.cfg->cache_ttl);
     default: return e->v.found ? L.cfg->cache_ttl : NEG_TTL;
     }
 }
@@ -664,7 +666,8 @@ static void on_fetch(void *arg, redisReply *r, const char *err)
     case PX_LK_API_TOKEN:
     case PX_LK_API_SIGNED:
     case PX_LK_API_RUNNER:
-    case PX_LK_API_ACCESS: break; /* asked of the API, never of Redis (on_api) */
+    case PX_LK_API_ACCESS:
+    case PX_LK_API_WARNING: break; /* asked of the API, never of Redis (on_api) */
     }
     deliver(e, NULL);
 }
@@ -761,6 +764,14 @@ static int daytona_key(const struct entry *e, char *buf, size_t cap)
     case PX_LK_API_TOKEN:
     case PX_LK_API_ACCESS: prefix = "proxy:sandbox-auth-key-valid:"; break; /* "{label}:{cred}" */
     case PX_LK_API_RUNNER: prefix = "proxy:sandbox-runner-info:"; break;
+    case PX_LK_API_WARNING: { /* ours is "{port}:{label}", Daytona's "{label}:{port}" */
+        const char *colon = strchr(key, ':');
+        if (colon == NULL)
+            return 0;
+        n = snprintf(buf, cap, "proxy:sandbox-preview-warning:%s:%.*s", colon + 1,
+                     (int)(colon - key), key);
+        return n > 0 && (size_t)n < cap ? n : 0;
+    }
     default: return 0;
     }
     n = snprintf(buf, cap, "%s%s", prefix, key);
@@ -792,7 +803,10 @@ static void daytona_store(const struct entry *e)
         seconds = API_VALID_TTL;
     } else {
         vn = snprintf(val, sizeof(val), "{\"value\":%s}", e->v.found ? "true" : "false");
-        seconds = e->kind == PX_LK_API_PUBLIC ? API_PUBLIC_TTL : e->v.found ? API_VALID_TTL : NEG_TTL;
+        seconds = e->kind == PX_LK_API_PUBLIC    ? API_PUBLIC_TTL
+                  : e->kind == PX_LK_API_WARNING ? API_WARNING_TTL
+                  : e->v.found                   ? API_VALID_TTL
+                                                 : NEG_TTL;
     }
     exn = snprintf(ex, sizeof(ex), "%d", seconds);
     const char *argv[5] = {"SET", key, val, "EX", ex};
@@ -831,6 +845,26 @@ static void on_api(void *arg, const struct px_api_resp *r)
         return deliver(e, px_err_api_down);
     if (e->kind == PX_LK_API_ACCESS && r->status == 429)
         return deliver(e, px_err_busy); /* the API throttles this client: not cached */
+    if (e->kind == PX_LK_API_WARNING) {
+        /* §2 C13: the organisation's flag; a 4xx (an unknown label, or an API
+         * without this endpoint, where the global switch that led here stands)
+         * shows the page and is cached; only a readable 200 can hide it. */
+        json_error_t je;
+        json_t *j = r->status == 200 ? json_loadb(r->body, r->body_len, 0, &je) : NULL;
+        json_t *en = json_is_object(j) ? json_object_get(j, "enabled") : NULL;
+        if (r->status == 200 && !json_is_boolean(en)) {
+            json_decref(j);
+            return deliver(e, px_err_api_down); /* shown, not cached */
+        }
+        if (r->status != 200 && !final4xx && r->status != 401 && r->status != 403) {
+            json_decref(j);
+            return deliver(e, px_err_api_down);
+        }
+        e->v.found = r->status == 200 ? json_is_true(en) : 1;
+        json_decref(j);
+        daytona_store(e);
+        return deliver(e, NULL);
+    }
     if ((r->status == 401 || r->status == 403) && e->kind != PX_LK_API_SIGNED &&
         e->kind != PX_LK_API_ACCESS) {
         /* The proxy's own identity was refused: PROXY_API_KEY is wrong. Never
@@ -914,7 +948,7 @@ static void start_api_fetch(struct entry *e, struct px_str key)
     int ok = 1;
 
     int pair = e->kind == PX_LK_API_TOKEN || e->kind == PX_LK_API_SIGNED ||
-               e->kind == PX_LK_API_ACCESS;
+               e->kind == PX_LK_API_ACCESS || e->kind == PX_LK_API_WARNING;
     char bearer[600];
 
     if (colon != NULL && pair) {
@@ -935,6 +969,10 @@ static void start_api_fetch(struct entry *e, struct px_str key)
         break;
     case PX_LK_API_SIGNED: /* key is "{port}:{token}"; the call is /preview/{token}/{port} */
         snprintf(path, sizeof(path), "/preview/%s/%s/sandbox-id", b, a);
+        break;
+    case PX_LK_API_WARNING: /* key is "{port}:{label}" */
+        snprintf(path, sizeof(path), "/preview/%s/preview-warning?port=%s", b, a);
+        flags = PX_API_FINAL_4XX;
         break;
     case PX_LK_API_ACCESS: /* the user's own bearer; it goes in a header, not the path */
         snprintf(path, sizeof(path), "/preview/%s/access", a);

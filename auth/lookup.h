@@ -27,6 +27,7 @@ enum px_lk_kind {
     PX_LK_API_RUNNER,  /* key: sandbox ID (C6)           -> sb (runner_url, runner_key) */
     PX_LK_API_ACCESS,  /* key: "{label}:{bearer}" (C3, the user's token, X-Forwarded-For =
                           the lookup's client) -> found = allowed */
+    PX_LK_API_WARNING, /* key: "{port}:{label}" (C13) -> found = show the warning page */
 };
 
 /* Borrowed by the callback for its duration only: copy what you keep. */

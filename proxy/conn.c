@@ -88,6 +88,10 @@ static void exchange_reset(struct px_conn *c)
         px_lookup_cancel(c->dom_lk);
         c->dom_lk = NULL;
     }
+    if (c->warn_lk != NULL) {
+        px_lookup_cancel(c->warn_lk);
+        c->warn_lk = NULL;
+    }
     px_head_free(&c->req);
     px_head_free(&c->resp);
     px_chunked_reset(&c->req_ch);

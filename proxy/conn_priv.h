@@ -70,6 +70,7 @@ struct px_conn {
     struct px_str path;      /* slice of req.buf: path+query as received */
     struct px_auth *auth;    /* owned by auth/; we only cancel it */
     struct px_lk *dom_lk;    /* owned by lookup.c; custom-domain lookup, we only cancel it */
+    struct px_lk *warn_lk;   /* owned by lookup.c; API mode's warning decision (C13) */
     char dom_sandbox[256];   /* the sandbox a custom domain names; the label points here */
     struct px_host hinfo;    /* the parsed Host; slices into host */
     struct px_sandbox *sb;   /* owned; the resolved sandbox */

@@ -244,6 +244,23 @@ static void show_warning(struct px_conn *c)
     evbuffer_free(url);
 }
 
+static int cfg_api_mode(const struct px_conn *c)
+{
+    return c->srv->cfg->api_url != NULL;
+}
+
+/* API mode: C13 came back. Only a readable "enabled": false hides the page;
+ * an API that cannot say shows it (DAYTONA-API.md §2 C13, fail open). */
+static void on_warning(void *arg, const struct px_lk_value *v, const char *err)
+{
+    struct px_conn *c = arg;
+
+    c->warn_lk = NULL;
+    if (err != NULL || v->found)
+        return show_warning(c);
+    px_fwd_start(c);
+}
+
 static void on_auth(void *arg, struct px_auth_out *out)
 {
     struct px_conn *c = arg;
@@ -271,8 +288,18 @@ static void on_auth(void *arg, struct px_auth_out *out)
     }
     /* The warning needs the sandbox's own override, so it comes after auth; the
      * page carries the auth cookie so the click-through needs no new lookup. */
-    if (warning_applies(c))
+    if (warning_applies(c)) {
+        if (cfg_api_mode(c)) { /* the organisation decides (C13) */
+            char key[300];
+            int n = snprintf(key, sizeof(key), "%u:%.*s", c->port, (int)c->label.len, c->label.p);
+            if (n > 0 && (size_t)n < sizeof(key)) {
+                c->warn_lk = px_lookup(PX_LK_API_WARNING, px_str_make(key, (size_t)n), c->peer_ip,
+                                       on_warning, c);
+                return;
+            }
+        }
         return show_warning(c);
+    }
     px_fwd_start(c);
 }
 

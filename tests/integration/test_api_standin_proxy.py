@@ -83,3 +83,50 @@ def test_unknown_runner_for_an_authenticated_caller_is_404(proxy, api):
     api.add_sandbox("sb-gone", authToken="tok-g", runnerId=None)
     r = get(p, "sb-gone", "/x", headers=[("X-Daytona-Preview-Token", "tok-g")])
     assert r.status == 404 and r.json()["code"] == "SANDBOX_NOT_FOUND", r
+
+
+# ------------------------------------------- the warning page per organisation (C13) --
+
+CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+          "Chrome/126.0.0.0 Safari/537.36")
+
+
+def browse(p, label, port, path):
+    return get(p, label, path, port=port, headers=[("User-Agent", CHROME),
+                                                  ("Accept", "text/html")])
+
+
+def is_warning(r):
+    return r.status == 200 and b"Continue to the preview" in r.body and \
+        r.header("content-security-policy") is not None
+
+
+def test_warning_page_follows_the_organisation(proxy, api):
+    p = start(proxy, api, preview_warning="on")
+    api.org("o1", False)
+    r = browse(p, "sb-pub", 3000, "/org-off")
+    assert r.status == 200 and not is_warning(r), r
+    assert api.runner.wait_for("/org-off")
+    assert len(api.calls("/preview-warning")) == 1
+    assert api.calls("/preview-warning")[0]["query"] in ("port=3000", {"port": "3000"}) or \
+        "port=3000" in api.calls("/preview-warning")[0]["target"]
+    browse(p, "sb-pub", 3000, "/org-off-again")
+    assert len(api.calls("/preview-warning")) == 1           # cached (60 s)
+    api.org("o1", True)
+    r = browse(p, "sb-pub", 3001, "/org-on")
+    assert is_warning(r), r
+    assert api.runner.find("/org-on") == []
+    # the API cannot say: the page is shown (fail open), and not cached
+    api.fault("C13", fail_next=1, status=500, body="json")   # JSON 500: not retried
+    api.org("o1", False)
+    r = browse(p, "sb-pub", 3002, "/c13-error")
+    assert is_warning(r), r
+    r = browse(p, "sb-pub", 3002, "/c13-back")
+    assert r.status == 200 and not is_warning(r), r
+
+
+def test_warning_off_asks_nothing(proxy, api):
+    p = start(proxy, api)
+    r = browse(p, "sb-pub", 3000, "/no-warning")
+    assert r.status == 200 and not is_warning(r)
+    assert api.calls("/preview-warning") == []
