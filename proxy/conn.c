@@ -25,6 +25,7 @@
 #include "auth/activity.h"
 #include "auth/auth.h"
 #include "auth/lookup.h"
+#include "proxy/api.h"
 #include "proxy/browser.h"
 #include "proxy/errors.h"
 #include "proxy/h1.h"
@@ -92,6 +93,11 @@ static void exchange_reset(struct px_conn *c)
         px_lookup_cancel(c->warn_lk);
         c->warn_lk = NULL;
     }
+    px_api_cancel(c->api_call);
+    c->api_call = NULL;
+    free(c->build_ref);
+    free(c->fwd_target);
+    c->build_ref = c->fwd_target = NULL;
     px_head_free(&c->req);
     px_head_free(&c->resp);
     px_chunked_reset(&c->req_ch);

@@ -21,6 +21,7 @@ struct px_auth;
 struct px_lk;
 struct px_sandbox;
 struct px_upstream;
+struct px_api_call;
 
 #define PX_HIGH_WATER (256 * 1024)
 #define PX_REPLAY_MAX (256 * 1024) /* SPEC 9: retry only bodies buffered whole */
@@ -71,6 +72,10 @@ struct px_conn {
     struct px_auth *auth;    /* owned by auth/; we only cancel it */
     struct px_lk *dom_lk;    /* owned by lookup.c; custom-domain lookup, we only cancel it */
     struct px_lk *warn_lk;   /* owned by lookup.c; API mode's warning decision (C13) */
+    struct px_api_call *api_call; /* owned; a build-log route's API call in flight */
+    char build_kind;              /* build logs: 's' sandbox, 'n' snapshot */
+    char *build_ref;              /* owned; the snapshot ref of a build-log route */
+    char *fwd_target;             /* owned; a target sent as it is (build logs), or NULL */
     char dom_sandbox[256];   /* the sandbox a custom domain names; the label points here */
     struct px_host hinfo;    /* the parsed Host; slices into host */
     struct px_sandbox *sb;   /* owned; the resolved sandbox */
@@ -144,6 +149,10 @@ void px_conn_exchange_done(struct px_conn *c);
 void px_conn_step(struct px_conn *c);
 struct px_str px_path_only(struct px_str p);
 
+
+/* buildlogs.c: API mode's GET /sandboxes|snapshots/{id}/build-logs (DAYTONA-API.md
+ * §8). Returns 1 when path is one and the exchange is under way, else 0. */
+int px_build_logs(struct px_conn *c, struct px_str path_only);
 
 /* route.c: called once the request head is parsed */
 void px_route_request(struct px_conn *c);

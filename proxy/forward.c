@@ -120,7 +120,10 @@ static void build_request(struct px_conn *c, struct evbuffer *out)
 
     add_slice(out, r->method);
     evbuffer_add(out, " ", 1);
-    if (c->toolbox) {
+    if (c->fwd_target != NULL) { /* built whole by its route (build logs) */
+        add_str(out, c->fwd_target);
+        target = PX_STR("");
+    } else if (c->toolbox) {
         add_str(out, "/sandboxes/");
         add_str(out, sb->id);
         add_str(out, "/toolbox");
@@ -131,7 +134,7 @@ static void build_request(struct px_conn *c, struct evbuffer *out)
         add_str(out, "/toolbox/proxy/");
         add_u64(out, c->port);
     }
-    const char *q = memchr(target.p, '?', target.len);
+    const char *q = target.len ? memchr(target.p, '?', target.len) : NULL;
     if (q != NULL && c->has_query_token) {
         /* Drop the consumed auth parameter; every other byte stays as received. */
         struct px_str query = px_str_make(q + 1, target.len - (size_t)(q + 1 - target.p));

@@ -158,6 +158,8 @@ static void base_routes(struct px_conn *c)
         evbuffer_free(b);
         return;
     }
+    if (px_build_logs(c, po))
+        return;
     if (px_path_toolbox(po, &id, &c->toolbox_rest) == 0) {
         c->toolbox = 1;
         c->port = 2280;

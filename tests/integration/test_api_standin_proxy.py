@@ -130,3 +130,44 @@ def test_warning_off_asks_nothing(proxy, api):
     r = browse(p, "sb-pub", 3000, "/no-warning")
     assert r.status == 200 and not is_warning(r)
     assert api.calls("/preview-warning") == []
+
+
+# ----------------------------------------------------- build-log routes (§8) --
+
+def test_sandbox_build_logs_stream_from_the_runner(proxy, api):
+    p = start(proxy, api)
+    r = raw_exchange(p.port, request_bytes(
+        "GET", "/sandboxes/sb-build/build-logs?follow=false", "proxy.test",
+        headers=[("Authorization", "Bearer key-alice"), ("Accept", "application/json")]))
+    assert r is not None and r.status == 200, r
+    rec = api.runner.wait_for("/snapshots/logs?follow=false&snapshotRef=")[0]
+    auth = [v for k, v in rec["headers"] if k.lower() == "x-daytona-authorization"]
+    assert auth == [f"Bearer {API_RUNNER_KEY}"]
+    assert not [v for k, v in rec["headers"] if k.lower() == "authorization"]
+    c8 = api.calls("/api/sandbox/sb-build")
+    assert len(c8) == 1
+    assert {k.lower(): v for k, v in c8[0]["headers"]}.get("authorization") == "Bearer key-alice"
+    assert api.calls("/last-activity") == []              # §8: no activity
+
+
+def test_snapshot_build_logs_and_refusals(proxy, api):
+    p = start(proxy, api)
+    r = raw_exchange(p.port, request_bytes("GET", "/snapshots/snap-1/build-logs", "proxy.test",
+                                           headers=[("Authorization", "Bearer key-alice")]))
+    assert r is not None and r.status == 200, r
+    assert api.runner.wait_for("/snapshots/logs?snapshotRef=snap-ref-1")
+    cases = [("/sandboxes/sb-build/build-logs", None, 401),          # no bearer: the API says
+             ("/sandboxes/sb-pub/build-logs", "key-alice", 400),     # no buildInfo
+             ("/sandboxes/nope/build-logs", "key-alice", 404)]
+    for path, user, status in cases:
+        h = [("Accept", "application/json")] + ([("Authorization", f"Bearer {user}")] if user else [])
+        r = raw_exchange(p.port, request_bytes("GET", path, "proxy.test", headers=h))
+        assert r is not None and r.status == status, (path, r)
+    r = raw_exchange(p.port, request_bytes("POST", "/snapshots/snap-1/build-logs", "proxy.test",
+                                           headers=[("Content-Length", "0")]))
+    assert r.status == 405, r
+    api.fault("C9", fail_next=3, status=503, body="html")
+    r = raw_exchange(p.port, request_bytes("GET", "/snapshots/snap-1/build-logs", "proxy.test",
+                                           headers=[("Authorization", "Bearer key-alice")]),
+                     timeout=10)
+    assert r.status == 503 and r.header("retry-after") == "5", r

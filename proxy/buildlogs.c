@@ -1,0 +1,215 @@
+/* buildlogs.c — API mode's build-log routes (issue 10; DAYTONA-API.md §8):
+ *
+ *   GET /sandboxes/{id}/build-logs  C8 (the user's bearer) -> buildInfo.snapshotRef,
+ *                                   runnerId; C10 -> the runner's apiUrl and apiKey
+ *   GET /snapshots/{id}/build-logs  C9 (the user's bearer) -> ref, initialRunnerId; C10
+ *
+ * then the request goes to {apiUrl}/snapshots/logs?{client query}&snapshotRef={ref}
+ * with the runner's key, and the log streams back (follow=true keeps it open).
+ * The proxy authenticates nothing itself here: the API authorises the user's
+ * bearer on C8/C9. No activity is recorded. Part of the connection module. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <jansson.h>
+
+#include "proxy/api.h"
+#include "proxy/conn_priv.h"
+#include "routing/store.h"
+
+#define MAX_FIELD 512
+
+static void on_runner(void *arg, const struct px_api_resp *r);
+
+/* A JSON string field, bounded and free of bytes that cannot go into a URL
+ * or header as they are; NULL otherwise. Points into j. */
+static const char *field(json_t *j, const char *key)
+{
+    json_t *v = json_object_get(j, key);
+    const char *s;
+
+    if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > MAX_FIELD)
+        return NULL;
+    s = json_string_value(v);
+    if (strlen(s) != json_string_length(v))
+        return NULL;
+    for (const char *p = s; *p; p++)
+        if ((unsigned char)*p <= 0x20 || *p == 0x7f)
+            return NULL;
+    return s;
+}
+
+/* Percent-encodes a query value (RFC 3986 unreserved bytes pass). */
+static void add_escaped(struct evbuffer *out, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+            ch == '-' || ch == '.' || ch == '_' || ch == '~') {
+            evbuffer_add(out, s, 1);
+        } else {
+            char e[3] = {'%', hex[ch >> 4], hex[ch & 15]};
+            evbuffer_add(out, e, 3);
+        }
+    }
+}
+
+/* An answer of the API that is not a 2xx: its own 4xx passes through (the
+ * user's bearer was refused, or the sandbox is unknown), anything else is the
+ * API failing: 503. The API's message is not echoed. */
+static void api_failed(struct px_conn *c, const struct px_api_resp *r)
+{
+    int st = r->err == NULL && r->status >= 400 && r->status <= 499 ? r->status : 503;
+
+    if (r->err == NULL && r->json_status >= 400 && r->json_status <= 499)
+        st = r->json_status;
+    px_conn_fail(c, st, st == 503 ? "API_UNAVAILABLE" : "API_REFUSED",
+                 st == 503 ? "the Daytona API is unavailable; try again shortly"
+                           : "the Daytona API refused this request");
+}
+
+static void on_build_info(void *arg, const struct px_api_resp *r)
+{
+    struct px_conn *c = arg;
+    json_error_t je;
+    json_t *j, *bi;
+    const char *ref = NULL, *runner = NULL;
+    char path[600];
+
+    c->api_call = NULL;
+    if (r->err != NULL || r->status / 100 != 2)
+        return api_failed(c, r);
+    j = json_loadb(r->body, r->body_len, 0, &je);
+    if (c->build_kind == 's') { /* SandboxDto: buildInfo.snapshotRef, runnerId */
+        bi = json_is_object(j) ? json_object_get(j, "buildInfo") : NULL;
+        ref = json_is_object(bi) ? field(bi, "snapshotRef") : NULL;
+        runner = json_is_object(j) ? field(j, "runnerId") : NULL;
+    } else { /* SnapshotDto: ref, initialRunnerId */
+        ref = json_is_object(j) ? field(j, "ref") : NULL;
+        runner = json_is_object(j) ? field(j, "initialRunnerId") : NULL;
+    }
+    if (ref == NULL || runner == NULL || (c->build_ref = strdup(ref)) == NULL) {
+        json_decref(j);
+        return px_conn_fail(c, 400, "NO_BUILD_INFO",
+                            c->build_kind == 's' ? "the sandbox has no build information"
+                                                 : "the snapshot has no build information");
+    }
+    struct evbuffer *p = evbuffer_new();
+    if (p == NULL) {
+        json_decref(j);
+        return px_conn_close(c);
+    }
+    evbuffer_add_printf(p, "/runners/");
+    add_escaped(p, runner);
+    evbuffer_add(p, "/full", 6); /* with its NUL */
+    snprintf(path, sizeof(path), "%s", (const char *)evbuffer_pullup(p, -1));
+    evbuffer_free(p);
+    json_decref(j);
+    if ((c->api_call = px_api_request(c->srv, "GET", path, NULL, NULL, 0, on_runner, c)) == NULL)
+        px_conn_fail(c, 503, "API_UNAVAILABLE", "the Daytona API is unavailable");
+}
+
+static void on_runner(void *arg, const struct px_api_resp *r)
+{
+    struct px_conn *c = arg;
+    json_error_t je;
+    json_t *j;
+    const char *url, *key, *why;
+    char host[256], prefix[512];
+    int tls, port;
+
+    c->api_call = NULL;
+    if (r->err != NULL || r->status / 100 != 2)
+        return api_failed(c, r);
+    j = json_loadb(r->body, r->body_len, 0, &je);
+    url = json_is_object(j) ? field(j, "apiUrl") : NULL;
+    key = json_is_object(j) ? field(j, "apiKey") : NULL;
+    if (url == NULL || key == NULL ||
+        px_api_parse_url(url, &tls, host, sizeof(host), &port, prefix, sizeof(prefix)) != 0 ||
+        (c->sb = px_sandbox_new("build-logs")) == NULL ||
+        px_sandbox_set(c->sb, "runner_url", url, &why) != 0 ||
+        px_sandbox_set(c->sb, "runner_key", key, &why) != 0 || px_sandbox_finish(c->sb, &why) != 0) {
+        json_decref(j);
+        return px_conn_fail(c, 503, "API_UNAVAILABLE",
+                            "the Daytona API gave no usable runner for the build logs");
+    }
+    json_decref(j);
+    /* {apiUrl}/snapshots/logs?{client query}&snapshotRef={ref} */
+    struct evbuffer *t = evbuffer_new();
+    const char *q = memchr(c->path.p, '?', c->path.len);
+    if (t == NULL)
+        return px_conn_close(c);
+    evbuffer_add_printf(t, "%s/snapshots/logs?", prefix);
+    if (q != NULL && (size_t)(q + 1 - c->path.p) < c->path.len) {
+        evbuffer_add(t, q + 1, c->path.len - (size_t)(q + 1 - c->path.p));
+        evbuffer_add(t, "&", 1);
+    }
+    evbuffer_add(t, "snapshotRef=", 12);
+    add_escaped(t, c->build_ref);
+    evbuffer_add(t, "", 1);
+    c->fwd_target = strdup((const char *)evbuffer_pullup(t, -1));
+    evbuffer_free(t);
+    if (c->fwd_target == NULL)
+        return px_conn_close(c);
+    c->no_activity = 1; /* §8: these routes never record activity */
+    px_fwd_start(c);
+}
+
+/* Is this a build-log route? Starts it and returns 1; 0 otherwise. */
+int px_build_logs(struct px_conn *c, struct px_str path)
+{
+    static const char suffix[] = "/build-logs";
+    struct px_str p = path, id;
+    const char *api_path;
+    const struct px_hdr *auth;
+    char call[400];
+
+    if (c->srv->cfg->api_url == NULL)
+        return 0;
+    if (p.len > 11 && !memcmp(p.p, "/sandboxes/", 11)) {
+        c->build_kind = 's';
+        id = px_str_make(p.p + 11, p.len - 11);
+        api_path = "/sandbox/";
+    } else if (p.len > 11 && !memcmp(p.p, "/snapshots/", 11)) {
+        c->build_kind = 'n';
+        id = px_str_make(p.p + 11, p.len - 11);
+        api_path = "/snapshots/";
+    } else {
+        return 0;
+    }
+    if (id.len <= sizeof(suffix) - 1 ||
+        memcmp(id.p + id.len - (sizeof(suffix) - 1), suffix, sizeof(suffix) - 1) != 0)
+        return 0;
+    id.len -= sizeof(suffix) - 1;
+    if (id.len > 128)
+        return 0;
+    for (size_t i = 0; i < id.len; i++) { /* Daytona's [\w-]+ */
+        char ch = id.p[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '_'))
+            return 0;
+    }
+    snprintf(c->loghost, sizeof(c->loghost), "build-logs");
+    if (c->req.m != HTTP_GET) {
+        px_conn_fail(c, 405, NULL, "build logs are read with GET");
+        return 1;
+    }
+    /* The user's own bearer goes to the API, which decides (C8/C9); without
+     * one, "Bearer " with an empty token, as Daytona sends. */
+    auth = px_head_get(&c->req, PX_STR("authorization"));
+    char bearer[1024] = "";
+    if (auth != NULL && auth->value.len > 7 && !strncasecmp(auth->value.p, "bearer ", 7) &&
+        auth->value.len - 7 < sizeof(bearer)) {
+        memcpy(bearer, auth->value.p + 7, auth->value.len - 7);
+        bearer[auth->value.len - 7] = '\0';
+    }
+    c->drop_authorization = 1; /* the user's token is not the runner's business */
+    snprintf(call, sizeof(call), "%s%.*s", api_path, (int)id.len, id.p);
+    c->api_call = px_api_request(c->srv, "GET", call, bearer, c->peer_ip,
+                                 PX_API_USER, on_build_info, c);
+    if (c->api_call == NULL)
+        px_conn_fail(c, 503, "API_UNAVAILABLE", "the Daytona API is unavailable");
+    return 1;
+}
