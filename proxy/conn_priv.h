@@ -76,6 +76,8 @@ struct px_conn {
     char build_kind;              /* build logs: 's' sandbox, 'n' snapshot */
     char *build_ref;              /* owned; the snapshot ref of a build-log route */
     char *fwd_target;             /* owned; a target sent as it is (build logs), or NULL */
+    int wake_status;              /* wake.c: the failure to answer if the sandbox is awake */
+    const char *wake_message;     /* static */
     char dom_sandbox[256];   /* the sandbox a custom domain names; the label points here */
     struct px_host hinfo;    /* the parsed Host; slices into host */
     struct px_sandbox *sb;   /* owned; the resolved sandbox */
@@ -154,6 +156,11 @@ struct px_str px_path_only(struct px_str p);
  * §8). Returns 1 when path is one and the exchange is under way, else 0. */
 int px_build_logs(struct px_conn *c, struct px_str path_only);
 
+/* wake.c: the runner could not be reached. In API mode asks the API whether
+ * the sandbox sleeps (C8) and wakes it (C11), answering "starting"; otherwise,
+ * or when it is awake, fails the exchange with status and message (static). */
+void px_wake_or_fail(struct px_conn *c, int status, const char *message);
+
 /* route.c: called once the request head is parsed */
 void px_route_request(struct px_conn *c);
 
@@ -161,6 +168,8 @@ void px_route_request(struct px_conn *c);
 void px_fwd_start(struct px_conn *c);
 void px_fwd_pump_request(struct px_conn *c);
 void px_fwd_on_response(struct px_conn *c);
+/* 503 "the sandbox is starting" (page or JSON), Retry-After: 5 (SPEC 10). */
+void px_fwd_starting(struct px_conn *c);
 /* Header filtering (SPEC 9), exported for the unit tests: hop-by-hop fields
  * (RFC 9110 7.6.1, including those Connection names), the fields the proxy
  * consumes or sets itself, and the Cookie line without the proxy's cookies. */

@@ -725,7 +725,7 @@ static int sandbox_asleep(const struct px_conn *c)
     return !strcmp(st, "starting") || (c->sb->wake_http && !strcmp(st, "stopped"));
 }
 
-static void starting(struct px_conn *c)
+void px_fwd_starting(struct px_conn *c)
 {
     struct evbuffer *b = evbuffer_new();
 
@@ -786,15 +786,15 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
             goto out;
         px_conn_upstream_drop(c);
         if (connecting && sandbox_asleep(c))
-            starting(c);
+            px_fwd_starting(c);
+        else if (timeout && connecting)
+            px_wake_or_fail(c, 504, "timed out connecting to the runner");
         else if (timeout)
-            px_conn_fail(c, 504, NULL,
-                         connecting ? "timed out connecting to the runner"
-                                    : "the sandbox service did not answer in time");
+            px_conn_fail(c, 504, NULL, "the sandbox service did not answer in time");
+        else if (connecting)
+            px_wake_or_fail(c, 502, "the sandbox service (or its runner) refused the connection");
         else
-            px_conn_fail(c, 502, NULL,
-                         connecting ? "the sandbox service (or its runner) refused the connection"
-                                    : "the runner closed the connection before answering");
+            px_conn_fail(c, 502, NULL, "the runner closed the connection before answering");
         goto out;
     }
     /* Mid-body failure: the status line is out, so all we can do is close. */

@@ -4,6 +4,8 @@ configured through the environment as a Daytona deployment does
 and the call log for how many API calls a request costs."""
 import time
 
+import pytest
+
 from apifix import *  # noqa: F401,F403
 from apifix import API_RUNNER_KEY
 from helpers import host, raw_exchange, request_bytes
@@ -171,3 +173,39 @@ def test_snapshot_build_logs_and_refusals(proxy, api):
                                            headers=[("Authorization", "Bearer key-alice")]),
                      timeout=10)
     assert r.status == 503 and r.header("retry-after") == "5", r
+
+
+# -------------------------------------------------------- wake-on-request --
+
+@pytest.fixture
+def sleepy_api(dead_port):
+    """A second stand-in whose runners are all down (a dead port)."""
+    from apifix import API_CLIENT_SECRET, API_PROXY_KEY, ApiClient
+    from helpers import start_server, stop_proc, wait_until
+    proc, port = start_server("api.py", "--runner-url", f"http://127.0.0.1:{dead_port}",
+                              "--runner-key", API_RUNNER_KEY, "--proxy-key", API_PROXY_KEY,
+                              "--client-secret", API_CLIENT_SECRET)
+    client = ApiClient(port, proc=proc)
+    wait_until(client.ping, timeout=10, what="second api.py")
+    yield client
+    stop_proc(proc)
+
+
+def test_stopped_sandbox_is_woken_and_the_client_told_to_retry(proxy, sleepy_api):
+    api = sleepy_api
+    api.add_sandbox("sb-sleepy", public=True, state="stopped", runnerId="r1")
+    api.set(start_delay_ms=60000)          # it stays "starting" for the test
+    p = start(proxy, api)
+    r = get(p, "sb-sleepy", "/wake-me", timeout=10)
+    assert r.status == 503 and r.header("retry-after") == "5", r
+    assert r.json()["code"] == "SANDBOX_STARTING"
+    assert len(api.calls("/api/sandbox/sb-sleepy/start", method="POST")) == 1
+    # while it starts: the same answer, no second start
+    r = get(p, "sb-sleepy", "/again", timeout=10)
+    assert r.status == 503, r
+    assert len(api.calls("/api/sandbox/sb-sleepy/start", method="POST")) == 1
+    # a started sandbox whose runner is down is a plain 502, and nothing is started
+    api.add_sandbox("sb-awake", public=True, state="started", runnerId="r1")
+    r = get(p, "sb-awake", "/down", timeout=10)
+    assert r.status == 502, r
+    assert api.calls("/api/sandbox/sb-awake/start") == []

@@ -1,0 +1,99 @@
+/* wake.c — API mode's wake-on-request (issue 10; SPEC 10, DAYTONA-API.md §5
+ * step 12, §10 item 8): when the runner cannot be reached, ask the API what
+ * state the sandbox is in (C8, the proxy's key). A stopped sandbox is started
+ * (C11, at most once per WAKE_DEDUP seconds per sandbox and process) and the
+ * client gets the "starting" answer at once (503, Retry-After), where Daytona
+ * holds it up to a minute; a starting one gets that answer without a C11. Any
+ * other state, or an API that cannot say, gets the failure that led here.
+ * Part of the connection module. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "proxy/api.h"
+#include "proxy/conn_priv.h"
+#include "routing/store.h"
+
+#define WAKE_DEDUP 5
+#define WAKE_SLOTS 1024
+
+static struct {
+    uint64_t hash;
+    time_t last;
+} started[WAKE_SLOTS];
+
+static uint64_t fnv(const char *p)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    return h;
+}
+
+static void on_start(void *arg, const struct px_api_resp *r)
+{
+    (void)arg;
+    if ((r->err != NULL || r->status / 100 != 2) && px_log_allow(1))
+        px_log(PX_WARN, "api: starting a stopped sandbox failed (%s%d)",
+               r->err ? r->err : "HTTP ", r->err ? 0 : r->status);
+}
+
+static void on_state(void *arg, const struct px_api_resp *r)
+{
+    struct px_conn *c = arg;
+    const char *state = NULL;
+    json_error_t je;
+    json_t *j = NULL;
+
+    c->api_call = NULL;
+    if (r->err == NULL && r->status == 200) {
+        j = json_loadb(r->body, r->body_len, 0, &je);
+        json_t *s = json_is_object(j) ? json_object_get(j, "state") : NULL;
+        state = json_is_string(s) ? json_string_value(s) : NULL;
+    }
+    if (state != NULL && !strcmp(state, "stopped")) {
+        uint64_t h = fnv(c->sb->id);
+        time_t now = time(NULL);
+        if (started[h % WAKE_SLOTS].hash != h || now - started[h % WAKE_SLOTS].last >= WAKE_DEDUP) {
+            char path[320];
+            started[h % WAKE_SLOTS].hash = h;
+            started[h % WAKE_SLOTS].last = now;
+            snprintf(path, sizeof(path), "/sandbox/%s/start", c->sb->id);
+            px_log(PX_INFO, "asking the API to start sandbox %s (wake-on-request)", c->sb->id);
+            if (px_api_request(c->srv, "POST", path, NULL, NULL, PX_API_ONCE, on_start, NULL) ==
+                NULL)
+                px_log(PX_WARN, "api: cannot ask to start sandbox %s", c->sb->id);
+        }
+        json_decref(j);
+        return px_fwd_starting(c);
+    }
+    if (state != NULL && !strcmp(state, "starting")) {
+        json_decref(j);
+        return px_fwd_starting(c);
+    }
+    json_decref(j);
+    px_conn_fail(c, c->wake_status, NULL, c->wake_message);
+}
+
+/* The runner was not reachable: wake the sandbox if the API says it sleeps,
+ * else answer status with message (static). */
+void px_wake_or_fail(struct px_conn *c, int status, const char *message)
+{
+    const char *id = c->sb != NULL ? c->sb->id : NULL;
+    char path[320];
+    int ok = id != NULL && c->srv->cfg->api_url != NULL && strlen(id) < 256;
+
+    for (const char *p = id; ok && *p; p++)
+        ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+             *p == '-' || *p == '_';
+    if (!ok || c->fwd_target != NULL) /* not API mode, or a build-log route */
+        return px_conn_fail(c, status, NULL, message);
+    c->wake_status = status;
+    c->wake_message = message;
+    snprintf(path, sizeof(path), "/sandbox/%s", id);
+    c->api_call = px_api_request(c->srv, "GET", path, NULL, NULL, 0, on_state, c);
+    if (c->api_call == NULL)
+        px_conn_fail(c, status, NULL, message);
+}
