@@ -81,7 +81,9 @@ const char px_err_api_down[] = "the Daytona API is unavailable";
 
 #define API_PUBLIC_TTL 3600 /* DAYTONA-API.md §4, capped by cache_ttl */
 #define API_VALID_TTL 120
-#define API_SIGNED_TTL 10 /* Daytona never caches C5 (the cookie stands in): just single flight */
+/* C5 is never kept (Daytona does not cache it; the cookie stands in): concurrent
+ * askers share one call, but a revoked signed URL must stop minting cookies at once. */
+#define API_SIGNED_TTL 0
 #define API_WARNING_TTL 60
 
 static int api_kind(enum px_lk_kind k)

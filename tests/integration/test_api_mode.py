@@ -192,6 +192,12 @@ def test_signed_preview_host(proxy, api, runner):
     assert r.header("set-cookie").startswith("daytona-sandbox-auth-abc123=")
     r = get(p, "abc123", "/other-port", port=3001)
     assert r.status == 401, r                           # the token names port 3000 only
+    # revoked: the next request without the cookie is refused at once (C5 is never kept,
+    # or a revoked URL would go on minting hour-long cookies)
+    del api.signed[("3000", "abc123")]
+    r = get(p, "abc123", "/after-revoke")
+    assert r.status == 401, r
+    assert r.header("set-cookie") is None
 
 
 def test_cold_burst_makes_one_call_per_key(proxy, api, runner):
