@@ -364,3 +364,27 @@ def test_redis_down_in_api_mode_is_a_cache_miss(proxy, api, runner, dead_port):
     r = get(p, "apub", "/no-redis")
     assert r.status == 200, r
     assert api.count("/api/preview/apub/public") == 1
+
+
+def test_thousand_concurrent_cold_requests_make_one_call_per_key(proxy, api, runner):
+    """Issue 10: 1,000 concurrent cold requests for one sandbox make one API call
+    per lookup (C2 and C6), however long the API takes."""
+    import asyncio
+    p = api_proxy(proxy, api, max_connections="5000")
+    api.delay = 1.0
+    req = request_bytes("GET", "/cold", host(3000, "apub"))
+
+    async def one():
+        reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+        writer.write(req)
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), 30)
+        writer.close()
+        return int(line.split()[1])
+
+    async def burst():
+        return await asyncio.gather(*(one() for _ in range(1000)))
+    statuses = asyncio.run(burst())
+    assert statuses.count(200) == 1000, {s: statuses.count(s) for s in set(statuses)}
+    assert api.count("/api/preview/apub/public") == 1
+    assert api.count("/api/runners/by-sandbox/apub") == 1
