@@ -17,6 +17,7 @@ import pytest
 
 from helpers import RUNNER_KEY, host, raw_exchange, request_bytes, wait_until
 from redisfix import redis_server, rdb  # noqa: F401 (fixtures)
+from tlsfix import pki  # noqa: F401 (fixture)
 
 PROXY_KEY = "pk-S3CRET-9"
 
@@ -28,8 +29,13 @@ def err(status, message):
 
 
 class API:
-    def __init__(self, runner_url):
+    def __init__(self, runner_url, tls=None):
         self.runner_url = runner_url
+        self.tls = None
+        if tls is not None:                     # (cert, key): serve https
+            import ssl
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(*tls)
         self.public = {"apub"}
         self.tokens = {"apriv": "tok-1"}
         self.signed = {("3000", "abc123"): "apriv"}
@@ -100,6 +106,8 @@ class API:
     def _serve(self, c):
         buf = b""
         try:
+            if self.tls is not None:
+                c = self.tls.wrap_socket(c, server_side=True)
             while True:
                 while b"\r\n\r\n" not in buf:
                     d = c.recv(65536)
@@ -145,10 +153,10 @@ def api_proxy(proxy, api, **settings):
     return proxy(settings=s, default_sandboxes_too=False)
 
 
-def get(p, label, path="/", port=3000, headers=()):
+def get(p, label, path="/", port=3000, headers=(), timeout=5.0):
     return raw_exchange(p.port, request_bytes("GET", path, host(port, label),
                                               headers=[("Accept", "application/json"),
-                                                       *headers]))
+                                                       *headers]), timeout=timeout)
 
 
 def test_public_sandbox_goes_to_its_runner_and_is_cached(proxy, api, runner):
@@ -388,3 +396,25 @@ def test_thousand_concurrent_cold_requests_make_one_call_per_key(proxy, api, run
     assert statuses.count(200) == 1000, {s: statuses.count(s) for s in set(statuses)}
     assert api.count("/api/preview/apub/public") == 1
     assert api.count("/api/runners/by-sandbox/apub") == 1
+
+
+def test_https_api_is_verified(proxy, runner, pki):
+    """https:// API URLs go through the same verified TLS as https runners."""
+    good = API(runner.url, tls=pki.certs["runner"])
+    evil = API(runner.url, tls=pki.certs["runner_evil"])
+    try:
+        p = proxy(settings={"api_url": f"https://127.0.0.1:{good.port}/api", "api_key": PROXY_KEY,
+                            "upstream_ca": pki.ca_file, "cookie_secret": "c"},
+                  default_sandboxes_too=False)
+        assert get(p, "apub", "/over-tls").status == 200
+        assert good.count("/api/preview/apub/public") == 1
+        p2 = proxy(settings={"api_url": f"https://127.0.0.1:{evil.port}/api",
+                             "api_key": PROXY_KEY, "upstream_ca": pki.ca_file, "cookie_secret": "c"},
+                   default_sandboxes_too=False)
+        r = get(p2, "apub", "/untrusted", timeout=10)
+        assert r.status == 503, r
+        assert evil.count("/api/") == 0       # no request was sent over the untrusted link
+        assert runner.find("/untrusted") == []
+    finally:
+        good.close()
+        evil.close()
