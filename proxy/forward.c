@@ -648,6 +648,14 @@ void px_fwd_on_response(struct px_conn *c)
             return;
         if (c->resp.status == 101)
             return start_tunnel(c);
+        if (c->resp.status == 503 && c->srv->cfg->api_url != NULL && c->fwd_target == NULL) {
+            /* Daytona's runner says a stopped sandbox this way: wake it (API mode) */
+            const struct px_hdr *st = px_head_get(&c->resp, PX_STR("x-daytona-sandbox-state"));
+            if (st != NULL && px_str_ieq(st->value, PX_STR("stopped"))) {
+                px_conn_upstream_drop(c);
+                return px_wake_or_fail(c, 503, "the sandbox is stopped");
+            }
+        }
         add_response_head(c, bufferevent_get_output(c->bev));
         c->status = c->resp.status;
         c->resp_st = RESP_BODY;

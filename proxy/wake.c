@@ -5,7 +5,8 @@
  * client gets the "starting" answer at once (503, Retry-After), where Daytona
  * holds it up to a minute; a starting one gets that answer without a C11. Any
  * other state, or an API that cannot say, gets the failure that led here.
- * Part of the connection module. */
+ * Triggers: the runner cannot be reached, or it answers 503 with
+ * X-Daytona-Sandbox-State: stopped. Part of the connection module. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -22,7 +23,10 @@
 static struct {
     uint64_t hash;
     time_t last;
-} started[WAKE_SLOTS];
+} started[WAKE_SLOTS], awake[WAKE_SLOTS];
+/* awake: C8 said the sandbox runs; for WAKE_DEDUP seconds its failures are
+ * answered without asking again (an app that answers the runner's "stopped"
+ * 503 itself must not turn every request into an API call). */
 
 static uint64_t fnv(const char *p)
 {
@@ -74,6 +78,11 @@ static void on_state(void *arg, const struct px_api_resp *r)
         return px_fwd_starting(c);
     }
     json_decref(j);
+    if (state != NULL) {
+        uint64_t h = fnv(c->sb->id);
+        awake[h % WAKE_SLOTS].hash = h;
+        awake[h % WAKE_SLOTS].last = time(NULL);
+    }
     px_conn_fail(c, c->wake_status, NULL, c->wake_message);
 }
 
@@ -89,6 +98,9 @@ void px_wake_or_fail(struct px_conn *c, int status, const char *message)
         ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
              *p == '-' || *p == '_';
     if (!ok || c->fwd_target != NULL) /* not API mode, or a build-log route */
+        return px_conn_fail(c, status, NULL, message);
+    uint64_t h = fnv(id);
+    if (awake[h % WAKE_SLOTS].hash == h && time(NULL) - awake[h % WAKE_SLOTS].last < WAKE_DEDUP)
         return px_conn_fail(c, status, NULL, message);
     c->wake_status = status;
     c->wake_message = message;

@@ -209,3 +209,20 @@ def test_stopped_sandbox_is_woken_and_the_client_told_to_retry(proxy, sleepy_api
     r = get(p, "sb-awake", "/down", timeout=10)
     assert r.status == 502, r
     assert api.calls("/api/sandbox/sb-awake/start") == []
+
+
+def test_runner_saying_stopped_wakes_the_sandbox(proxy, api):
+    api.add_sandbox("sb-nap", public=True, state="stopped", runnerId="r1")
+    api.set(start_delay_ms=60000)
+    p = start(proxy, api)
+    r = get(p, "sb-nap", "/stopped", timeout=10)
+    assert r.status == 503 and r.json()["code"] == "SANDBOX_STARTING", r
+    assert len(api.calls("/api/sandbox/sb-nap/start", method="POST")) == 1
+    # a started sandbox whose app answers that 503 gets the 503 that led here
+    api.add_sandbox("sb-up", public=True, state="started", runnerId="r1")
+    for i in range(5):
+        r = get(p, "sb-up", f"/stopped?i={i}", timeout=10)
+        assert r.status == 503 and r.json()["code"] != "SANDBOX_STARTING", r
+    assert api.calls("/api/sandbox/sb-up/start") == []
+    # and such an app cannot turn each request into an API call
+    assert len(api.calls("/api/sandbox/sb-up", method="GET")) == 1

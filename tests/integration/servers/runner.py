@@ -33,6 +33,7 @@ App endpoints ({app}, query parameters in brackets)
   /hopresp                             response with hop-by-hop headers, 2 Set-Cookie
   /trailers                            chunked response with a trailer
   /setcookie                           Set-Cookie of the proxy's own cookie names, and others
+  /stopped                             503 with X-Daytona-Sandbox-State: stopped
   Upgrade: websocket (any path)        101, then echo raw bytes back
   anything else                        echo: JSON of what was received
 Every request body is read (Content-Length or chunked with trailers); with
@@ -445,6 +446,13 @@ def handle_request(conn, nreq, method, target, version, headers):
                                   ("X-Resp-Kept", "yes"),
                                   ("Set-Cookie", "a=1; Path=/"),
                                   ("Set-Cookie", "b=2; Path=/")], b"hop", head=head, rec=rec)
+        return keep
+
+    if path == "/stopped":
+        # what a runner answers for a stopped sandbox (Daytona's wake branch)
+        send_response(conn, 503, [("Content-Type", "text/plain"),
+                                  ("X-Daytona-Sandbox-State", "stopped")] + ka,
+                      b"stopped", head=head, rec=rec)
         return keep
 
     if path == "/setcookie":
