@@ -12,6 +12,7 @@
 
 #include "proxy/api.h"
 #include "proxy/server.h"
+#include "routing/route.h"
 
 #include "auth/activity.h"
 #include "auth/lookup.h"
@@ -43,18 +44,6 @@ static void send_c7(const char *id)
     if (px_api_request(api_srv, "POST", path, NULL, NULL, PX_API_ONCE, on_c7, NULL) == NULL &&
         px_log_allow(1))
         px_log(PX_WARN, "api: cannot send a last-activity update");
-}
-
-/* Sandbox IDs go into a path as they are: only what needs no escaping. */
-static int path_safe(const char *id)
-{
-    if (*id == '\0')
-        return 0;
-    for (; *id; id++)
-        if (!((*id >= 'a' && *id <= 'z') || (*id >= 'A' && *id <= 'Z') ||
-              (*id >= '0' && *id <= '9') || *id == '-' || *id == '_'))
-            return 0;
-    return 1;
 }
 
 static struct {
@@ -104,20 +93,18 @@ void px_activity_touch(const char *sandbox_id, int interval)
 
     int api = api_srv != NULL && api_srv->cfg->api_url != NULL;
 
+    /* In API mode the ID goes into a URL path as it is: only what needs no escaping. */
     if ((redis == NULL && !api) || strlen(sandbox_id) >= sizeof(p->id) ||
-        (api && !path_safe(sandbox_id)))
+        (api && !px_str_is_label(px_str_make(sandbox_id, strlen(sandbox_id)), sizeof(p->id) - 1)))
         return;
     if (slots[h % SLOTS].hash == h && now - slots[h % SLOTS].last < interval)
         return;
     slots[h % SLOTS].hash = h;
     slots[h % SLOTS].last = now;
+    if (api && redis == NULL) /* no Redis: the process's own guard is all there is */
+        return send_c7(sandbox_id);
     if ((p = malloc(sizeof(*p))) == NULL)
         return;
-    if (api && redis == NULL) { /* no Redis: the process's own guard is all there is */
-        free(p);
-        send_c7(sandbox_id);
-        return;
-    }
     strcpy(p->id, sandbox_id);
     p->now = now;
     int n = snprintf(key, sizeof(key), "proxy:sandbox-last-activity-update:%s", sandbox_id);

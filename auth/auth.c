@@ -200,15 +200,7 @@ static struct px_str bearer(const struct px_head *req)
  * C5). Anything else would cost a Redis fetch that cannot find anything. */
 static int can_be_token(struct px_str label)
 {
-    if (label.len == 0 || label.len > 128)
-        return 0;
-    for (size_t i = 0; i < label.len; i++) {
-        unsigned char ch = (unsigned char)label.p[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '-' || ch == '_'))
-            return 0;
-    }
-    return 1;
+    return px_str_is_label(label, 128);
 }
 
 /* "{a}:{b}" as a lookup key; 0 or -1 when it does not fit. */
@@ -223,11 +215,21 @@ static int pair_key(char *buf, size_t cap, struct px_str a, struct px_str b, siz
 }
 
 /* Access is decided for sandbox id: the runner comes next (C6). */
-static void api_granted(struct px_auth *a, const char *id)
+static void api_granted(struct px_auth *a, struct px_str id)
 {
-    snprintf(a->resolved, sizeof(a->resolved), "%s", id);
+    if (id.len >= sizeof(a->resolved)) { /* never cut: a prefix is another sandbox */
+        a->step = ST_FAIL;
+        return;
+    }
+    memcpy(a->resolved, id.p, id.len);
+    a->resolved[id.len] = '\0';
     a->step = ST_API_RUNNER;
-    lookup(a, PX_LK_API_RUNNER, px_str_make(a->resolved, strlen(a->resolved)));
+    lookup(a, PX_LK_API_RUNNER, id);
+}
+
+static void api_granted_id(struct px_auth *a, const char *id)
+{
+    api_granted(a, px_str_make(id, strlen(id)));
 }
 
 /* After the token checks: the auth cookie (no API call), then a signed
@@ -245,7 +247,7 @@ static void api_after_tokens(struct px_auth *a)
         /* Either format (auth/cookie.h): a Daytona-format cookie names no port */
         if (px_cookie_verify(in->cfg->cookie_secret, in->label, in->port, value, in->now, a->id,
                              sizeof(a->id)) == 0)
-            return api_granted(a, a->id);
+            return api_granted_id(a, a->id);
     }
     if (in->toolbox || !can_be_token(in->label)) { /* signed tokens name preview hosts only */
         a->step = ST_FAIL;
@@ -293,13 +295,8 @@ static void api_step(struct px_auth *a)
         a->step = ST_API_PUBLIC;
         return lookup(a, PX_LK_API_PUBLIC, in->label);
     case ST_API_PUBLIC: {
-        char label[256];
-        if (a->api_yes && !px_port_reserved(in->port) && !in->toolbox &&
-            in->label.len < sizeof(label)) {
-            memcpy(label, in->label.p, in->label.len);
-            label[in->label.len] = '\0';
-            return api_granted(a, label);
-        }
+        if (a->api_yes && !px_port_reserved(in->port) && !in->toolbox)
+            return api_granted(a, in->label);
         struct px_str t = bearer(in->req);
         char key[700];
         size_t klen;
@@ -314,10 +311,8 @@ static void api_step(struct px_auth *a)
     }
     case ST_API_ACCESS: {
         if (a->step == ST_API_ACCESS && a->api_yes) {
-            char label[256];
-            snprintf(label, sizeof(label), "%.*s", (int)in->label.len, in->label.p);
             a->out.used_authorization = 1; /* ours: not forwarded */
-            return api_granted(a, label);
+            return api_granted(a, in->label);
         }
         a->api_yes = 0;
         h = px_head_get(in->req, PX_STR("x-daytona-preview-token"));
@@ -326,26 +321,23 @@ static void api_step(struct px_auth *a)
         __attribute__((fallthrough)); /* no header token: the query one */
     }
     case ST_API_TOKEN:
-        if (a->step == ST_API_TOKEN && a->api_yes) {
-            char label[256];
-            snprintf(label, sizeof(label), "%.*s", (int)in->label.len, in->label.p);
-            return api_granted(a, label);
-        }
+        if (a->step == ST_API_TOKEN && a->api_yes)
+            return api_granted(a, in->label);
         if (in->has_query_token && api_token(a, in->query_token, ST_API_QUERY))
             return;
         return api_after_tokens(a);
     case ST_API_QUERY:
         if (a->api_yes) {
-            char label[256];
-            snprintf(label, sizeof(label), "%.*s", (int)in->label.len, in->label.p);
-            set_cookie(a, label); /* the page's assets come without the parameter */
-            return api_granted(a, label);
+            api_granted(a, in->label);
+            if (a->step == ST_API_RUNNER) /* the page's assets come without the parameter */
+                set_cookie(a, a->resolved);
+            return;
         }
         return api_after_tokens(a);
     case ST_API_SIGNED:
         if (a->id[0] != '\0') {
             set_cookie(a, a->id);
-            return api_granted(a, a->id);
+            return api_granted_id(a, a->id);
         }
         a->step = ST_FAIL;
         return;

@@ -63,6 +63,8 @@
 #include "auth/lookup.h"
 #include "auth/redis.h"
 #include "proxy/api.h"
+#include "proxy/browser.h"
+#include "routing/route.h"
 #include "routing/store.h"
 
 #define NBUCKETS 4096
@@ -676,46 +678,6 @@ static void on_fetch(void *arg, redisReply *r, const char *err)
 
 /* ---- API mode ---- */
 
-/* One path segment, percent-encoded but for RFC 3986 unreserved bytes: labels
- * and tokens come from the client. Returns the length, or -1 if it won't fit. */
-static int escape_segment(char *dst, size_t cap, struct px_str s)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    size_t n = 0;
-
-    for (size_t i = 0; i < s.len; i++) {
-        unsigned char ch = (unsigned char)s.p[i];
-        int plain = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-                    (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == '_' || ch == '~';
-        if (n + (plain ? 1 : 3) >= cap)
-            return -1;
-        if (plain) {
-            dst[n++] = (char)ch;
-        } else {
-            dst[n++] = '%';
-            dst[n++] = hex[ch >> 4];
-            dst[n++] = hex[ch & 15];
-        }
-    }
-    dst[n] = '\0';
-    return (int)n;
-}
-
-/* A sandbox ID as the API may answer it (C5's raw body): no bytes we would
- * have to escape again, no empty value. */
-static int plausible_id(const char *s, size_t len)
-{
-    if (len == 0 || len >= 256)
-        return 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '-' || ch == '_'))
-            return 0;
-    }
-    return 1;
-}
-
 /* RunnerFull (C6, url_field "proxyUrl") or Daytona's cached runner info
  * ("apiUrl", §4) -> a record: where previews go, and the runner key. */
 static int runner_record(struct entry *e, const char *id, json_t *j, const char *url_field)
@@ -891,7 +853,8 @@ static void on_api(void *arg, const struct px_api_resp *r)
         break;
     case PX_LK_API_SIGNED:
         if (r->status == 200) {
-            if (!plausible_id(r->body, r->body_len))
+            /* a sandbox ID as the API answers it: nothing we would have to escape */
+            if (!px_str_is_label(px_str_make(r->body, r->body_len), 255))
                 return deliver(e, px_err_api_down);
             if ((e->v.str = strdup(r->body)) == NULL)
                 return deliver(e, px_err_nomem);
@@ -943,41 +906,56 @@ static void on_daytona_cache(void *arg, redisReply *r, const char *err)
 
 static void start_api_fetch(struct entry *e, struct px_str key)
 {
-    char path[1400], a[600], b[600];
     const char *colon = memchr(key.p, ':', key.len);
     struct px_str k1 = key, k2 = PX_STR_NULL;
     unsigned flags = 0;
-    int ok = 1;
-
     int pair = e->kind == PX_LK_API_TOKEN || e->kind == PX_LK_API_SIGNED ||
                e->kind == PX_LK_API_ACCESS || e->kind == PX_LK_API_WARNING;
+    int ok = !pair || colon != NULL;
     char bearer[600];
+    struct evbuffer *path = evbuffer_new();
 
+    L.stats.fetches++;
+    L.inflight++; /* deliver() counts it back */
+    if (path == NULL)
+        return deliver(e, px_err_nomem);
     if (colon != NULL && pair) {
         k1 = px_str_make(key.p, (size_t)(colon - key.p));
         k2 = px_str_make(colon + 1, key.len - (size_t)(colon + 1 - key.p));
-    } else if (pair) {
-        ok = 0;
     }
-    ok = ok && escape_segment(a, sizeof(a), k1) >= 0 && escape_segment(b, sizeof(b), k2) >= 0;
+    /* Labels and tokens come from the client: each is one escaped path segment. */
     switch (e->kind) {
     case PX_LK_API_PUBLIC:
-        snprintf(path, sizeof(path), "/preview/%s/public", a);
+        evbuffer_add_printf(path, "/preview/");
+        px_url_encode(path, k1);
+        evbuffer_add_printf(path, "/public");
         flags = PX_API_FINAL_4XX;
         break;
     case PX_LK_API_TOKEN:
-        snprintf(path, sizeof(path), "/preview/%s/validate/%s", a, b);
+        evbuffer_add_printf(path, "/preview/");
+        px_url_encode(path, k1);
+        evbuffer_add_printf(path, "/validate/");
+        px_url_encode(path, k2);
         flags = PX_API_FINAL_4XX;
         break;
     case PX_LK_API_SIGNED: /* key is "{port}:{token}"; the call is /preview/{token}/{port} */
-        snprintf(path, sizeof(path), "/preview/%s/%s/sandbox-id", b, a);
+        evbuffer_add_printf(path, "/preview/");
+        px_url_encode(path, k2);
+        evbuffer_add_printf(path, "/");
+        px_url_encode(path, k1);
+        evbuffer_add_printf(path, "/sandbox-id");
         break;
     case PX_LK_API_WARNING: /* key is "{port}:{label}" */
-        snprintf(path, sizeof(path), "/preview/%s/preview-warning?port=%s", b, a);
+        evbuffer_add_printf(path, "/preview/");
+        px_url_encode(path, k2);
+        evbuffer_add_printf(path, "/preview-warning?port=");
+        px_url_encode(path, k1);
         flags = PX_API_FINAL_4XX;
         break;
     case PX_LK_API_ACCESS: /* the user's own bearer; it goes in a header, not the path */
-        snprintf(path, sizeof(path), "/preview/%s/access", a);
+        evbuffer_add_printf(path, "/preview/");
+        px_url_encode(path, k1);
+        evbuffer_add_printf(path, "/access");
         flags = PX_API_FINAL_4XX | PX_API_USER;
         ok = ok && k2.len > 0 && k2.len < sizeof(bearer);
         if (ok) {
@@ -985,14 +963,20 @@ static void start_api_fetch(struct entry *e, struct px_str key)
             bearer[k2.len] = '\0';
         }
         break;
-    default: snprintf(path, sizeof(path), "/runners/by-sandbox/%s", a); break;
+    default:
+        evbuffer_add_printf(path, "/runners/by-sandbox/");
+        px_url_encode(path, k1);
+        break;
     }
-    L.stats.fetches++;
-    L.inflight++; /* deliver() counts it back */
+    evbuffer_add(path, "", 1);
+    if (evbuffer_get_length(path) > PX_API_MAX_PATH)
+        ok = 0;
+    e->api_flags = flags;
+    e->api_path = ok ? strdup((const char *)evbuffer_pullup(path, -1)) : NULL;
+    evbuffer_free(path);
     if (!ok)
         return deliver(e, NULL); /* a key that cannot be asked finds nothing */
-    e->api_flags = flags;
-    if ((e->api_path = strdup(path)) == NULL ||
+    if (e->api_path == NULL ||
         (e->kind == PX_LK_API_ACCESS && (e->bearer = strdup(bearer)) == NULL))
         return deliver(e, px_err_nomem);
     char dkey[800];

@@ -14,7 +14,9 @@
 #include <jansson.h>
 
 #include "proxy/api.h"
+#include "proxy/browser.h"
 #include "proxy/conn_priv.h"
+#include "routing/route.h"
 #include "routing/store.h"
 
 #define MAX_FIELD 512
@@ -37,23 +39,6 @@ static const char *field(json_t *j, const char *key)
         if ((unsigned char)*p <= 0x20 || *p == 0x7f)
             return NULL;
     return s;
-}
-
-/* Percent-encodes a query value (RFC 3986 unreserved bytes pass). */
-static void add_escaped(struct evbuffer *out, const char *s)
-{
-    static const char hex[] = "0123456789ABCDEF";
-
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-            ch == '-' || ch == '.' || ch == '_' || ch == '~') {
-            evbuffer_add(out, s, 1);
-        } else {
-            char e[3] = {'%', hex[ch >> 4], hex[ch & 15]};
-            evbuffer_add(out, e, 3);
-        }
-    }
 }
 
 /* An answer of the API that is not a 2xx: its own 4xx passes through (the
@@ -102,7 +87,7 @@ static void on_build_info(void *arg, const struct px_api_resp *r)
         return px_conn_close(c);
     }
     evbuffer_add_printf(p, "/runners/");
-    add_escaped(p, runner);
+    px_url_encode(p, px_str_make(runner, strlen(runner)));
     evbuffer_add(p, "/full", 6); /* with its NUL */
     snprintf(path, sizeof(path), "%s", (const char *)evbuffer_pullup(p, -1));
     evbuffer_free(p);
@@ -147,7 +132,7 @@ static void on_runner(void *arg, const struct px_api_resp *r)
         evbuffer_add(t, "&", 1);
     }
     evbuffer_add(t, "snapshotRef=", 12);
-    add_escaped(t, c->build_ref);
+    px_url_encode(t, px_str_make(c->build_ref, strlen(c->build_ref)));
     evbuffer_add(t, "", 1);
     c->fwd_target = strdup((const char *)evbuffer_pullup(t, -1));
     evbuffer_free(t);
@@ -183,14 +168,8 @@ int px_build_logs(struct px_conn *c, struct px_str path)
         memcmp(id.p + id.len - (sizeof(suffix) - 1), suffix, sizeof(suffix) - 1) != 0)
         return 0;
     id.len -= sizeof(suffix) - 1;
-    if (id.len > 128)
+    if (!px_str_is_label(id, 128)) /* Daytona's [\w-]+ */
         return 0;
-    for (size_t i = 0; i < id.len; i++) { /* Daytona's [\w-]+ */
-        char ch = id.p[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '-' || ch == '_'))
-            return 0;
-    }
     snprintf(c->loghost, sizeof(c->loghost), "build-logs");
     if (c->req.m != HTTP_GET) {
         px_conn_fail(c, 405, NULL, "build logs are read with GET");

@@ -15,6 +15,7 @@
 
 #include "proxy/api.h"
 #include "proxy/conn_priv.h"
+#include "routing/route.h"
 #include "routing/store.h"
 
 #define WAKE_DEDUP 5
@@ -92,16 +93,19 @@ void px_wake_or_fail(struct px_conn *c, int status, const char *message)
 {
     const char *id = c->sb != NULL ? c->sb->id : NULL;
     char path[320];
-    int ok = id != NULL && c->srv->cfg->api_url != NULL && strlen(id) < 256;
 
-    for (const char *p = id; ok && *p; p++)
-        ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-             *p == '-' || *p == '_';
-    if (!ok || c->fwd_target != NULL) /* not API mode, or a build-log route */
-        return px_conn_fail(c, status, NULL, message);
+    /* the ID goes into the path as it is: only what needs no escaping */
+    if (id == NULL || c->srv->cfg->api_url == NULL || c->fwd_target != NULL ||
+        !px_str_is_label(px_str_make(id, strlen(id)), 255))
+        return px_conn_fail(c, status, NULL, message); /* not API mode, or build logs */
     uint64_t h = fnv(id);
-    if (awake[h % WAKE_SLOTS].hash == h && time(NULL) - awake[h % WAKE_SLOTS].last < WAKE_DEDUP)
+    time_t now = time(NULL);
+    if (awake[h % WAKE_SLOTS].hash == h && now - awake[h % WAKE_SLOTS].last < WAKE_DEDUP)
         return px_conn_fail(c, status, NULL, message);
+    /* Started a moment ago: say so without asking again (a page of browsers
+     * refreshing a sleeping sandbox must not become a stream of C8 calls). */
+    if (started[h % WAKE_SLOTS].hash == h && now - started[h % WAKE_SLOTS].last < WAKE_DEDUP)
+        return px_fwd_starting(c);
     c->wake_status = status;
     c->wake_message = message;
     snprintf(path, sizeof(path), "/sandbox/%s", id);

@@ -14,6 +14,16 @@ static int label_char(unsigned char ch)
     return isalnum(ch) || ch == '-' || ch == '_';
 }
 
+int px_str_is_label(struct px_str s, size_t max)
+{
+    if (s.len == 0 || s.len > max)
+        return 0;
+    for (size_t i = 0; i < s.len; i++)
+        if (!label_char((unsigned char)s.p[i]))
+            return 0;
+    return 1;
+}
+
 enum px_host_kind px_host_parse(char *buf, size_t len, char *const *domains, int ndomains,
                                 struct px_host *out)
 {

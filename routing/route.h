@@ -25,6 +25,10 @@ enum px_host_kind px_host_parse(char *buf, size_t len, char *const *domains, int
 /* Is host.name one of the configured domains (or any host when none are)? */
 int px_host_is_base(const struct px_host *h, char *const *domains, int ndomains);
 
+/* Is s 1..max bytes of [A-Za-z0-9_-], the alphabet of host labels, sandbox IDs
+ * and signed tokens? Such a value goes into a URL path or a Redis key as it is. */
+int px_str_is_label(struct px_str s, size_t max);
+
 /* SPEC 1: ports that always need authentication and never show the warning. */
 static inline int px_port_reserved(unsigned port)
 {

@@ -204,6 +204,8 @@ def test_stopped_sandbox_is_woken_and_the_client_told_to_retry(proxy, sleepy_api
     r = get(p, "sb-sleepy", "/again", timeout=10)
     assert r.status == 503, r
     assert len(api.calls("/api/sandbox/sb-sleepy/start", method="POST")) == 1
+    # and the API is not asked again about a sandbox it was just told to start
+    assert len(api.calls("/api/sandbox/sb-sleepy", method="GET")) == 1
     # a started sandbox whose runner is down is a plain 502, and nothing is started
     api.add_sandbox("sb-awake", public=True, state="started", runnerId="r1")
     r = get(p, "sb-awake", "/down", timeout=10)

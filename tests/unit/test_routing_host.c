@@ -341,6 +341,18 @@ static void test_reserved_ports(void **state)
     assert_false(px_port_reserved(22223));
 }
 
+static void test_str_is_label(void **state)
+{
+    (void)state;
+    assert_true(px_str_is_label(PX_STR("sbx-1_A"), 16));
+    assert_true(px_str_is_label(PX_STR("a"), 1));
+    assert_false(px_str_is_label(PX_STR("ab"), 1));   /* over max */
+    assert_false(px_str_is_label(PX_STR(""), 16));
+    const char *bad[] = {"a/b", "a.b", "a%2f", "a b", "a:b", "a?b", "\xc3\xa9"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_false(px_str_is_label(px_str_make(bad[i], strlen(bad[i])), 16));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -351,6 +363,7 @@ int main(void)
         cmocka_unit_test(test_respects_len),     cmocka_unit_test(test_ipv6_literals),
         cmocka_unit_test(test_ipv6_bad),         cmocka_unit_test(test_domains_restriction),
         cmocka_unit_test(test_is_base),          cmocka_unit_test(test_reserved_ports),
+        cmocka_unit_test(test_str_is_label),
     };
     return cmocka_run_group_tests_name("routing/host", tests, NULL, NULL);
 }
