@@ -12,7 +12,7 @@ import time
 import pytest
 
 from helpers import (BASE_DOMAIN, DIRECT, PRIV, PRIV_TOKEN, PUB, RUNNER_KEY, host, pattern_bytes,
-                     raw_exchange, request_bytes, runner_prefix)
+                     RESERVED_PORTS, raw_exchange, request_bytes, runner_prefix)
 from tlsfix import *  # noqa: F401,F403
 from tlsfix import H2Client, curl, sha256_file
 
@@ -324,9 +324,13 @@ def test_upload_to_stalled_upstream_is_flow_controlled(tp, pki):
     """A direct-mode upstream that accepts but never reads: the upload stalls
     (the proxy does not acknowledge bytes it cannot pass on), the connection's
     other streams still work, and resetting the stalled stream frees it."""
-    ls = socket.socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-    ls.bind(("127.0.0.1", 0))
+    while True:  # a preview port: not one of the reserved ones, which need credentials
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        ls.bind(("127.0.0.1", 0))
+        if ls.getsockname()[1] not in RESERVED_PORTS:
+            break
+        ls.close()
     ls.listen(8)
     port = ls.getsockname()[1]
     accepted = []

@@ -148,9 +148,14 @@ class SloppyApp:
     def __init__(self):
         import socket
         import threading
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        from helpers import RESERVED_PORTS
+        while True:  # its port is a preview port: not one that needs credentials
+            self.sock = socket.socket()
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind(("127.0.0.1", 0))
+            if self.sock.getsockname()[1] not in RESERVED_PORTS:
+                break
+            self.sock.close()
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
         self.conns = 0
