@@ -106,6 +106,17 @@ void px_warning_page(struct evbuffer *out, struct px_str target)
                              "for 24 hours.</p></main></body></html>\n");
 }
 
+void px_accept_page(struct evbuffer *out, struct px_str target)
+{
+    evbuffer_add_printf(out, "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+                             "<meta http-equiv=\"refresh\" content=\"0;url=");
+    px_html_escape(out, target);
+    evbuffer_add_printf(out, "\"><title>Opening the preview</title></head><body>"
+                             "<p>Opening the preview&hellip; <a href=\"");
+    px_html_escape(out, target);
+    evbuffer_add_printf(out, "\">Continue</a></p></body></html>\n");
+}
+
 static int hexval(char c)
 {
     if (c >= '0' && c <= '9')

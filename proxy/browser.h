@@ -17,6 +17,10 @@ int px_warning_accepted(const struct px_head *req);
 /* Appends the warning page for target_url (not yet escaped) to out. */
 void px_warning_page(struct evbuffer *out, struct px_str target_url);
 
+/* Appends the accept endpoint's answer: a page that moves on to target (a safe
+ * URL from px_safe_redirect, not yet escaped) by meta refresh, with a link. */
+void px_accept_page(struct evbuffer *out, struct px_str target);
+
 /* The headers the warning page and the accept answer carry. */
 #define PX_WARNING_HEADERS                                                                         \
     "Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; form-action "         \

@@ -177,39 +177,32 @@ static void base_routes(struct px_conn *c)
     return px_conn_fail(c, 404, NULL, "no route for this path");
 }
 
-/* SPEC 6: POST /accept-daytona-preview-warning?redirect=URL on any host. */
+/* SPEC 6: POST /accept-daytona-preview-warning?redirect=URL on any host.
+ * Issue 10 item 6 (DAYTONA-API §10): the answer is 200 with a meta refresh,
+ * not a 302. CSP form-action 'self' covers every redirect that follows the
+ * form POST, so a 302 into a preview whose next hop leaves the origin (an
+ * app's redirect, a login at the IdP) is blocked by Chromium; a navigation
+ * started by a meta refresh is a new one and is not. */
 static void accept_warning(struct px_conn *c)
 {
     const struct px_config *cfg = c->srv->cfg;
-    const char *q = memchr(c->path.p, '?', c->path.len);
-    struct px_str redirect = PX_STR_NULL, host = c->authority;
-    char target[2048], hdrs[2600];
-    int found = 0;
+    struct px_str redirect = PX_STR_NULL;
+    char target[2048], hdrs[512];
 
-    if (q != NULL) {
-        struct px_str query = px_str_make(q + 1, c->path.len - (size_t)(q + 1 - c->path.p));
-        char tmp[1];
-        (void)tmp;
-        for (size_t i = 0; i < query.len && !found;) {
-            size_t st = i;
-            while (i < query.len && query.p[i] != '&')
-                i++;
-            if (i - st >= 9 && !memcmp(query.p + st, "redirect=", 9)) {
-                redirect = px_str_make(query.p + st + 9, i - st - 9);
-                found = 1;
-            }
-            i++;
-        }
-    }
-    px_safe_redirect(redirect, host, target, sizeof(target));
+    px_query_get(px_target_query(c->path), PX_STR("redirect"), &redirect);
+    size_t tl = px_safe_redirect(redirect, c->authority, target, sizeof(target));
     size_t hl = strcspn(c->host, ":");
     snprintf(hdrs, sizeof(hdrs),
-             "Location: %s\r\n" PX_WARNING_HEADERS
+             PX_WARNING_HEADERS
              "Set-Cookie: daytona-preview-page-accepted=true; Max-Age=86400; Path=/; HttpOnly; "
              "Domain=%.*s; %s\r\n",
-             target, (int)hl, c->host,
-             cfg->external_https || c->tls ? "Secure; SameSite=None" : "SameSite=Lax");
-    px_conn_respond(c, 302, NULL, NULL, hdrs);
+             (int)hl, c->host, cfg->external_https || c->tls ? "Secure; SameSite=None" : "SameSite=Lax");
+    struct evbuffer *body = evbuffer_new();
+    if (body == NULL)
+        return px_conn_close(c);
+    px_accept_page(body, px_str_make(target, tl));
+    px_conn_respond(c, 200, "text/html; charset=utf-8", body, hdrs);
+    evbuffer_free(body);
 }
 
 /* SPEC 6: all must hold for the warning page. */
@@ -328,27 +321,9 @@ static void make_set_cookie(struct px_conn *c, const char *value)
 static void start_auth(struct px_conn *c, struct px_str label)
 {
     struct px_auth_in in = {0};
-    const char *q = memchr(c->path.p, '?', c->path.len);
-
-    if (q != NULL) {
-        struct px_str query = px_str_make(q + 1, c->path.len - (size_t)(q + 1 - c->path.p));
-        int found = 0;
-        /* Only to find the value; the rewrite happens when the target is built. */
-        for (size_t i = 0; i < query.len;) {
-            size_t s = i;
-            while (i < query.len && query.p[i] != '&')
-                i++;
-            struct px_str param = px_str_make(query.p + s, i - s);
-            static const char key[] = "DAYTONA_SANDBOX_AUTH_KEY=";
-            if (!found && param.len >= sizeof(key) - 1 && !memcmp(param.p, key, sizeof(key) - 1)) {
-                c->query_token =
-                    px_str_make(param.p + sizeof(key) - 1, param.len - sizeof(key) + 1);
-                c->has_query_token = 1;
-                found = 1;
-            }
-            i++;
-        }
-    }
+    /* Only to find the value; the rewrite happens when the target is built. */
+    c->has_query_token = px_query_get(px_target_query(c->path),
+                                      PX_STR("DAYTONA_SANDBOX_AUTH_KEY"), &c->query_token);
     c->label = label;
     in.cfg = c->srv->cfg;
     in.now = time(NULL);

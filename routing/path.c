@@ -93,3 +93,24 @@ size_t px_query_strip(struct px_str query, struct px_str name, char *out, int *f
     }
     return o;
 }
+
+struct px_str px_target_query(struct px_str target)
+{
+    const char *q = memchr(target.p, '?', target.len);
+
+    return q == NULL ? PX_STR_NULL : px_str_make(q + 1, target.len - (size_t)(q + 1 - target.p));
+}
+
+int px_query_get(struct px_str query, struct px_str name, struct px_str *value)
+{
+    for (size_t i = 0; i < query.len;) {
+        const char *st = query.p + i, *amp = memchr(st, '&', query.len - i);
+        size_t len = amp != NULL ? (size_t)(amp - st) : query.len - i;
+        if (len > name.len && st[name.len] == '=' && memcmp(st, name.p, name.len) == 0) {
+            *value = px_str_make(st + name.len + 1, len - name.len - 1);
+            return 1;
+        }
+        i += len + 1;
+    }
+    return 0;
+}

@@ -51,4 +51,11 @@ int px_path_toolbox(struct px_str path, struct px_str *id, struct px_str *rest);
 size_t px_query_strip(struct px_str query, struct px_str name, char *out, int *found,
                       struct px_str *value);
 
+/* The query of a request target (the part after the first '?', empty if none). */
+struct px_str px_target_query(struct px_str target);
+
+/* Finds the first `name=value` parameter in query; returns 1 and sets value (a
+ * slice of query, still percent-encoded) or returns 0. */
+int px_query_get(struct px_str query, struct px_str name, struct px_str *value);
+
 #endif
