@@ -116,11 +116,15 @@ try {
   // 2. "Continue to the preview" -> the sandbox's page and its sub-resources.
   const click = [];
   recordResponses(page, click);
+  // The accept step answers 200 with a meta refresh (issue 10 item 6): wait
+  // for its answer, then for the navigation the refresh starts.
   await Promise.all([
-    page.waitForURL(u => !String(u).includes('accept-daytona-preview-warning'), { timeout: 10000 })
-      .then(() => page.waitForLoadState('load')),
+    page.waitForResponse(r => r.url().includes('accept-daytona-preview-warning'),
+                         { timeout: 10000 }),
     page.getByText('Continue to the preview').first().click(),
   ]);
+  await page.waitForURL(u => !String(u).includes('accept-daytona-preview-warning'),
+                        { timeout: 10000 });
   await page.waitForLoadState('load');
   out.steps.afterClick = await pageInfo(page, null);
   out.steps.afterClick.sub = await subresources(page);

@@ -97,11 +97,15 @@ try {
   page.on('response', r => { if (r.request().isNavigationRequest()) navs.push(
     { url: r.url(), status: r.status(), method: r.request().method(),
       location: r.headers()['location'] || null }); });
+  // The accept step answers 200 with a meta refresh (issue 10 item 6): wait
+  // for its answer, then for the navigation the refresh starts.
   await Promise.all([
-    page.waitForURL(u => !String(u).includes('accept-daytona-preview-warning'), { timeout: 10000 })
-      .then(() => page.waitForLoadState('load')),
+    page.waitForResponse(r => r.url().includes('accept-daytona-preview-warning'),
+                         { timeout: 10000 }),
     page.locator('button').first().click(),
   ]);
+  await page.waitForURL(u => !String(u).includes('accept-daytona-preview-warning'),
+                        { timeout: 10000 });
   await page.waitForLoadState('load');
   out.steps.afterClick = await pageInfo(page, null);
   out.steps.clickNavigations = navs.slice();

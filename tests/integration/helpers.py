@@ -56,6 +56,19 @@ def sha256(data):
     return hashlib.sha256(data).hexdigest()
 
 
+def accept_target(status, body):
+    """The URL the accept endpoint's answer moves on to: SPEC 6 as decided by
+    issue 10 item 6 (200 with a meta refresh, never a 302, so CSP form-action
+    does not cover the next hops). Asserts the shape; returns the URL."""
+    import html
+    import re
+    text = body.decode() if isinstance(body, (bytes, bytearray)) else body
+    assert status == 200, (status, text[:300])
+    m = re.search(r'<meta http-equiv="refresh" content="0;url=([^"]*)">', text)
+    assert m, text[:300]
+    return html.unescape(m.group(1))
+
+
 def wait_until(pred, timeout=5.0, interval=0.02, what="condition"):
     """Poll pred() until it returns a truthy value; return that value.
     Raises AssertionError after timeout seconds."""

@@ -97,6 +97,7 @@ class HtmlRunner:
         self.lock = threading.Lock()
         self.records = []
         self.served = 0
+        self.leave_to = None  # where /leave redirects (another origin), when set
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -116,6 +117,12 @@ class HtmlRunner:
                 if not self.path.startswith(PREFIX + "/"):
                     return self.answer(404, "text/plain", "not under the preview prefix")
                 app = self.path[len(PREFIX):].split("?")[0]
+                if app == "/leave" and outer.leave_to:
+                    self.send_response(302)
+                    self.send_header("Location", outer.leave_to)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if app in ("/", "/index.html"):
                     with outer.lock:
                         outer.served += 1
@@ -183,6 +190,32 @@ def html_api():
         if proc is not None:
             stop_proc(proc)
         runner.stop()
+
+
+class Elsewhere:
+    """Another origin: any GET gets a page with <h1 id="app">elsewhere</h1>."""
+
+    def __init__(self):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                data = b'<!doctype html><title>elsewhere</title><h1 id="app">elsewhere</h1>'
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def run_flow(node, config, on_pause, timeout=120):
@@ -316,8 +349,8 @@ def test_chromium_api_mode_signed_url_warning_subresources_cookie_reload(proxy, 
     check(a["appName"] == "api-app", "the button leads to the sandbox's page", a)
     check(a["url"] == signed, "and to the original signed URL", a["url"])
     posts = [n for n in a["responses"] if n["nav"] and n["method"] == "POST"]
-    check(len(posts) == 1 and posts[0]["status"] in (200, 302, 303),
-          "the click POSTs once to the accept endpoint", a["responses"])
+    check(len(posts) == 1 and posts[0]["status"] == 200,
+          "the click POSTs once to the accept endpoint (200, a meta refresh)", a["responses"])
     sub = a["sub"]
     check(sub["js"] == "js-ok", "the page's script ran (app.js loaded)", sub)
     check(sub["fetch"] == "fetch-ok", "the page's fetch() of data.json succeeded", sub)
@@ -399,3 +432,40 @@ def test_chromium_api_mode_signed_url_warning_subresources_cookie_reload(proxy, 
     if problems:
         pytest.fail("browser flow problems (API mode):\n" + "\n".join(problems) + diag,
                     pytrace=False)
+
+
+def test_chromium_accept_reaches_a_preview_whose_next_hop_leaves_the_origin(proxy, html_api):
+    """Issue 10 item 6 / DAYTONA-API §10: the warning page's CSP has form-action
+    'self', and Chromium applies it to every redirect after the form POST. A
+    302 from the accept step into a preview that itself redirects to another
+    origin (here the app; with OIDC the IdP) was blocked; the accept step's
+    200 + meta refresh starts a fresh navigation, so the browser gets there."""
+    node = require_browser()
+    api, runner = html_api
+    api.org("o1", True)
+    other = Elsewhere()
+    try:
+        there = f"elsewhere.localhost:{other.port}"
+        runner.leave_to = f"http://{there}/landed"
+        px = proxy(settings={"domains": f"{DOMAIN} proxy.test", "preview_warning": "on",
+                             "api_timeout": "2",
+                             "cookie_secret": "browser-api-cookie-secret-0123456789"},
+                   env=api.proxy_env(), default_sandboxes_too=False)
+        url = f"http://{PORT}-{TOKEN}.{DOMAIN}:{px.port}/leave"
+        proc = subprocess.run([node, os.path.join(BROWSER_DIR, "click_through.mjs"),
+                               json.dumps({"url": url, "expectHost": there, "userAgent": UA})],
+                              cwd=BROWSER_DIR, capture_output=True, timeout=90)
+        line = [x for x in proc.stdout.decode().splitlines() if x.startswith("RESULT ")]
+        assert line, proc.stderr.decode()[-3000:]
+        res = json.loads(line[-1][7:])
+    finally:
+        other.stop()
+    diag = json.dumps(res)[:4000] + "\nproxy log tail:\n" + px.log()[-2000:]
+    assert res["warningStatus"] == 200 and res["warningButtons"] == 1, diag
+    assert not res["errors"], diag
+    assert res["finalUrl"] == f"http://{there}/landed" and res["appName"] == "elsewhere", diag
+    posts = [n for n in res["navs"] if n["method"] == "POST"]
+    assert len(posts) == 1 and posts[0]["status"] == 200 and posts[0]["location"] is None, diag
+    assert any(n["url"] == url and n["status"] == 302 for n in res["navs"]), diag
+    assert not [m for m in res["console"] if "form-action" in m["text"]], diag
+    assert "daytona-preview-page-accepted" in res["cookies"], diag
