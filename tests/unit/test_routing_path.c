@@ -253,9 +253,36 @@ static void test_query_strip_capacity(void **state)
     }
 }
 
+/* px_query_get: the first exact name=value, a slice of the query; a name that
+ * is only a prefix of another, or has no '=', does not match; the target's
+ * query starts after the first '?'. */
+static void test_query_get(void **state)
+{
+    (void)state;
+    struct px_str v;
+    const char *q = "redirectx=1&redirect&redirect=%2Fa&redirect=2";
+
+    assert_true(px_query_get(S(q), PX_STR("redirect"), &v));
+    assert_ptr_equal(v.p, strstr(q, "%2Fa"));
+    assert_int_equal(v.len, 4);
+    assert_true(px_query_get(S("a=&b=1"), PX_STR("a"), &v));
+    assert_int_equal(v.len, 0);
+    assert_false(px_query_get(S("ab=1&b"), PX_STR("a"), &v));
+    assert_false(px_query_get(S(""), PX_STR("a"), &v));
+    /* the slice is bounded by the query's length, not by a NUL */
+    assert_false(px_query_get(px_str_make("a=1&key=x", 4), PX_STR("key"), &v));
+
+    struct px_str t = px_target_query(S("/p?x=1?y"));
+    assert_int_equal(t.len, 5);
+    assert_memory_equal(t.p, "x=1?y", 5);
+    assert_int_equal(px_target_query(S("/p")).len, 0);
+    assert_int_equal(px_target_query(S("/p?")).len, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_query_get),
         cmocka_unit_test(test_dot_segments_rejected),
         cmocka_unit_test(test_dot_segments_allowed),
         cmocka_unit_test(test_triple_dot_segment),
