@@ -291,6 +291,7 @@ static const char *apply(struct px_config *c, char **w, int n)
     if (!strcmp(d, "max_connections"))
         c->max_connections_set = 1;
     INT_DIRECTIVE("max_connections", max_connections, 1, 1000000)
+    INT_DIRECTIVE("max_connections_per_ip", max_connections_per_ip, 0, 1000000)
     INT_DIRECTIVE("upstream_keepalive", upstream_keepalive, 0, 10000)
     INT_DIRECTIVE("max_headers", max_headers, 1, 10000)
     INT_DIRECTIVE("workers", workers, 1, 256)

@@ -30,6 +30,7 @@
 #include "proxy/errors.h"
 #include "proxy/h1.h"
 #include "proxy/metrics.h"
+#include "proxy/peers.h"
 #include "proxy/server.h"
 #include "proxy/upstream.h"
 #include "routing/route.h"
@@ -160,6 +161,7 @@ void px_conn_destroy(struct px_conn *c)
     if (c->next != NULL)
         c->next->prev = c->prev;
     srv->nconns--;
+    px_peer_release(c->peer_slot);
     free(c);
     if (srv->draining && srv->nconns == 0 && srv->nsplices == 0 && srv->nh2 == 0)
         event_base_loopexit(srv->base, NULL);
@@ -227,43 +229,43 @@ void px_conn_linger(struct px_conn *c)
     px_conn_arm_timer(c, 10); /* a peer that never reads does not keep us */
 }
 
-void px_conn_accept(struct px_server *srv, int fd, const struct sockaddr *sa, int salen, int tls)
+void px_conn_accept(struct px_server *srv, int fd, const struct sockaddr *sa, int salen, int tls,
+                    struct px_peer *peer)
 {
-    struct bufferevent *bev;
+    struct bufferevent *bev = NULL;
     int one = 1;
 
     (void)salen;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (tls) {
         SSL *ssl = px_tls_new_ssl(srv->tls);
-        if (ssl == NULL) {
-            evutil_closesocket(fd);
-            return;
-        }
-        bev = bufferevent_openssl_socket_new(srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-                                             BEV_OPT_CLOSE_ON_FREE);
-        if (bev == NULL) {
+        if (ssl != NULL &&
+            (bev = bufferevent_openssl_socket_new(srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                  BEV_OPT_CLOSE_ON_FREE)) == NULL)
             SSL_free(ssl);
-            evutil_closesocket(fd);
-            return;
-        }
-    } else if ((bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE)) == NULL) {
+    } else {
+        bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    }
+    if (bev == NULL) {
         evutil_closesocket(fd);
+        px_peer_release(peer);
         return;
     }
-    px_conn_attach(srv, bev, sa, tls ? PX_CONN_TLS : 0);
+    px_conn_attach(srv, bev, sa, tls ? PX_CONN_TLS : 0, peer);
 }
 
 void px_conn_attach(struct px_server *srv, struct bufferevent *bev, const struct sockaddr *sa,
-                    unsigned flags)
+                    unsigned flags, struct px_peer *peer)
 {
     struct px_conn *c = calloc(1, sizeof(*c));
 
     if (c == NULL || (c->timer = evtimer_new(srv->base, timer_cb, c)) == NULL) {
         free(c);
         bufferevent_free(bev);
+        px_peer_release(peer);
         return;
     }
+    c->peer_slot = peer;
     c->srv = srv;
     c->id = ++srv->next_conn_id;
     c->bev = bev;
@@ -312,7 +314,8 @@ static void handoff_h2(struct px_conn *c)
 
     c->bev = NULL;
     evtimer_del(c->timer);
-    px_h2_start(c->srv, bev, (const struct sockaddr *)&c->peer, c->tls);
+    px_h2_start(c->srv, bev, (const struct sockaddr *)&c->peer, c->tls, c->peer_slot);
+    c->peer_slot = NULL;
     px_conn_close(c);
 }
 

@@ -45,6 +45,8 @@ struct px_conn {
     struct px_server *srv;   /* borrowed; outlives us */
     struct bufferevent *bev; /* owned; frees the fd */
     struct event *timer;     /* owned; keepalive / header timer */
+    struct px_peer *peer_slot; /* owned; the socket's count in peers.c (NULL for HTTP/2
+                                * streams and uncounted peers); moves with the socket */
     char peer_ip[INET6_ADDRSTRLEN];
     struct sockaddr_storage peer;
     unsigned tls : 1;       /* the client reached us over TLS */

@@ -685,7 +685,8 @@ static void start_tunnel(struct px_conn *c)
     c->bev = NULL;
     c->up->bev = NULL;
     px_conn_upstream_drop(c);
-    px_splice_start(c->srv, client, runner, c->sb->id, activity, raw);
+    px_splice_start(c->srv, client, runner, c->sb->id, activity, raw, c->peer_slot);
+    c->peer_slot = NULL;
     px_conn_close(c);
 }
 

@@ -10,7 +10,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <arpa/inet.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -26,6 +28,7 @@
 #include "tls/tls.h"
 #include "proxy/conn_priv.h"
 #include "proxy/metrics.h"
+#include "proxy/peers.h"
 #include "proxy/api.h"
 #include "proxy/px.h"
 #include "proxy/server.h"
@@ -194,12 +197,50 @@ static void on_accept_timer(evutil_socket_t fd, short what, void *arg)
     listeners_set(1, 1);
 }
 
+/* max_connections_per_ip: the address holds its share already. A plain
+ * listener gets a best-effort 429 (nginx's limit_conn answers 503 after reading
+ * the request; the socket is refused before any byte is read here); TLS clients
+ * just see the connection close. Logged at most once per PAUSE_LOG_EVERY. */
+static void refuse_peer(struct listener_arg *la, evutil_socket_t fd, const struct sockaddr *sa)
+{
+    static const char answer[] = "HTTP/1.1 429 Too Many Requests\r\nServer: preview-proxy\r\n"
+                                 "Content-Type: text/plain\r\nContent-Length: 39\r\n"
+                                 "Connection: close\r\n\r\ntoo many connections from your address\n";
+    static time_t logged;
+    static unsigned long unlogged;
+    time_t now = time(NULL);
+
+    if (!la->tls) {
+        ssize_t n = send(fd, answer, sizeof(answer) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+        (void)n;
+        shutdown(fd, SHUT_WR);
+    }
+    evutil_closesocket(fd);
+    if (now - logged < PAUSE_LOG_EVERY) {
+        unlogged++;
+        return;
+    }
+    char ip[INET6_ADDRSTRLEN] = "?";
+    const void *a = sa->sa_family == AF_INET6
+                        ? (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr
+                        : (const void *)&((const struct sockaddr_in *)sa)->sin_addr;
+    inet_ntop(sa->sa_family, a, ip, sizeof(ip));
+    px_log(PX_WARN, "refused a connection from %s: it holds max_connections_per_ip (%d)%s", ip,
+           la->srv->cfg->max_connections_per_ip, unlogged ? " (more refusals not logged)" : "");
+    logged = now;
+    unlogged = 0;
+}
+
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
                       void *arg)
 {
     (void)l;
     struct listener_arg *la = arg;
-    px_conn_accept(la->srv, fd, sa, salen, la->tls);
+    struct px_peer *slot;
+
+    if (px_peer_take(la->srv, sa, &slot) != 0)
+        return refuse_peer(la, fd, sa);
+    px_conn_accept(la->srv, fd, sa, salen, la->tls, slot);
     backoff_ms = 0;
     /* Disabling the listener from here makes libevent stop its accept loop. */
     if (at_limit(la->srv))

@@ -10,6 +10,7 @@
 
 #include "auth/lookup.h"
 #include "proxy/metrics.h"
+#include "proxy/peers.h"
 
 struct px_metrics px_metrics;
 
@@ -52,6 +53,13 @@ static void render(struct px_server *srv, struct evbuffer *b)
                         srv->accept_paused == PX_PAUSED_LIMIT,
                         srv->accept_paused == PX_PAUSED_ERROR, srv->pauses_limit,
                         srv->pauses_error);
+    /* proxy/peers.c: max_connections_per_ip */
+    evbuffer_add_printf(b,
+                        "# TYPE preview_proxy_client_addresses gauge\n"
+                        "preview_proxy_client_addresses %lu\n"
+                        "# TYPE preview_proxy_refused_per_ip_total counter\n"
+                        "preview_proxy_refused_per_ip_total %lu\n",
+                        px_peer_addresses(), px_peer_refused());
 }
 
 static void on_done(struct bufferevent *bev, void *arg)

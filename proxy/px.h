@@ -127,6 +127,7 @@ struct px_config {
     int activity_interval; /* SPEC 8: seconds between activity updates of one sandbox */
     int max_connections; /* client connections per process; then accepting pauses */
     unsigned max_connections_set : 1; /* written in the file, not the default */
+    int max_connections_per_ip; /* client sockets one address may hold; 0 = no cap */
     int upstream_keepalive; /* idle connections kept per upstream */
     size_t max_request_line, max_header_size;
     size_t max_body_size; /* 0: no limit (Daytona has none; uploads can be GBs) */

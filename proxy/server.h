@@ -16,6 +16,7 @@ struct px_splice;
 struct px_tls;
 struct px_h2;
 struct bufferevent;
+struct px_peer;
 
 /* Whether main.c accepts new clients, and if not why. */
 enum px_accept_state {
@@ -52,17 +53,20 @@ struct px_server {
 
 extern struct px_server *px_srv; /* the one per process; set by main.c */
 
-/* Accepts a new client socket (owned from here on); tls starts a server handshake. */
-void px_conn_accept(struct px_server *srv, int fd, const struct sockaddr *sa, int salen, int tls);
+/* Accepts a new client socket (owned from here on); tls starts a server handshake.
+ * peer is the socket's slot in peers.c (may be NULL), owned from here on too. */
+void px_conn_accept(struct px_server *srv, int fd, const struct sockaddr *sa, int salen, int tls,
+                    struct px_peer *peer);
 
 #define PX_CONN_TLS 1u       /* the client reached us over TLS */
 #define PX_CONN_H2_STREAM 2u /* bev is one end of an HTTP/2 stream's pair */
 
 /* Runs the HTTP/1.1 pipeline over an existing bufferevent (owned from here on):
  * an accepted socket, a TLS connection, or one HTTP/2 stream bridged by tls/h2.c.
- * sa is the client's address, for X-Forwarded-For. */
+ * sa is the client's address, for X-Forwarded-For. peer (owned from here on,
+ * may be NULL) is released when the socket closes, wherever it has moved. */
 void px_conn_attach(struct px_server *srv, struct bufferevent *bev, const struct sockaddr *sa,
-                    unsigned flags);
+                    unsigned flags, struct px_peer *peer);
 
 /* Reads up to budget bytes straight from a plain socket bufferevent's fd into
  * its input buffer, in 64 KiB bites (libevent 2.1 reads at most 4 KiB per call).

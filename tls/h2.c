@@ -25,6 +25,7 @@
 
 #include "auth/cookie.h"
 #include "proxy/h1.h"
+#include "proxy/peers.h"
 #include "tls/h2.h"
 #include "tls/tls.h"
 
@@ -71,6 +72,7 @@ struct px_h2 {
     struct bufferevent *bev; /* owned: the client connection */
     nghttp2_session *ng;     /* owned */
     struct sockaddr_storage peer;
+    struct px_peer *slot; /* owned: the socket's count in proxy/peers.c, or NULL */
     int tls;
     struct stream *streams; /* owned list */
     struct event *kick;     /* owned: a send asked for where calling nghttp2 is unsafe */
@@ -188,6 +190,7 @@ static void h2_destroy(struct px_h2 *h)
     if (h->next != NULL)
         h->next->prev = h->prev;
     srv->nh2--;
+    px_peer_release(h->slot);
     free(h);
     if (srv->draining && srv->nconns == 0 && srv->nsplices == 0 && srv->nh2 == 0)
         event_base_loopexit(srv->base, NULL);
@@ -495,7 +498,7 @@ static int stream_start(struct stream *s, int end_stream)
     bufferevent_enable(s->bev, EV_READ | EV_WRITE);
     /* From here pair[1] is conn.c's, even if px_conn_attach() fails (it frees it). */
     px_conn_attach(h->srv, pair[1], (const struct sockaddr *)&h->peer,
-                   PX_CONN_H2_STREAM | (h->tls ? PX_CONN_TLS : 0));
+                   PX_CONN_H2_STREAM | (h->tls ? PX_CONN_TLS : 0), NULL);
     if (end_stream)
         s->req_ended = 1;
     return 0;
@@ -879,7 +882,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 }
 
 void px_h2_start(struct px_server *srv, struct bufferevent *bev, const struct sockaddr *peer,
-                 int tls)
+                 int tls, struct px_peer *slot)
 {
     struct px_h2 *h = calloc(1, sizeof(*h));
     nghttp2_session_callbacks *cb;
@@ -897,9 +900,11 @@ void px_h2_start(struct px_server *srv, struct bufferevent *bev, const struct so
 
     if (h == NULL) {
         bufferevent_free(bev);
+        px_peer_release(slot);
         return;
     }
     h->srv = srv;
+    h->slot = slot;
     h->bev = bev;
     h->tls = tls;
     memcpy(&h->peer, peer,

@@ -13,9 +13,10 @@
 
 #include "proxy/server.h"
 
-/* Takes ownership of bev (its input may already hold the client preface). */
+/* Takes ownership of bev (its input may already hold the client preface) and
+ * of slot, the socket's count in proxy/peers.c (may be NULL). */
 void px_h2_start(struct px_server *srv, struct bufferevent *bev, const struct sockaddr *peer,
-                 int tls);
+                 int tls, struct px_peer *slot);
 
 /* SIGTERM: GOAWAY to every HTTP/2 connection; each closes when its streams end. */
 void px_h2_drain_all(struct px_server *srv);

@@ -26,6 +26,7 @@
 #include <event2/event.h>
 
 #include "auth/activity.h"
+#include "proxy/peers.h"
 #include "tls/tls.h"
 #include "ws/ws.h"
 
@@ -54,6 +55,7 @@ struct px_splice {
     time_t last_io;
     unsigned closing : 1;          /* bev engine: one side ended, flushing the other */
     struct px_splice *next, *prev; /* srv->splices */
+    struct px_peer *peer;          /* owned; the client socket's count (proxy/peers.c) */
 };
 
 static void destroy(struct px_splice *s)
@@ -89,6 +91,7 @@ static void destroy(struct px_splice *s)
         bufferevent_free(s->b);
     }
     free(s->sandbox_id);
+    px_peer_release(s->peer);
     free(s);
     if (srv->draining && srv->nconns == 0 && srv->nsplices == 0 && srv->nh2 == 0)
         event_base_loopexit(srv->base, NULL);
@@ -361,7 +364,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 }
 
 int px_splice_start(struct px_server *srv, struct bufferevent *client, struct bufferevent *runner,
-                    const char *sandbox_id, int activity, int raw)
+                    const char *sandbox_id, int activity, int raw, struct px_peer *peer)
 {
     struct px_splice *s = calloc(1, sizeof(*s));
     struct timeval tick = {PX_ACTIVITY_REFRESH(srv->cfg->activity_interval), 0};
@@ -370,9 +373,11 @@ int px_splice_start(struct px_server *srv, struct bufferevent *client, struct bu
         free(s);
         bufferevent_free(client);
         bufferevent_free(runner);
+        px_peer_release(peer);
         return -1;
     }
     s->srv = srv;
+    s->peer = peer;
     s->last_io = time(NULL);
     s->next = srv->splices;
     if (srv->splices != NULL)

@@ -12,12 +12,14 @@
 
 #include "proxy/server.h"
 
-/* Takes ownership of both bufferevents (callbacks are replaced). Bytes already
- * waiting in their buffers are relayed. sandbox_id (copied) gets an activity
- * update every 50 s while the tunnel lives, unless activity is 0. raw: both are
- * plain socket bufferevents, so the faster file-descriptor engine may be used. */
+/* Takes ownership of both bufferevents (callbacks are replaced) and of peer,
+ * the client socket's slot in proxy/peers.c (NULL for an HTTP/2 stream).
+ * Bytes already waiting in their buffers are relayed. sandbox_id (copied) gets
+ * an activity update every 50 s while the tunnel lives, unless activity is 0.
+ * raw: both are plain socket bufferevents, so the faster file-descriptor
+ * engine may be used. */
 int px_splice_start(struct px_server *srv, struct bufferevent *client, struct bufferevent *runner,
-                    const char *sandbox_id, int activity, int raw);
+                    const char *sandbox_id, int activity, int raw, struct px_peer *peer);
 
 /* Closes every tunnel now (shutdown deadline). */
 void px_splice_close_all(struct px_server *srv);

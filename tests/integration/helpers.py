@@ -159,8 +159,10 @@ class SockConn:
 class RawConn(SockConn):
     """A byte-exact HTTP/1.1 client over one TCP connection."""
 
-    def __init__(self, port, timeout=5.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port, timeout=5.0, source=None):
+        """source: a local address to connect from (127.0.0.2 is another client)."""
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.sock.settimeout(timeout)
         self.buf = b""
 
