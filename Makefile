@@ -3,7 +3,7 @@ PKGS    := libevent libevent_openssl libevent_pthreads openssl libnghttp2 hiredi
 APT_PKGS := build-essential pkg-config libevent-dev libssl-dev libnghttp2-dev libhiredis-dev libjansson-dev \
             libhttp-parser-dev python3 redis-server curl
 TEST_PKGS := libcmocka-dev wrk nginx-light nghttp2-client openssl python3-pytest \
-            python3-requests python3-websockets python3-h2
+            python3-requests python3-websockets python3-h2 cppcheck clang-format
 CC      ?= cc
 SAN     ?= 0
 BUILD   := build
@@ -32,7 +32,7 @@ LIB_OBJ   := $(filter-out $(BUILD)/obj/proxy/main.o,$(PROXY_OBJ))
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps test-deps run test test-unit test-integration test-san check clean bench
+.PHONY: all deps test-deps run test test-unit test-integration test-san check clean bench lint
 
 all: $(BUILD)/preview-proxy $(BUILD)/proxyctl
 
@@ -70,6 +70,15 @@ test: test-deps
 	$(MAKE) test-unit
 	$(MAKE) test-integration
 	$(MAKE) test-san
+
+# Static checks (issue 12): cppcheck's warning, portability and performance
+# classes, and clang-format (.clang-format, STYLE.md 12) on every C file.
+C_FILES = $(wildcard proxy/*.[ch] auth/*.[ch] routing/*.[ch] tls/*.[ch] ws/*.[ch] tools/*.[ch] \
+                     tests/unit/*.[ch])
+lint:
+	cppcheck --quiet --enable=warning,portability,performance --std=c11 --inline-suppr -I. \
+	  --suppress=missingIncludeSystem --error-exitcode=1 proxy auth routing tls ws tools
+	clang-format --dry-run --Werror $(C_FILES)
 
 test-unit: $(UNIT_BIN)
 	@rc=0; for t in $(UNIT_BIN); do echo "== $$t"; $$t || rc=1; done; exit $$rc

@@ -466,15 +466,15 @@ static int tx_run(struct ctl *c, const struct tx *t, const char *must_exist, con
 
     for (attempt = 0; attempt < TX_ATTEMPTS; attempt++) {
         if (must_exist != NULL) {
-            if ((r = command(c, "WATCH", must_exist, NULL)) == NULL)
+            if ((r = command(c, "WATCH", must_exist, (char *)NULL)) == NULL)
                 return CTL_FAIL;
             freeReplyObject(r);
-            if ((r = command(c, "EXISTS", must_exist, NULL)) == NULL)
+            if ((r = command(c, "EXISTS", must_exist, (char *)NULL)) == NULL)
                 return CTL_FAIL;
             exists = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
             freeReplyObject(r);
             if (!exists) {
-                if ((r = command(c, "UNWATCH", NULL)) != NULL)
+                if ((r = command(c, "UNWATCH", (char *)NULL)) != NULL)
                     freeReplyObject(r);
                 return fail(c, CTL_FAIL, "no such %s (%s)", what, must_exist);
             }
@@ -657,9 +657,9 @@ static int sandbox_add(struct ctl *c, int argc, char **argv)
     }
     /* Replace, not merge: fields of an earlier record (an old signing key, an org) must not
      * survive into the new one. */
-    tx_add(&t, "DEL", key, NULL);
+    tx_add(&t, "DEL", key, (char *)NULL);
     tx_push(&t, hn, hset);
-    tx_add(&t, "PUBLISH", CHANNEL, key, NULL);
+    tx_add(&t, "PUBLISH", CHANNEL, key, (char *)NULL);
     if ((rc = ctl_connect(c)) != CTL_OK || (rc = tx_run(c, &t, NULL, "sandbox", NULL)) != CTL_OK)
         return rc;
     if (generated)
@@ -700,7 +700,7 @@ static int sandbox_set(struct ctl *c, int argc, char **argv)
         }
     }
     tx_push(&t, hn, hset);
-    tx_add(&t, "PUBLISH", CHANNEL, key, NULL);
+    tx_add(&t, "PUBLISH", CHANNEL, key, (char *)NULL);
     /* Setting fields of a missing sandbox would create a record without a runner. */
     if ((rc = ctl_connect(c)) != CTL_OK)
         return rc;
@@ -717,8 +717,8 @@ static int sandbox_rm(struct ctl *c, int argc, char **argv)
         (rc = arg_id(c, argv[optind])) != CTL_OK)
         return rc;
     snprintf(key, sizeof(key), "sandbox:%s", argv[optind]);
-    tx_add(&t, "DEL", key, NULL);
-    tx_add(&t, "PUBLISH", CHANNEL, key, NULL);
+    tx_add(&t, "DEL", key, (char *)NULL);
+    tx_add(&t, "PUBLISH", CHANNEL, key, (char *)NULL);
     if ((rc = ctl_connect(c)) != CTL_OK)
         return rc;
     return tx_run_delete(c, &t, "sandbox");
@@ -737,7 +737,7 @@ static int sandbox_show(struct ctl *c, int argc, char **argv)
     snprintf(key, sizeof(key), "sandbox:%s", argv[optind]);
     if ((rc = ctl_connect(c)) != CTL_OK)
         return rc;
-    if ((r = command(c, "HGETALL", key, NULL)) == NULL)
+    if ((r = command(c, "HGETALL", key, (char *)NULL)) == NULL)
         return CTL_FAIL;
     if (r->type != REDIS_REPLY_ARRAY || r->elements == 0) {
         freeReplyObject(r);
@@ -769,8 +769,8 @@ static int token_rotate(struct ctl *c, int argc, char **argv)
     if ((rc = random_hex(c, token, 16)) != CTL_OK)
         return rc;
     snprintf(key, sizeof(key), "sandbox:%s", argv[optind]);
-    tx_add(&t, "HSET", key, fields[F_AUTH_TOKEN].name, token, NULL);
-    tx_add(&t, "PUBLISH", CHANNEL, key, NULL);
+    tx_add(&t, "HSET", key, fields[F_AUTH_TOKEN].name, token, (char *)NULL);
+    tx_add(&t, "PUBLISH", CHANNEL, key, (char *)NULL);
     if ((rc = ctl_connect(c)) != CTL_OK || (rc = tx_run(c, &t, key, "sandbox", NULL)) != CTL_OK)
         return rc;
     reveal("auth_token", token);
@@ -831,8 +831,8 @@ static int signed_url_create(struct ctl *c, int argc, char **argv)
     snprintf(secs, sizeof(secs), "%ld", expires);
     /* The key's TTL is the URL's expiry (SPEC 4.5 [compat]). The message drops a cached
      * "invalid" answer for this label that a too-early request may have left behind. */
-    tx_add(&t, "SET", tkey, argv[optind], "EX", secs, NULL);
-    tx_add(&t, "PUBLISH", CHANNEL, msg, NULL);
+    tx_add(&t, "SET", tkey, argv[optind], "EX", secs, (char *)NULL);
+    tx_add(&t, "PUBLISH", CHANNEL, msg, (char *)NULL);
     if ((rc = ctl_connect(c)) != CTL_OK || (rc = tx_run(c, &t, key, "sandbox", NULL)) != CTL_OK)
         return rc;
     char url[sizeof("https://65535-.") + sizeof(token) + sizeof(domain) + sizeof(suffix)];
@@ -862,9 +862,9 @@ static int signed_url_revoke(struct ctl *c, int argc, char **argv)
     snprintf(msg, sizeof(msg), "token:%ld:%s", port, token);
     /* Succeeds even when the token key is already gone: cookies minted from the token outlive
      * it by up to an hour, and the marker is what stops them (SPEC 4.5). */
-    tx_add(&t, "DEL", tkey, NULL);
-    tx_add(&t, "SET", rkey, "1", "EX", REVOKED_TTL, NULL);
-    tx_add(&t, "PUBLISH", CHANNEL, msg, NULL);
+    tx_add(&t, "DEL", tkey, (char *)NULL);
+    tx_add(&t, "SET", rkey, "1", "EX", REVOKED_TTL, (char *)NULL);
+    tx_add(&t, "PUBLISH", CHANNEL, msg, (char *)NULL);
     if ((rc = ctl_connect(c)) != CTL_OK)
         return rc;
     return tx_run(c, &t, NULL, "token", NULL);
@@ -911,14 +911,14 @@ static int api_key_create(struct ctl *c, int argc, char **argv)
         /* The record says when the key stops working; the TTL only tidies up after it. */
         snprintf(at, sizeof(at), "%lld", (long long)time(NULL) + expires);
         snprintf(secs, sizeof(secs), "%ld", expires);
-        tx_add(&t, "HSET", key, "org", org, "expires", at, NULL);
-        tx_add(&t, "EXPIRE", key, secs, NULL);
+        tx_add(&t, "HSET", key, "org", org, "expires", at, (char *)NULL);
+        tx_add(&t, "EXPIRE", key, secs, (char *)NULL);
     } else {
-        tx_add(&t, "HSET", key, "org", org, NULL);
+        tx_add(&t, "HSET", key, "org", org, (char *)NULL);
     }
     /* No message names an API key, so drop everything: a cached "invalid" for this key would
      * otherwise refuse it for a few seconds. */
-    tx_add(&t, "PUBLISH", CHANNEL, "*", NULL);
+    tx_add(&t, "PUBLISH", CHANNEL, "*", (char *)NULL);
     if ((rc = ctl_connect(c)) != CTL_OK || (rc = tx_run(c, &t, NULL, "api key", NULL)) != CTL_OK)
         return rc;
     reveal(NULL, apikey);
@@ -939,8 +939,8 @@ static int api_key_rm(struct ctl *c, int argc, char **argv)
     if ((rc = sha256_hex(c, argv[optind], hash)) != CTL_OK)
         return rc;
     snprintf(key, sizeof(key), "proxy:api-key:%s", hash);
-    tx_add(&t, "DEL", key, NULL);
-    tx_add(&t, "PUBLISH", CHANNEL, "*", NULL); /* cached "valid" answers must go at once */
+    tx_add(&t, "DEL", key, (char *)NULL);
+    tx_add(&t, "PUBLISH", CHANNEL, "*", (char *)NULL); /* cached "valid" answers must go at once */
     if ((rc = ctl_connect(c)) != CTL_OK)
         return rc;
     return tx_run_delete(c, &t, "api key");
@@ -963,8 +963,8 @@ static int domain_add(struct ctl *c, int argc, char **argv)
     snprintf(msg, sizeof(msg), "domain:%s", host);
     snprintf(portbuf, sizeof(portbuf), "%ld", port);
     /* The sandbox need not exist yet: DNS for a custom domain is often set up first. */
-    tx_add(&t, "HSET", key, "sandbox", argv[optind + 1], "port", portbuf, NULL);
-    tx_add(&t, "PUBLISH", CHANNEL, msg, NULL);
+    tx_add(&t, "HSET", key, "sandbox", argv[optind + 1], "port", portbuf, (char *)NULL);
+    tx_add(&t, "PUBLISH", CHANNEL, msg, (char *)NULL);
     if ((rc = ctl_connect(c)) != CTL_OK)
         return rc;
     return tx_run(c, &t, NULL, "domain", NULL);
@@ -982,8 +982,8 @@ static int domain_rm(struct ctl *c, int argc, char **argv)
         return rc;
     snprintf(key, sizeof(key), "proxy:custom-domain:%s", host);
     snprintf(msg, sizeof(msg), "domain:%s", host);
-    tx_add(&t, "DEL", key, NULL);
-    tx_add(&t, "PUBLISH", CHANNEL, msg, NULL);
+    tx_add(&t, "DEL", key, (char *)NULL);
+    tx_add(&t, "PUBLISH", CHANNEL, msg, (char *)NULL);
     if ((rc = ctl_connect(c)) != CTL_OK)
         return rc;
     return tx_run_delete(c, &t, "domain");
@@ -996,7 +996,7 @@ static int invalidate_all(struct ctl *c, int argc, char **argv)
 
     if ((rc = plain_args(c, argc, argv, 0, 0)) != CTL_OK || (rc = ctl_connect(c)) != CTL_OK)
         return rc;
-    if ((r = command(c, "PUBLISH", CHANNEL, "*", NULL)) == NULL)
+    if ((r = command(c, "PUBLISH", CHANNEL, "*", (char *)NULL)) == NULL)
         return CTL_FAIL;
     freeReplyObject(r);
     return CTL_OK;
