@@ -1147,18 +1147,10 @@ static struct px_lk *lookup_start(enum px_lk_kind kind, struct px_str key, const
         entry_free(e);
         e = NULL;
     }
-    if (refresh && e != NULL && !(e->pending && e->refresh)) {
-        /* Whatever is cached or on its way is what the caller doubts: a
-         * fetch in flight is delivered to its waiters but not kept, and the
-         * new entry goes to the head of the chain, where find() sees it first. */
-        if (e->pending || e->delivering) {
-            e->stale = 1;
-        } else {
-            entry_unlink(e);
-            entry_free(e);
-        }
+    /* A refresh doubts what is cached or on its way; it joins only another refresh. */
+    struct entry *doubted = refresh && e != NULL && !(e->pending && e->refresh) ? e : NULL;
+    if (doubted != NULL)
         e = NULL;
-    }
     if (e != NULL && !e->pending) {
         L.stats.hits++;
         cb(arg, &e->v, NULL);
@@ -1179,10 +1171,20 @@ static struct px_lk *lookup_start(enum px_lk_kind kind, struct px_str key, const
     client_key(client, &ck);
     why = L.nentries >= MAX_ENTRIES ? px_err_nomem : admit(kind, &ck, &newcomer);
     if (why != NULL) {
-        L.stats.refused++;
+        L.stats.refused++; /* a refused refresh leaves the cache as it was */
         free(w);
         cb(arg, NULL, why);
         return NULL;
+    }
+    if (doubted != NULL) {
+        /* A fetch in flight is delivered to its waiters but not kept; the new
+         * entry goes to the head of the chain, where find() sees it first. */
+        if (doubted->pending || doubted->delivering) {
+            doubted->stale = 1;
+        } else {
+            entry_unlink(doubted);
+            entry_free(doubted);
+        }
     }
     L.stats.misses++;
     if ((e = calloc(1, sizeof(*e))) == NULL || (e->key = strdup(buf)) == NULL) {
