@@ -35,7 +35,8 @@ enum step {
     ST_API_ACCESS,     /* C3 for the Bearer token came back */
     ST_API_RUNNER,     /* C6 for the resolved sandbox came back */
     ST_API_SIGNING,    /* C12 (the signing key of a file URL's sandbox) came back */
-    ST_API_SIGNING_FRESH, /* C12 asked again past the caches after a mismatch came back */
+    /* C12, asked again past the caches after a mismatch, came back */
+    ST_API_SIGNING_FRESH,
     ST_PUBLIC,
     ST_BEARER,
     ST_TOKEN,

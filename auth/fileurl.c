@@ -31,8 +31,8 @@ int px_fileurl_match(struct px_str method, struct px_str rest, struct px_fileurl
 {
     const char *q = memchr(rest.p, '?', rest.len);
     struct px_str path = q != NULL ? px_str_make(rest.p, (size_t)(q - rest.p)) : rest;
-    struct px_str query = q != NULL ? px_str_make(q + 1, rest.len - (size_t)(q + 1 - rest.p))
-                                    : PX_STR_NULL;
+    struct px_str query =
+        q != NULL ? px_str_make(q + 1, rest.len - (size_t)(q + 1 - rest.p)) : PX_STR_NULL;
 
     memset(f, 0, sizeof(*f));
     if (px_str_eq(path, PX_STR(DOWNLOAD)) &&
@@ -191,14 +191,14 @@ enum px_fileurl_verdict px_fileurl_verify(const struct px_fileurl *f, struct px_
         v = PX_FILEURL_MISMATCH;
         goto out;
     }
-    wn = px_fileurl_sign(key, f->method, px_str_make(path, (size_t)pn),
-                         px_str_make(ex, (size_t)en), want);
+    wn = px_fileurl_sign(key, f->method, px_str_make(path, (size_t)pn), px_str_make(ex, (size_t)en),
+                         want);
     if (wn == 0)
         goto out;
     /* The length of a good signature is public; its bytes are compared in
      * constant time. */
     v = sn >= 0 && (size_t)sn == wn && CRYPTO_memcmp(sig, want, wn) == 0 ? PX_FILEURL_OK
-                                                                       : PX_FILEURL_MISMATCH;
+                                                                         : PX_FILEURL_MISMATCH;
     OPENSSL_cleanse(want, sizeof(want));
 out:
     free(path);

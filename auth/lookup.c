@@ -88,7 +88,7 @@ const char px_err_api_down[] = "the Daytona API is unavailable";
  * askers share one call, but a revoked signed URL must stop minting cookies at once. */
 #define API_SIGNED_TTL 0
 #define API_WARNING_TTL 60
-#define API_SIGNING_TTL 30 /* §7: then a rotated-away key stops working */
+#define API_SIGNING_TTL 30   /* §7: then a rotated-away key stops working */
 #define SIGNING_KEY_MAX 1024 /* Daytona's are nanoid(32): a longer answer is no key */
 
 static int api_kind(enum px_lk_kind k)

@@ -844,7 +844,8 @@ static int signed_url_create(struct ctl *c, int argc, char **argv)
 }
 
 /* SPEC 4.7: a link to one file of sandbox ID, signed with its signing_key. The URL names the base
- * host (--domain, --scheme, --listen-port as for signed-url create): the toolbox route lives there. */
+ * host (--domain, --scheme, --listen-port as for signed-url create): the toolbox route lives there.
+ */
 static int file_url_create(struct ctl *c, int argc, char **argv)
 {
     static const struct option lo[] = {
@@ -877,16 +878,17 @@ static int file_url_create(struct ctl *c, int argc, char **argv)
         default: return opt_error(c, o, argv);
         }
     }
-    if ((rc = want_args(c, argc, argv, 2, 2)) != CTL_OK ||
-        (rc = arg_id(c, argv[optind])) != CTL_OK)
+    if ((rc = want_args(c, argc, argv, 2, 2)) != CTL_OK || (rc = arg_id(c, argv[optind])) != CTL_OK)
         return rc;
     id = argv[optind];
     path = argv[optind + 1];
     if (path[0] == '\0' || strlen(path) > VALUE_MAX)
         return fail(c, CTL_USAGE, "bad PATH: expected 1-%d bytes", VALUE_MAX);
     if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0)
-        return fail(c, CTL_USAGE, "bad --method '%s': expected GET (download, HEAD too) or POST "
-                    "(upload)", method);
+        return fail(c, CTL_USAGE,
+                    "bad --method '%s': expected GET (download, HEAD too) or POST "
+                    "(upload)",
+                    method);
     if (expires_arg == NULL)
         return fail(c, CTL_USAGE, "--expires is required (0: the link never expires)");
     if (strcmp(expires_arg, "0") != 0 && (rc = arg_expires(c, expires_arg, &expires)) != CTL_OK)
@@ -912,8 +914,10 @@ static int file_url_create(struct ctl *c, int argc, char **argv)
             return CTL_FAIL;
         rc = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
         freeReplyObject(r);
-        return rc ? fail(c, CTL_FAIL, "sandbox %s has no signing_key (proxyctl signing-key "
-                         "rotate %s makes one)", id, id)
+        return rc ? fail(c, CTL_FAIL,
+                         "sandbox %s has no signing_key (proxyctl signing-key "
+                         "rotate %s makes one)",
+                         id, id)
                   : fail(c, CTL_FAIL, "no such sandbox (%s)", key);
     }
     snprintf(when, sizeof(when), "%ld", expires == 0 ? 0L : (long)time(NULL) + expires);
@@ -929,8 +933,8 @@ static int file_url_create(struct ctl *c, int argc, char **argv)
     char *url = malloc(cap), *u;
     if (url == NULL)
         return fail(c, CTL_FAIL, "out of memory");
-    u = url + snprintf(url, cap, "%s://%s%s/toolbox/%s/files/%s?path=", scheme, domain, suffix,
-                       id, strcmp(method, "GET") == 0 ? "download" : "upload-v2");
+    u = url + snprintf(url, cap, "%s://%s%s/toolbox/%s/files/%s?path=", scheme, domain, suffix, id,
+                       strcmp(method, "GET") == 0 ? "download" : "upload-v2");
     for (size_t i = 0; i < plen; i++) {
         unsigned char ch = (unsigned char)path[i];
         if (ch != '\0' && strchr(unreserved, ch) != NULL)
