@@ -30,7 +30,7 @@ struct px_auth_in {
 };
 
 struct px_auth_out {
-    int status;            /* 0 allowed, else 401/403/404/503 */
+    int status;            /* 0 allowed, else 400 (file URL)/401/403/404/429/503 */
     const char *code;      /* static; for the error body */
     const char *message;   /* static; safe to show */
     struct px_sandbox *sb; /* owned by the receiver once the callback runs; NULL on refusal */
