@@ -26,7 +26,7 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser
 
 PROXY_SRC := proxy/main.c proxy/config.c proxy/log.c proxy/conn.c proxy/route.c proxy/forward.c proxy/h1.c proxy/upstream.c proxy/api.c proxy/buildlogs.c proxy/wake.c \
              proxy/errors.c proxy/browser.c proxy/metrics.c proxy/peers.c routing/host.c routing/path.c routing/store.c auth/auth.c \
-             auth/cookie.c auth/securecookie.c auth/digest.c auth/lookup.c auth/redis.c auth/activity.c ws/splice.c tls/ctx.c tls/h2.c
+             auth/cookie.c auth/securecookie.c auth/digest.c auth/fileurl.c auth/lookup.c auth/redis.c auth/activity.c ws/splice.c tls/ctx.c tls/h2.c
 PROXY_OBJ := $(PROXY_SRC:%.c=$(BUILD)/obj/%.o)
 LIB_OBJ   := $(filter-out $(BUILD)/obj/proxy/main.o,$(PROXY_OBJ))
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
@@ -43,7 +43,7 @@ $(BUILD)/obj/%.o: %.c
 $(BUILD)/preview-proxy: $(PROXY_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
-$(BUILD)/proxyctl: $(BUILD)/obj/tools/proxyctl.o $(BUILD)/obj/auth/digest.o
+$(BUILD)/proxyctl: $(BUILD)/obj/tools/proxyctl.o $(BUILD)/obj/auth/digest.o $(BUILD)/obj/auth/fileurl.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJ)

@@ -9,6 +9,8 @@
  *   COOKIE   daytona-sandbox-auth-{label}, ours (v1) or Daytona's format; for
  *            a token label, refused when the token carries a revocation marker
  *   SIGNED   the label is a signed preview token for this port
+ * A signed toolbox file URL (SPEC 4.7) replaces BEARER..SIGNED: its signature,
+ * made with the sandbox's signing_key (API mode: C12), alone decides.
  * A failed lookup (Redis down, timeout) never counts as "invalid": when no step
  * succeeded and one could not be checked, the answer is 503, not 401. */
 #include <stdio.h>
@@ -32,6 +34,9 @@ enum step {
     ST_API_SIGNED,     /* C5 came back */
     ST_API_ACCESS,     /* C3 for the Bearer token came back */
     ST_API_RUNNER,     /* C6 for the resolved sandbox came back */
+    ST_API_SIGNING,    /* C12 (the signing key of a file URL's sandbox) came back */
+    /* C12, asked again past the caches after a mismatch, came back */
+    ST_API_SIGNING_FRESH,
     ST_PUBLIC,
     ST_BEARER,
     ST_TOKEN,
@@ -56,6 +61,7 @@ struct px_auth {
     int revoked;
     int api_yes;       /* the last API answer was yes (public, valid) */
     char resolved[256]; /* API mode: the sandbox access was granted to */
+    char *skey;         /* owned; API mode: the file URL's signing key (secret) */
     unsigned waiting : 1, in_run : 1, done : 1;
     unsigned backend_err : 1, busy_err : 1;
     unsigned tried_bearer : 1, tried_token : 1, tried_cookie : 1, tried_signed : 1;
@@ -90,6 +96,68 @@ static void set_cookie(struct px_auth *a, const char *sandbox_id)
 }
 
 static void run(struct px_auth *a);
+
+static void key_free(char **k)
+{
+    if (*k != NULL)
+        OPENSSL_cleanse(*k, strlen(*k));
+    free(*k);
+    *k = NULL;
+}
+
+/* A signed file URL that does not pass (DAYTONA-API.md §7 outcomes). No
+ * other credential is tried: the link was meant to be the whole proof. */
+static void file_refuse(struct px_auth *a, int status, const char *message)
+{
+    a->out.status = status;
+    a->out.code = status == 400 ? "BAD_REQUEST" : status == 401 ? "UNAUTHORIZED" : NULL;
+    a->out.message = message;
+    finish(a);
+}
+
+/* Refuses for verdict v (not OK); 1 when it did. */
+static int file_verdict(struct px_auth *a, enum px_fileurl_verdict v)
+{
+    switch (v) {
+    case PX_FILEURL_OK: return 0;
+    case PX_FILEURL_NO_PATH: file_refuse(a, 400, "signed file URL without a path parameter"); break;
+    case PX_FILEURL_BAD_EXPIRES:
+        file_refuse(a, 401, "signed file URL: expires must be a unix time (0: never)");
+        break;
+    case PX_FILEURL_EXPIRED: file_refuse(a, 401, "signed file URL has expired"); break;
+    case PX_FILEURL_SCHEME: file_refuse(a, 401, "unsupported signature scheme"); break;
+    case PX_FILEURL_MISMATCH: file_refuse(a, 401, "invalid signature"); break;
+    case PX_FILEURL_NOMEM: file_refuse(a, 503, "out of memory"); break;
+    }
+    return 1;
+}
+
+static void file_no_key(struct px_auth *a)
+{
+    if (a->backend_err || a->busy_err) /* could not tell: 503 or 429, never a guess */
+        a->step = ST_FAIL;
+    else
+        file_refuse(a, 401, "no signing key is available for this sandbox");
+}
+
+/* Standalone: the record (fetched in SANDBOX) holds the key. Its changes are
+ * published on proxy:invalidate, so a mismatch needs no second fetch. */
+static void file_standalone(struct px_auth *a)
+{
+    const char *key = a->sb != NULL ? a->sb->signing_key : NULL;
+
+    if (a->backend_err || a->busy_err) {
+        a->step = ST_FAIL;
+        return;
+    }
+    if (file_verdict(a, px_fileurl_check(&a->in.file, a->in.now)))
+        return;
+    if (key == NULL || key[0] == '\0')
+        return file_no_key(a);
+    if (file_verdict(a, px_fileurl_verify(&a->in.file, px_str_make(key, strlen(key)))))
+        return;
+    allow(a, &a->sb);
+}
 
 static void note_error(struct px_auth *a, const char *err)
 {
@@ -159,6 +227,17 @@ static void on_lookup(void *arg, const struct px_lk_value *v, const char *err)
         if (err != NULL)
             note_error(a, err);
         else if (v->found && (a->other = px_sandbox_dup(v->sb)) == NULL)
+            note_error(a, px_err_nomem);
+        break;
+    case ST_API_SIGNING_FRESH:
+        if (err != NULL) /* keep the key that did not match: a failed refetch is no 503 */
+            break;
+        __attribute__((fallthrough));
+    case ST_API_SIGNING:
+        key_free(&a->skey);
+        if (err != NULL)
+            note_error(a, err);
+        else if (v->found && (a->skey = strdup(v->str)) == NULL)
             note_error(a, px_err_nomem);
         break;
     case ST_PUBLIC:
@@ -295,6 +374,12 @@ static void api_step(struct px_auth *a)
         a->step = ST_API_PUBLIC;
         return lookup(a, PX_LK_API_PUBLIC, in->label);
     case ST_API_PUBLIC: {
+        if (in->file_url) { /* §5 step 7: in place of step 8, after C2 */
+            if (file_verdict(a, px_fileurl_check(&in->file, in->now)))
+                return;
+            a->step = ST_API_SIGNING;
+            return lookup(a, PX_LK_API_SIGNING, in->label);
+        }
         if (a->api_yes && !px_port_reserved(in->port) && !in->toolbox)
             return api_granted(a, in->label);
         struct px_str t = bearer(in->req);
@@ -341,6 +426,24 @@ static void api_step(struct px_auth *a)
         }
         a->step = ST_FAIL;
         return;
+    case ST_API_SIGNING:
+    case ST_API_SIGNING_FRESH: {
+        if (a->skey == NULL)
+            return file_no_key(a);
+        enum px_fileurl_verdict v =
+            px_fileurl_verify(&in->file, px_str_make(a->skey, strlen(a->skey)));
+        if (v == PX_FILEURL_MISMATCH && a->step == ST_API_SIGNING) {
+            /* §7: the key may have been rotated since we cached it: ask C12
+             * once more past the caches; what it says replaces them. */
+            a->step = ST_API_SIGNING_FRESH;
+            a->waiting = 1;
+            a->lk = px_lookup_refresh(PX_LK_API_SIGNING, in->label, in->client, on_lookup, a);
+            return;
+        }
+        if (file_verdict(a, v))
+            return;
+        return api_granted(a, in->label);
+    }
     case ST_API_RUNNER:
         if (a->other != NULL)
             return allow(a, &a->other);
@@ -371,6 +474,8 @@ static void step(struct px_auth *a)
     switch (a->step) {
     case ST_SANDBOX: return lookup(a, PX_LK_SANDBOX, in->label);
     case ST_PUBLIC:
+        if (in->file_url)
+            return file_standalone(a);
         if (a->sb != NULL && a->sb->is_public && !px_port_reserved(in->port) && !in->toolbox)
             return allow(a, &a->sb);
         a->step = ST_BEARER;
@@ -480,7 +585,9 @@ static void step(struct px_auth *a)
     case ST_API_QUERY:
     case ST_API_SIGNED:
     case ST_API_ACCESS:
-    case ST_API_RUNNER: a->step = ST_FAIL; return; /* API mode only (api_step) */
+    case ST_API_RUNNER:
+    case ST_API_SIGNING:
+    case ST_API_SIGNING_FRESH: a->step = ST_FAIL; return; /* API mode only (api_step) */
     case ST_FAIL:
         if (a->busy_err) {
             a->out.status = 429;
@@ -514,6 +621,7 @@ static void auth_free(struct px_auth *a)
 {
     px_sandbox_free(a->sb);
     px_sandbox_free(a->other);
+    key_free(&a->skey);
     free(a);
 }
 

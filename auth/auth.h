@@ -9,6 +9,7 @@
 
 #include <time.h>
 
+#include "auth/fileurl.h"
 #include "proxy/h1.h"
 #include "proxy/px.h"
 
@@ -23,11 +24,13 @@ struct px_auth_in {
     unsigned toolbox : 1;      /* /toolbox/{id}/... on a base host */
     struct px_str query_token; /* DAYTONA_SANDBOX_AUTH_KEY value, or empty */
     unsigned has_query_token : 1;
+    unsigned file_url : 1;  /* a signed file URL (SPEC 4.7): its signature alone decides */
+    struct px_fileurl file; /* when file_url; slices of the request target */
     const char *client; /* borrowed; the client's address, for per-client lookup budgets */
 };
 
 struct px_auth_out {
-    int status;            /* 0 allowed, else 401/403/404/503 */
+    int status;            /* 0 allowed, else 400 (file URL)/401/403/404/429/503 */
     const char *code;      /* static; for the error body */
     const char *message;   /* static; safe to show */
     struct px_sandbox *sb; /* owned by the receiver once the callback runs; NULL on refusal */

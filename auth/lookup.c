@@ -59,6 +59,7 @@
 #include <hiredis/hiredis.h>
 
 #include <jansson.h>
+#include <openssl/crypto.h>
 
 #include "auth/lookup.h"
 #include "auth/redis.h"
@@ -87,11 +88,14 @@ const char px_err_api_down[] = "the Daytona API is unavailable";
  * askers share one call, but a revoked signed URL must stop minting cookies at once. */
 #define API_SIGNED_TTL 0
 #define API_WARNING_TTL 60
+#define API_SIGNING_TTL 30   /* §7: then a rotated-away key stops working */
+#define SIGNING_KEY_MAX 1024 /* Daytona's are nanoid(32): a longer answer is no key */
 
 static int api_kind(enum px_lk_kind k)
 {
     return k == PX_LK_API_PUBLIC || k == PX_LK_API_TOKEN || k == PX_LK_API_SIGNED ||
-           k == PX_LK_API_RUNNER || k == PX_LK_API_ACCESS || k == PX_LK_API_WARNING;
+           k == PX_LK_API_RUNNER || k == PX_LK_API_ACCESS || k == PX_LK_API_WARNING ||
+           k == PX_LK_API_SIGNING;
 }
 
 /* A client address as the budget sees it: family, then IPv4 or an IPv6 /64. */
@@ -125,6 +129,7 @@ struct entry {
     unsigned stale : 1;      /* invalidated while pending or delivering: deliver, do not keep */
     unsigned delivering : 1; /* deliver() is walking its waiters: nobody else may free it */
     unsigned newcomer : 1;   /* took a newcomer unit: given back if something is found */
+    unsigned refresh : 1;    /* px_lookup_refresh(): past Daytona's cache; always charged */
     struct ckey client;      /* who started the fetch: charged if it finds nothing */
     time_t fetched;
     time_t expires;
@@ -154,6 +159,8 @@ static struct {
     uint64_t salt;           /* of the client table's hash */
     struct cslot clients[CLIENT_SETS][CLIENT_WAYS];
     struct px_lookup_stats stats;
+    struct entry *starting; /* lookup_start() is starting its fetch: did it deliver? */
+    int starting_done;
 } L;
 
 static uint64_t fnv(const char *p, size_t n)
@@ -167,6 +174,8 @@ static uint64_t fnv(const char *p, size_t n)
 static void value_clear(struct px_lk_value *v)
 {
     px_sandbox_free(v->sb);
+    if (v->str != NULL) /* it may be a signing key */
+        OPENSSL_cleanse(v->str, strlen(v->str));
     free(v->str);
     memset(v, 0, sizeof(*v));
 }
@@ -525,7 +534,7 @@ static void account(struct entry *e, const char *err)
     double now = mono();
     struct cslot *s;
 
-    if (err != NULL || e->v.found || e->kind == PX_LK_REVOKED) {
+    if (!e->refresh && (err != NULL || e->v.found || e->kind == PX_LK_REVOKED)) {
         if (e->newcomer) { /* found something (or could not tell): give it back */
             L.newcomers.tokens += 1;
             if (L.newcomers.tokens > cfg->lookup_burst)
@@ -560,6 +569,7 @@ static int ttl(const struct entry *e)
     case PX_LK_API_RUNNER: return e->v.found ? min_ttl(API_VALID_TTL, L.cfg->cache_ttl) : NEG_TTL;
     case PX_LK_API_SIGNED: return e->v.found ? API_SIGNED_TTL : NEG_TTL;
     case PX_LK_API_WARNING: return min_ttl(API_WARNING_TTL, L.cfg->cache_ttl);
+    case PX_LK_API_SIGNING: return min_ttl(API_SIGNING_TTL, L.cfg->cache_ttl);
     default: return e->v.found ? L.cfg->cache_ttl : NEG_TTL;
     }
 }
@@ -573,9 +583,13 @@ static int ttl(const struct entry *e)
 static void deliver(struct entry *e, const char *err)
 {
     struct waiter *w = e->waiters;
-    int keep = err == NULL && !e->stale; /* errors are never cached (SPEC 4) */
+    /* Errors are never cached (SPEC 4); nor is a missing signing key (§7: a
+     * sandbox just given one must not wait for a negative entry to expire). */
+    int keep = err == NULL && !e->stale && (e->kind != PX_LK_API_SIGNING || e->v.found);
 
     L.inflight--;
+    if (e == L.starting)
+        L.starting_done = 1;
     account(e, err);
     e->waiters = NULL;
     e->pending = 0;
@@ -671,7 +685,8 @@ static void on_fetch(void *arg, redisReply *r, const char *err)
     case PX_LK_API_SIGNED:
     case PX_LK_API_RUNNER:
     case PX_LK_API_ACCESS:
-    case PX_LK_API_WARNING: break; /* asked of the API, never of Redis (on_api) */
+    case PX_LK_API_WARNING:
+    case PX_LK_API_SIGNING: break; /* asked of the API, never of Redis (on_api) */
     }
     deliver(e, NULL);
 }
@@ -712,6 +727,18 @@ out:
     return rc;
 }
 
+/* A signing key as C12 answers it or Daytona's cache holds it: HMAC key text,
+ * 1..SIGNING_KEY_MAX bytes without NUL. 0 when it filled e->v. */
+static int signing_key(struct entry *e, const char *key, size_t len)
+{
+    if (key == NULL || len == 0 || len > SIGNING_KEY_MAX || strlen(key) != len)
+        return -1;
+    if ((e->v.str = strdup(key)) == NULL)
+        return -1;
+    e->v.found = 1;
+    return 0;
+}
+
 /* ---- Daytona's Redis cache (DAYTONA-API.md §4): shared with its Go proxy ---- */
 
 #define DAYTONA_MAX_VALUE 65536 /* a bigger cached value is someone else's mistake: a miss */
@@ -728,6 +755,7 @@ static int daytona_key(const struct entry *e, char *buf, size_t cap)
     case PX_LK_API_TOKEN:
     case PX_LK_API_ACCESS: prefix = "proxy:sandbox-auth-key-valid:"; break; /* "{label}:{cred}" */
     case PX_LK_API_RUNNER: prefix = "proxy:sandbox-runner-info:"; break;
+    case PX_LK_API_SIGNING: prefix = "proxy:sandbox-signing-key:"; break;
     case PX_LK_API_WARNING: { /* ours is "{port}:{label}", Daytona's "{label}:{port}" */
         const char *colon = strchr(key, ':');
         if (colon == NULL)
@@ -765,6 +793,21 @@ static void daytona_store(const struct entry *e)
         }
         free(text);
         seconds = API_VALID_TTL;
+    } else if (e->kind == PX_LK_API_SIGNING) {
+        json_t *v;
+        char *text;
+        if (!e->v.found)
+            return;
+        v = json_pack("{s:s}", "value", e->v.str);
+        text = v != NULL ? json_dumps(v, JSON_COMPACT) : NULL;
+        json_decref(v);
+        if (text == NULL || (vn = snprintf(val, sizeof(val), "%s", text)) >= (int)sizeof(val)) {
+            free(text);
+            return;
+        }
+        OPENSSL_cleanse(text, strlen(text));
+        free(text);
+        seconds = API_SIGNING_TTL;
     } else {
         vn = snprintf(val, sizeof(val), "{\"value\":%s}", e->v.found ? "true" : "false");
         seconds = e->kind == PX_LK_API_PUBLIC    ? API_PUBLIC_TTL
@@ -776,6 +819,7 @@ static void daytona_store(const struct entry *e)
     const char *argv[5] = {"SET", key, val, "EX", ex};
     size_t len[5] = {3, (size_t)kn, (size_t)vn, 2, (size_t)exn};
     px_redis_send(L.redis, 5, argv, len); /* a write error is only logged by redis.c */
+    OPENSSL_cleanse(val, sizeof(val));
 }
 
 /* Reads a cached {"value": V}; 0 when it filled e->v. */
@@ -789,6 +833,10 @@ static int daytona_load(struct entry *e, const char *text, size_t len)
         goto out;
     if (e->kind == PX_LK_API_RUNNER) {
         rc = runner_record(e, strchr(e->key, ':') + 1, v, "apiUrl");
+    } else if (e->kind == PX_LK_API_SIGNING) {
+        if (signing_key(e, json_string_value(v), json_is_string(v) ? json_string_length(v) : 0) ==
+            0)
+            rc = 0;
     } else if (json_is_boolean(v)) {
         e->v.found = json_is_true(v);
         rc = 0;
@@ -859,6 +907,15 @@ static void on_api(void *arg, const struct px_api_resp *r)
             if ((e->v.str = strdup(r->body)) == NULL)
                 return deliver(e, px_err_nomem);
             e->v.found = 1;
+        } else if (!final4xx) {
+            return deliver(e, px_err_api_down);
+        }
+        break;
+    case PX_LK_API_SIGNING:
+        /* §2 C12: the raw key; a final 4xx means none (not cached, see deliver()) */
+        if (r->status == 200) {
+            if (signing_key(e, r->body, r->body_len) != 0)
+                return deliver(e, px_err_api_down);
         } else if (!final4xx) {
             return deliver(e, px_err_api_down);
         }
@@ -963,6 +1020,12 @@ static void start_api_fetch(struct entry *e, struct px_str key)
             bearer[k2.len] = '\0';
         }
         break;
+    case PX_LK_API_SIGNING:
+        evbuffer_add_printf(path, "/preview/");
+        px_url_encode(path, k1);
+        evbuffer_add_printf(path, "/signing-key");
+        flags = PX_API_FINAL_4XX;
+        break;
     default:
         evbuffer_add_printf(path, "/runners/by-sandbox/");
         px_url_encode(path, k1);
@@ -981,7 +1044,7 @@ static void start_api_fetch(struct entry *e, struct px_str key)
         return deliver(e, px_err_nomem);
     char dkey[800];
     int dn = daytona_key(e, dkey, sizeof(dkey));
-    if (L.redis != NULL && dn > 0) { /* what this proxy or a Go proxy cached first */
+    if (L.redis != NULL && dn > 0 && !e->refresh) { /* what this proxy or a Go proxy cached */
         const char *argv[2] = {"GET", dkey};
         size_t len[2] = {3, (size_t)dn};
         px_redis_cmd(L.redis, on_daytona_cache, e, 2, argv, len);
@@ -1053,8 +1116,8 @@ static void memory_lookup(enum px_lk_kind kind, struct px_str key, px_lk_cb cb, 
     cb(arg, &v, NULL);
 }
 
-struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, const char *client, px_lk_cb cb,
-                        void *arg)
+static struct px_lk *lookup_start(enum px_lk_kind kind, struct px_str key, const char *client,
+                                  px_lk_cb cb, void *arg, int refresh)
 {
     char buf[600];
     int n;
@@ -1084,6 +1147,10 @@ struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, const char *cli
         entry_free(e);
         e = NULL;
     }
+    /* A refresh doubts what is cached or on its way; it joins only another refresh. */
+    struct entry *doubted = refresh && e != NULL && !(e->pending && e->refresh) ? e : NULL;
+    if (doubted != NULL)
+        e = NULL;
     if (e != NULL && !e->pending) {
         L.stats.hits++;
         cb(arg, &e->v, NULL);
@@ -1104,10 +1171,20 @@ struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, const char *cli
     client_key(client, &ck);
     why = L.nentries >= MAX_ENTRIES ? px_err_nomem : admit(kind, &ck, &newcomer);
     if (why != NULL) {
-        L.stats.refused++;
+        L.stats.refused++; /* a refused refresh leaves the cache as it was */
         free(w);
         cb(arg, NULL, why);
         return NULL;
+    }
+    if (doubted != NULL) {
+        /* A fetch in flight is delivered to its waiters but not kept; the new
+         * entry goes to the head of the chain, where find() sees it first. */
+        if (doubted->pending || doubted->delivering) {
+            doubted->stale = 1;
+        } else {
+            entry_unlink(doubted);
+            entry_free(doubted);
+        }
     }
     L.stats.misses++;
     if ((e = calloc(1, sizeof(*e))) == NULL || (e->key = strdup(buf)) == NULL) {
@@ -1122,6 +1199,7 @@ struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, const char *cli
     e->kind = kind;
     e->pending = 1;
     e->newcomer = newcomer;
+    e->refresh = refresh != 0;
     e->client = ck;
     if (kind == PX_LK_API_ACCESS && client != NULL)
         e->xff = strdup(client); /* NULL on failure: the call goes without it */
@@ -1130,10 +1208,30 @@ struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, const char *cli
     L.buckets[h % NBUCKETS] = e;
     L.nentries++;
     /* The fetch may fail at once (link down) and deliver synchronously, which
-     * frees w: report "already done" in that case. */
+     * frees w: report "already done" in that case. Asked of deliver() itself,
+     * not of find(): after a refresh another pending entry (the stale one it
+     * replaced) may hold the same key. */
+    struct entry *outer = L.starting;
+    int outer_done = L.starting_done;
+    L.starting = e;
+    L.starting_done = 0;
     start_fetch(e, key);
-    e = find(buf, (size_t)n, h);
-    return e != NULL && e->pending ? (struct px_lk *)w : NULL;
+    int done = L.starting_done;
+    L.starting = outer;
+    L.starting_done = outer_done;
+    return done ? NULL : (struct px_lk *)w;
+}
+
+struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, const char *client, px_lk_cb cb,
+                        void *arg)
+{
+    return lookup_start(kind, key, client, cb, arg, 0);
+}
+
+struct px_lk *px_lookup_refresh(enum px_lk_kind kind, struct px_str key, const char *client,
+                                px_lk_cb cb, void *arg)
+{
+    return lookup_start(kind, key, client, cb, arg, 1);
 }
 
 void px_lookup_cancel(struct px_lk *lk)

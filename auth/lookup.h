@@ -28,6 +28,8 @@ enum px_lk_kind {
     PX_LK_API_ACCESS,  /* key: "{label}:{bearer}" (C3, the user's token, X-Forwarded-For =
                           the lookup's client) -> found = allowed */
     PX_LK_API_WARNING, /* key: "{port}:{label}" (C13) -> found = show the warning page */
+    PX_LK_API_SIGNING, /* key: sandbox ID (C12) -> str = its file-URL signing key (a
+                          secret: never logged); kept 30 s, and only when found */
 };
 
 /* Borrowed by the callback for its duration only: copy what you keep. */
@@ -62,6 +64,16 @@ void px_lookup_set_config(const struct px_config *cfg);
 struct px_lk *px_lookup(enum px_lk_kind kind, struct px_str key, const char *client, px_lk_cb cb,
                         void *arg);
 void px_lookup_cancel(struct px_lk *lk);
+
+/* Like px_lookup(), but asks the backend again, bypassing both caches (the
+ * process's and Daytona's Redis keys), and what it finds replaces the cached
+ * entry. Joins a refresh already in flight for key. For a key that did not
+ * match what was cached (API mode: a signing key rotated, DAYTONA-API.md §7).
+ * Each one costs the client one unit of its miss budget, found or not, so a
+ * flood of bad signatures cannot turn into a flood of API calls: a refused
+ * refresh reports px_err_busy. */
+struct px_lk *px_lookup_refresh(enum px_lk_kind kind, struct px_str key, const char *client,
+                                px_lk_cb cb, void *arg);
 
 /* Drops cache entries as a proxy:invalidate message says. */
 void px_lookup_invalidate(struct px_str msg);

@@ -124,7 +124,7 @@ static void exchange_reset(struct px_conn *c)
     c->t_upstream = (struct timeval){0, 0};
     c->path = PX_STR_NULL;
     c->port = 0;
-    c->toolbox = c->drop_authorization = c->has_query_token = 0;
+    c->toolbox = c->drop_authorization = c->has_query_token = c->file_url = 0;
     c->req_body = BODY_NONE;
     c->req_left = 0;
     c->req_done = 0;

@@ -89,6 +89,7 @@ struct px_conn {
     struct px_str toolbox_rest; /* slice of req.buf */
     struct px_str query_token;  /* slice of req.buf */
     unsigned has_query_token : 1;
+    unsigned file_url : 1; /* a signed file URL (SPEC 4.7): signature, expires not forwarded */
 
     enum body_kind req_body;
     int64_t req_left; /* BODY_LENGTH: bytes still to read */

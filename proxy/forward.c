@@ -135,17 +135,29 @@ static void build_request(struct px_conn *c, struct evbuffer *out)
         add_u64(out, c->port);
     }
     const char *q = target.len ? memchr(target.p, '?', target.len) : NULL;
-    if (q != NULL && c->has_query_token) {
-        /* Drop the consumed auth parameter; every other byte stays as received. */
+    if (q != NULL && (c->has_query_token || c->file_url)) {
+        /* Drop the consumed auth parameters (a signed file URL's signature and
+         * expires, SPEC 4.7; its path is the runner's); every other byte stays
+         * as received. */
+        static const struct px_str consumed[] = {PX_STR("DAYTONA_SANDBOX_AUTH_KEY"),
+                                                 PX_STR("signature"), PX_STR("expires")};
         struct px_str query = px_str_make(q + 1, target.len - (size_t)(q + 1 - target.p));
-        char *tmp = malloc(query.len + 1);
+        char *tmp = malloc(2 * query.len + 2);
         int found;
         evbuffer_add(out, target.p, (size_t)(q - target.p));
         if (tmp != NULL) {
-            size_t n = px_query_strip(query, PX_STR("DAYTONA_SANDBOX_AUTH_KEY"), tmp, &found, NULL);
-            if (n > 0) {
+            char *buf[2] = {tmp, tmp + query.len + 1};
+            int cur = 0;
+            for (size_t i = 0; i < sizeof(consumed) / sizeof(consumed[0]); i++) {
+                if (i == 0 ? !c->has_query_token : !c->file_url)
+                    continue;
+                query.len = px_query_strip(query, consumed[i], buf[cur], &found, NULL);
+                query.p = buf[cur];
+                cur ^= 1;
+            }
+            if (query.len > 0) {
                 evbuffer_add(out, "?", 1);
-                evbuffer_add(out, tmp, n);
+                evbuffer_add(out, query.p, query.len);
             }
             free(tmp);
         }

@@ -333,6 +333,8 @@ static void start_auth(struct px_conn *c, struct px_str label)
     in.toolbox = c->toolbox;
     in.query_token = c->query_token;
     in.has_query_token = c->has_query_token;
+    in.file_url = c->file_url =
+        c->toolbox && px_fileurl_match(c->req.method, c->toolbox_rest, &in.file);
     in.client = c->peer_ip;
     c->auth = px_auth_start(&in, on_auth, c);
 }

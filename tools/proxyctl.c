@@ -24,6 +24,7 @@
 #include <openssl/rand.h>
 
 #include "auth/digest.h"
+#include "auth/fileurl.h"
 
 #define CHANNEL "proxy:invalidate"
 #define ID_MAX 128
@@ -267,7 +268,7 @@ static int random_alnum(struct ctl *c, char *out, size_t n)
 
 /* The one way a secret leaves proxyctl: a credential it has just generated, on
  * stdout, for the admin who asked for it (`sandbox add` without --auth-token,
- * `token rotate`, `signed-url create`, `api-key create`). Never stderr and
+ * `token rotate`, `signed-url create`, `file-url create`, `api-key create`). Never stderr and
  * never an error message, which end up in logs; the proxy itself logs none. */
 static void reveal(const char *label, const char *value)
 {
@@ -842,6 +843,134 @@ static int signed_url_create(struct ctl *c, int argc, char **argv)
     return CTL_OK;
 }
 
+/* SPEC 4.7: a link to one file of sandbox ID, signed with its signing_key. The URL names the base
+ * host (--domain, --scheme, --listen-port as for signed-url create): the toolbox route lives there.
+ */
+static int file_url_create(struct ctl *c, int argc, char **argv)
+{
+    static const struct option lo[] = {
+        {"method", required_argument, NULL, 'm'},
+        {"expires", required_argument, NULL, 'e'},
+        {"domain", required_argument, NULL, 'D'},
+        {"scheme", required_argument, NULL, 's'},
+        {"listen-port", required_argument, NULL, 'l'},
+        HELP_OPTION,
+        END_OPTION,
+    };
+    static const char unreserved[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                     "0123456789-._~/";
+    const char *method = "GET", *expires_arg = NULL, *domain_arg = "proxy.localhost";
+    const char *scheme = "http", *listen_arg = NULL, *id, *path;
+    char key[SANDBOX_KEY_MAX], domain[HOST_MAX + 1], suffix[8] = "", when[24];
+    char sig[PX_FILEURL_SIG_MAX];
+    long expires = 0, listen = 0;
+    redisReply *r;
+    int o, rc;
+
+    opt_reset();
+    while ((o = getopt_long(argc, argv, ":h", lo, NULL)) != -1) {
+        switch (o) {
+        case 'm': method = optarg; break;
+        case 'e': expires_arg = optarg; break;
+        case 'D': domain_arg = optarg; break;
+        case 's': scheme = optarg; break;
+        case 'l': listen_arg = optarg; break;
+        default: return opt_error(c, o, argv);
+        }
+    }
+    if ((rc = want_args(c, argc, argv, 2, 2)) != CTL_OK || (rc = arg_id(c, argv[optind])) != CTL_OK)
+        return rc;
+    id = argv[optind];
+    path = argv[optind + 1];
+    if (path[0] == '\0' || strlen(path) > VALUE_MAX)
+        return fail(c, CTL_USAGE, "bad PATH: expected 1-%d bytes", VALUE_MAX);
+    if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0)
+        return fail(c, CTL_USAGE,
+                    "bad --method '%s': expected GET (download, HEAD too) or POST "
+                    "(upload)",
+                    method);
+    if (expires_arg == NULL)
+        return fail(c, CTL_USAGE, "--expires is required (0: the link never expires)");
+    if (strcmp(expires_arg, "0") != 0 && (rc = arg_expires(c, expires_arg, &expires)) != CTL_OK)
+        return rc;
+    if ((rc = arg_host(c, "--domain", domain_arg, domain)) != CTL_OK)
+        return rc;
+    if (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0)
+        return fail(c, CTL_USAGE, "bad --scheme '%s': expected http or https", scheme);
+    if (listen_arg != NULL) {
+        if ((rc = arg_port(c, "--listen-port", listen_arg, &listen)) != CTL_OK)
+            return rc;
+        snprintf(suffix, sizeof(suffix), ":%ld", listen);
+    }
+
+    snprintf(key, sizeof(key), "sandbox:%s", id);
+    if ((rc = ctl_connect(c)) != CTL_OK)
+        return rc;
+    if ((r = command(c, "HGET", key, "signing_key", NULL)) == NULL)
+        return CTL_FAIL;
+    if (r->type != REDIS_REPLY_STRING || r->len == 0) {
+        freeReplyObject(r);
+        if ((r = command(c, "EXISTS", key, NULL)) == NULL)
+            return CTL_FAIL;
+        rc = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
+        freeReplyObject(r);
+        return rc ? fail(c, CTL_FAIL,
+                         "sandbox %s has no signing_key (proxyctl signing-key "
+                         "rotate %s makes one)",
+                         id, id)
+                  : fail(c, CTL_FAIL, "no such sandbox (%s)", key);
+    }
+    snprintf(when, sizeof(when), "%ld", expires == 0 ? 0L : (long)time(NULL) + expires);
+    size_t n = px_fileurl_sign(px_str_make(r->str, r->len), method, px_str_make(path, strlen(path)),
+                               px_str_make(when, strlen(when)), sig);
+    OPENSSL_cleanse(r->str, r->len);
+    freeReplyObject(r);
+    if (n == 0)
+        return fail(c, CTL_FAIL, "signing failed");
+
+    /* path as a query value: everything but unreserved characters and '/' escaped */
+    size_t plen = strlen(path), cap = strlen(scheme) + strlen(domain) + strlen(id) + 3 * plen + 200;
+    char *url = malloc(cap), *u;
+    if (url == NULL)
+        return fail(c, CTL_FAIL, "out of memory");
+    u = url + snprintf(url, cap, "%s://%s%s/toolbox/%s/files/%s?path=", scheme, domain, suffix, id,
+                       strcmp(method, "GET") == 0 ? "download" : "upload-v2");
+    for (size_t i = 0; i < plen; i++) {
+        unsigned char ch = (unsigned char)path[i];
+        if (ch != '\0' && strchr(unreserved, ch) != NULL)
+            *u++ = (char)ch;
+        else
+            u += sprintf(u, "%%%02X", ch);
+    }
+    snprintf(u, cap - (size_t)(u - url), "&expires=%s&signature=%s", when, sig);
+    reveal("url", url);
+    reveal("expires", when);
+    free(url);
+    return CTL_OK;
+}
+
+/* A new random signing key for sandbox ID: every file URL signed with the old one stops working
+ * at once (the record change is published like any other). */
+static int signing_key_rotate(struct ctl *c, int argc, char **argv)
+{
+    char key[SANDBOX_KEY_MAX], skey[33];
+    struct tx t = {0};
+    int rc;
+
+    if ((rc = plain_args(c, argc, argv, 1, 1)) != CTL_OK ||
+        (rc = arg_id(c, argv[optind])) != CTL_OK)
+        return rc;
+    if ((rc = random_alnum(c, skey, 32)) != CTL_OK)
+        return rc;
+    snprintf(key, sizeof(key), "sandbox:%s", argv[optind]);
+    tx_add(&t, "HSET", key, fields[F_SIGNING_KEY].name, skey, NULL);
+    tx_add(&t, "PUBLISH", CHANNEL, key, NULL);
+    if ((rc = ctl_connect(c)) == CTL_OK)
+        rc = tx_run(c, &t, key, "sandbox", NULL);
+    OPENSSL_cleanse(skey, sizeof(skey));
+    return rc;
+}
+
 static int signed_url_revoke(struct ctl *c, int argc, char **argv)
 {
     char tkey[sizeof("sandbox:signed-preview-url-token:65535:") + ID_MAX];
@@ -1033,6 +1162,20 @@ static const struct verb verbs[] = {
     {"signed-url", "revoke", "PORT TOKEN",
      "    Revoke a signed preview URL, including auth cookies minted from it.\n",
      signed_url_revoke},
+    {"file-url", "create",
+     "ID PATH --expires SECONDS|0 [--method GET|POST]\n"
+     "        [--domain D] [--scheme http|https] [--listen-port N]",
+     "    Issue a signed file URL (SPEC 4.7) for PATH in sandbox ID, signed with its signing_key\n"
+     "    and valid for SECONDS (0: forever). GET (the default) makes a download link (HEAD\n"
+     "    works too), POST an upload link. Prints \"url: SCHEME://DOMAIN[:N]/toolbox/ID/files/\n"
+     "    download?path=...&expires=...&signature=...\" (upload-v2 for POST) and \"expires: T\"\n"
+     "    (unix time, 0 for never). The domain is the proxy's base host. Defaults: --domain\n"
+     "    proxy.localhost, --scheme http, no port in the URL.\n",
+     file_url_create},
+    {"signing-key", "rotate", "ID",
+     "    Give sandbox ID a new random signing key: file URLs signed with the old one stop\n"
+     "    working.\n",
+     signing_key_rotate},
     {"api-key", "create", "--org O [--expires SECONDS]",
      "    Create an API key for org O (valid for SECONDS, or forever) and print it. Only\n"
      "    its SHA-256 is stored, so this is the one chance to copy it.\n",

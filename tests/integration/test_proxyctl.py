@@ -7,7 +7,9 @@ command's messages end, so no test waits for time to pass.
 
 Fixtures here are prefixed pc_ so they cannot collide with conftest.py's.
 """
+import base64
 import hashlib
+import hmac
 import os
 import re
 import shutil
@@ -181,6 +183,7 @@ def hgetall(db, key):
 
 VERBS = [("sandbox", "add"), ("sandbox", "set"), ("sandbox", "rm"), ("sandbox", "show"),
          ("token", "rotate"), ("signed-url", "create"), ("signed-url", "revoke"),
+         ("file-url", "create"), ("signing-key", "rotate"),
          ("api-key", "create"), ("api-key", "rm"), ("domain", "add"), ("domain", "rm"),
          ("invalidate", "all")]
 
@@ -246,6 +249,19 @@ BAD = [
     ["signed-url", "revoke", "3000"],
     ["signed-url", "revoke", "x", "tok"],
     ["signed-url", "revoke", "3000", "tok.en"],
+    ["file-url", "create", "sb1", "/a"],
+    ["file-url", "create", "sb1", "--expires", "60"],
+    ["file-url", "create", "sb1", "", "--expires", "60"],
+    ["file-url", "create", "bad.id", "/a", "--expires", "60"],
+    ["file-url", "create", "sb1", "/a", "--expires", "-5"],
+    ["file-url", "create", "sb1", "/a", "--expires", "1.5"],
+    ["file-url", "create", "sb1", "/a", "--expires", "60", "--method", "HEAD"],
+    ["file-url", "create", "sb1", "/a", "--expires", "60", "--method", "get"],
+    ["file-url", "create", "sb1", "/a", "--expires", "60", "--scheme", "ftp"],
+    ["file-url", "create", "sb1", "/a", "--expires", "60", "--domain", "a..b"],
+    ["file-url", "create", "sb1", "/a", "b", "--expires", "60"],
+    ["signing-key", "rotate"],
+    ["signing-key", "rotate", "bad id"],
     ["api-key", "create"],
     ["api-key", "create", "--org", "o", "--expires", "soon"],
     ["api-key", "create", "--org", "o", "extra"],
@@ -396,6 +412,72 @@ def test_token_rotate_missing_sandbox(pc_ctl, pc_db, pc_sub):
     assert p.returncode == 1 and "no such sandbox" in p.stderr and p.stdout == ""
     assert pc_db("EXISTS", f"sandbox:{sid}") == 0  # not resurrected as a bare token hash
     assert pc_sub.messages() == []
+
+
+# -------------------------------------------------------------------- file URLs --
+
+def file_sig(key, method, path, expires):
+    mac = hmac.new(key.encode(), f"v1:files:{method}:{path}:{expires}".encode(),
+                   hashlib.sha256).digest()
+    return "v1_" + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def test_file_url_create_download_never_expires(pc_ctl, pc_sub):
+    sid = new_id()
+    add_sandbox(pc_ctl, sid, "--signing-key", "testsigningkey1234567890abcdefgh")
+    pc_sub.messages()
+    p = pc_ctl("file-url", "create", sid, "/home/user/report.pdf", "--expires", "0")
+    assert p.returncode == 0, p.stderr
+    # DAYTONA-API.md §7's second test vector; GET is the default method
+    assert p.stdout == (f"url: http://proxy.localhost/toolbox/{sid}/files/download"
+                        "?path=/home/user/report.pdf&expires=0"
+                        "&signature=v1_lpj67Q-1iHxBviass5MZhGs36X80uk3DgCaRjjmyPrk\n"
+                        "expires: 0\n")
+    assert pc_sub.messages() == []                  # nothing was written
+
+
+def test_file_url_create_upload_with_options(pc_ctl):
+    sid = new_id()
+    add_sandbox(pc_ctl, sid, "--signing-key", "sk-S3CRET-42")
+    path = "/tmp/in coming/ä&b=c.bin"
+    t0 = int(time.time())
+    p = pc_ctl("file-url", "create", sid, path, "--method", "POST", "--expires", "600",
+               "--domain", "Proxy.Example", "--scheme", "https", "--listen-port", "8443")
+    t1 = int(time.time())
+    assert p.returncode == 0, p.stderr
+    m = re.fullmatch(r"url: https://proxy\.example:8443/toolbox/([^/]+)/files/upload-v2"
+                     r"\?path=([^&]+)&expires=(\d+)&signature=(v1_[A-Za-z0-9_-]{43})\n"
+                     r"expires: (\d+)\n", p.stdout)
+    assert m, p.stdout
+    assert m.group(1) == sid and m.group(3) == m.group(5)
+    assert m.group(2) == "/tmp/in%20coming/%C3%A4%26b%3Dc.bin"
+    exp = int(m.group(3))
+    assert t0 + 600 <= exp <= t1 + 600
+    assert m.group(4) == file_sig("sk-S3CRET-42", "POST", path, exp)
+    assert "sk-S3CRET-42" not in p.stdout + p.stderr
+
+
+def test_file_url_create_needs_a_signing_key(pc_ctl):
+    sid = new_id()
+    add_sandbox(pc_ctl, sid)
+    p = pc_ctl("file-url", "create", sid, "/a", "--expires", "60")
+    assert p.returncode == 1 and "no signing_key" in p.stderr and p.stdout == "", p.stderr
+    p = pc_ctl("file-url", "create", new_id(), "/a", "--expires", "60")
+    assert p.returncode == 1 and "no such sandbox" in p.stderr and p.stdout == "", p.stderr
+
+
+def test_signing_key_rotate(pc_ctl, pc_db, pc_sub):
+    sid = new_id()
+    add_sandbox(pc_ctl, sid, "--signing-key", "old-key", "--org", "o1")
+    pc_sub.messages()
+    p = pc_ctl("signing-key", "rotate", sid)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == ""                           # file-url create reads it from Redis
+    h = hgetall(pc_db, f"sandbox:{sid}")
+    assert re.fullmatch(r"[a-z0-9]{32}", h["signing_key"]) and h["org"] == "o1"
+    assert pc_sub.messages() == [f"sandbox:{sid}"]
+    p = pc_ctl("signing-key", "rotate", new_id())
+    assert p.returncode == 1 and "no such sandbox" in p.stderr
 
 
 # ------------------------------------------------------------------ signed URLs --
