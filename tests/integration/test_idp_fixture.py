@@ -16,7 +16,7 @@ import jwt
 import pytest
 import requests
 
-from helpers import BASE_DOMAIN
+from helpers import BASE_DOMAIN, wait_until
 from idpfix import *  # noqa: F401,F403
 from idpfix import IDP_USERS, LoginRejected, login
 
@@ -204,7 +204,8 @@ def test_id_token_ttl(idp):
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["exp"] - claims["iat"] == 1
     # It does expire: verification refuses it once exp has passed (bounded poll).
-    key = jwt.PyJWK.from_dict(jwks(idp)["keys"][0]).key
+    kid = jwt.get_unverified_header(token)["kid"]
+    key = jwt.PyJWK.from_dict(next(k for k in jwks(idp)["keys"] if k["kid"] == kid)).key
 
     def expired():
         try:
@@ -212,7 +213,7 @@ def test_id_token_ttl(idp):
             return False
         except jwt.ExpiredSignatureError:
             return True
-    from helpers import wait_until
+    assert not expired()
     wait_until(expired, timeout=5, interval=0.1, what="the 1 s ID token to expire")
 
 
