@@ -53,7 +53,7 @@ deps:
 # browser tests (never a downloaded browser).
 test-deps: deps
 	@./scripts/apt-install.sh $(TEST_PKGS)
-	@for s in tests/browser/setup.sh tests/terminal/setup.sh; do sh $$s || exit 1; done
+	@for s in tests/browser/setup.sh tests/idp/setup.sh tests/terminal/setup.sh; do sh $$s || exit 1; done
 
 run: deps
 	$(MAKE) all
