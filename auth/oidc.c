@@ -10,6 +10,7 @@
  *
  * Every fetch has a timeout (PX_OIDC_TIMEOUT per attempt, one attempt); an
  * IdP that cannot be reached ends the op with 503, never a hang. */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +50,7 @@ struct px_oidc_op {
     struct px_api_call *call;         /* owned; the token exchange or C3 */
     struct px_lk *lk;                 /* owned by lookup.c; we only cancel it */
     unsigned in_start : 1, done : 1;
+    unsigned disc_waited : 1;  /* this op has waited for a discovery fetch */
     unsigned jwks_fetched : 1; /* this op has waited for a JWKS fetch */
     unsigned kid_refetch : 1;  /* ... and one more for an unknown kid */
     int api_mode, https;
@@ -209,6 +211,30 @@ static unsigned char *b64url_decode(const char *s, size_t n, size_t *outlen)
     *outlen = (size_t)r - (m - n); /* EVP_DecodeBlock counts the padding as zero bytes */
     out[*outlen] = '\0';
     return out;
+}
+
+/* Percent-decodes a query value into out (cap bytes, NUL-terminated); '+'
+ * is a space when plus is set. Returns the length, or -1 when it does not fit. */
+static long pct_decode(struct px_str in, int plus, char *out, size_t cap)
+{
+    size_t k = 0;
+
+    for (size_t i = 0; i < in.len; i++) {
+        char c = in.p[i];
+        if (c == '%' && i + 2 < in.len && isxdigit((unsigned char)in.p[i + 1]) &&
+            isxdigit((unsigned char)in.p[i + 2])) {
+            char hex[3] = {in.p[i + 1], in.p[i + 2], '\0'};
+            c = (char)strtoul(hex, NULL, 16);
+            i += 2;
+        } else if (c == '+' && plus) {
+            c = ' ';
+        }
+        if (k + 1 >= cap)
+            return -1;
+        out[k++] = c;
+    }
+    out[k] = '\0';
+    return (long)k;
 }
 
 static int random_b64(size_t nbytes, int padded, char *out)
@@ -788,7 +814,8 @@ static void on_jwks(void *arg, const struct px_api_resp *r)
     wake(W_JWKS);
 }
 
-/* Discovery for op's issuer: 1 when it is cached (go on), 0 when op now waits. */
+/* Discovery for op's issuer: 1 when it is cached (go on), 0 when op now
+ * waits, 2 when the fetch op waited for failed, -1 when it cannot be asked. */
 static int need_discovery(struct px_oidc_op *op)
 {
     char url[PX_OIDC_MAX_URL + 64];
@@ -820,12 +847,15 @@ static int need_discovery(struct px_oidc_op *op)
     }
     if (K.authz != NULL && K.disc_until > time(NULL))
         return 1;
+    if (op->disc_waited)
+        return 2; /* the fetch this op waited for failed: no second try */
     if (K.disc_call == NULL) {
         K.disc_call = px_http_request(op->srv, "GET", K.disc_url, NULL, NULL, 0, PX_API_ONCE,
                                       PX_OIDC_TIMEOUT, on_discovery, NULL);
         if (K.disc_call == NULL)
             return -1;
     }
+    op->disc_waited = 1;
     wait_on(op, W_DISCOVERY);
     return 0;
 }
@@ -1143,7 +1173,7 @@ static void resume(struct px_oidc_op *op)
             return fail_idp(op, "issuer URL unusable");
         if (r == 0)
             return; /* waiting; wake() calls us again */
-        if (K.authz == NULL || K.disc_until == 0)
+        if (r == 2)
             return fail_idp(op, "discovery failed");
         if (!op->callback)
             return login_redirect(op);
@@ -1189,14 +1219,15 @@ struct px_oidc_op *px_oidc_callback(struct px_server *srv, const struct px_oidc_
     /* §6 step 1: the IdP refused; its words are shown escaped, never logged */
     if (px_query_get(q, PX_STR("error"), &v)) {
         struct px_str d;
-        char msg[400];
+        char msg[400], text[201];
         if (!px_query_get(q, PX_STR("error_description"), &d))
             d = v;
-        n = snprintf(msg, sizeof(msg), "the identity provider refused the login: %.*s",
-                     (int)(d.len > 200 ? 200 : d.len), d.p);
-        for (char *p = msg; *p; p++) /* still percent-encoded: show it readable enough */
-            if (*p == '+' || (unsigned char)*p < 0x20)
+        if (pct_decode(px_str_make(d.p, d.len > 600 ? 600 : d.len), 1, text, sizeof(text)) < 0)
+            snprintf(text, sizeof(text), "(description too long)");
+        for (char *p = text; *p; p++) /* one line; the page escapes the rest */
+            if ((unsigned char)*p < 0x20 || *p == 0x7f)
                 *p = ' ';
+        snprintf(msg, sizeof(msg), "the identity provider refused the login: %s", text);
         op->message = strdup(msg);
         fail_op(op, 401, "LOGIN_REFUSED", op->message ? op->message : "login refused");
         return started(op);
@@ -1207,38 +1238,17 @@ struct px_oidc_op *px_oidc_callback(struct px_server *srv, const struct px_oidc_
         fail_op(op, 400, "BAD_CALLBACK", "the login answer lacks its code or state");
         return started(op);
     }
-    op->code = strndup(v.p, v.len);
     {
-        /* the state arrives percent-encoded ('=' as %3D): decode it first */
         char st[MAX_STATE + 1];
-        size_t k = 0;
-        for (size_t i = 0; i < state.len && k < MAX_STATE; i++) {
-            if (state.p[i] == '%' && i + 2 < state.len) {
-                unsigned x;
-                if (sscanf(state.p + i + 1, "%2x", &x) != 1)
-                    break;
-                st[k++] = (char)x;
-                i += 2;
-            } else {
-                st[k++] = state.p[i];
-            }
-        }
-        if (op->code == NULL || state.len > MAX_STATE * 3 ||
-            px_oidc_state_decode(px_str_make(st, k), &op->return_to, &sandbox_id, &op->inner) != 0 ||
+        long sl = pct_decode(state, 0, st, sizeof(st)); /* '=' may come as %3D */
+        if ((op->code = malloc(v.len + 1)) == NULL || pct_decode(v, 0, op->code, v.len + 1) < 0 ||
+            sl < 0 ||
+            px_oidc_state_decode(px_str_make(st, (size_t)sl), &op->return_to, &sandbox_id,
+                                 &op->inner) != 0 ||
             !px_str_is_label(px_str_make(sandbox_id, strlen(sandbox_id)), sizeof(op->label) - 1)) {
             free(sandbox_id);
             fail_op(op, 400, "BAD_STATE", "the login state is malformed");
             return started(op);
-        }
-        /* the code arrives percent-encoded too; codes are URL-safe in practice */
-        for (char *d = op->code, *s2 = op->code; ; s2++) {
-            unsigned x;
-            if (*s2 == '%' && s2[1] && s2[2] && sscanf(s2 + 1, "%2x", &x) == 1) {
-                *d++ = (char)x;
-                s2 += 2;
-            } else if ((*d++ = *s2) == '\0') {
-                break;
-            }
         }
     }
     for (size_t i = 0; sandbox_id[i]; i++)
