@@ -50,6 +50,7 @@ struct px_oidc_op {
     struct px_api_call *call;         /* owned; the token exchange or C3 */
     struct px_lk *lk;                 /* owned by lookup.c; we only cancel it */
     unsigned in_start : 1, done : 1;
+    unsigned in_lookup : 1;    /* px_lookup() is on the stack: it may answer at once */
     unsigned disc_waited : 1;  /* this op has waited for a discovery fetch */
     unsigned jwks_fetched : 1; /* this op has waited for a JWKS fetch */
     unsigned kid_refetch : 1;  /* ... and one more for an unknown kid */
@@ -617,7 +618,7 @@ static void answer(struct px_oidc_op *op, int status, const char *code, const ch
     }
     op->done = 1;
     op->cb(op->arg, &a);
-    if (!op->in_start)
+    if (!op->in_start && !op->in_lookup)
         op_free(op);
 }
 
@@ -1158,8 +1159,16 @@ static void verify_id_token(struct px_oidc_op *op)
     }
     json_decref(claims);
     op->step = S_SANDBOX;
-    op->lk = px_lookup(PX_LK_SANDBOX, px_str_make(op->label, strlen(op->label)), op->client,
-                       on_sandbox, op);
+    op->in_lookup = 1; /* an answer from memory runs on_sandbox before px_lookup returns */
+    struct px_lk *lk = px_lookup(PX_LK_SANDBOX, px_str_make(op->label, strlen(op->label)),
+                                 op->client, on_sandbox, op);
+    op->in_lookup = 0;
+    if (op->done) {
+        if (!op->in_start)
+            op_free(op);
+        return;
+    }
+    op->lk = lk;
 }
 
 /* Continues op at its step once what it waited for is there. */
