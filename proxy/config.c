@@ -419,12 +419,22 @@ static const char *apply(struct px_config *c, char **w, int n)
         return set_string(&c->api_url, w[1]) ? "out of memory" : NULL;
     }
     STR_DIRECTIVE("api_key", api_key)
-    /* OIDC (SPEC 4.6): URLs are checked by their first use, which answers 503 */
-    STR_DIRECTIVE("oidc_issuer", oidc_issuer)
+    /* OIDC (SPEC 4.6) */
+    if (!strcmp(d, "oidc_issuer") || !strcmp(d, "oidc_public_issuer")) {
+        char host[256], prefix[512];
+        int tls, port;
+        if (n != 2)
+            return "expects one value";
+        if (px_api_parse_url(w[1], &tls, host, sizeof(host), &port, prefix, sizeof(prefix)) != 0)
+            return "expects http(s)://host[:port][/path], without query or fragment";
+        return set_string(!strcmp(d, "oidc_issuer") ? &c->oidc_issuer : &c->oidc_public_issuer,
+                          w[1])
+                   ? "out of memory"
+                   : NULL;
+    }
     STR_DIRECTIVE("oidc_client_id", oidc_client_id)
     STR_DIRECTIVE("oidc_client_secret", oidc_client_secret)
     STR_DIRECTIVE("oidc_audience", oidc_audience)
-    STR_DIRECTIVE("oidc_public_issuer", oidc_public_issuer)
     STR_DIRECTIVE("oidc_org_claim", oidc_org_claim)
 #undef STR_DIRECTIVE
     if (!strcmp(d, "tls_cert")) {

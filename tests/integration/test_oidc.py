@@ -365,3 +365,21 @@ def test_login_api_mode_uses_c3(proxy, api, idp, runner):
     # alice (o1) on o2's sandbox: the API says no
     r = login(px, idp, "sb-o2", "alice")
     assert r.status_code == 403, r.text
+
+
+def test_config_checks_issuer(proxy_bin, tmp_path):
+    import subprocess
+    conf = tmp_path / "bad.conf"
+    conf.write_text("listen 127.0.0.1:1\noidc_issuer ftp://idp.example/\n")
+    p = subprocess.run([proxy_bin, "-t", "-c", str(conf)], capture_output=True, timeout=10)
+    assert p.returncode == 1 and b"oidc_issuer" in p.stderr
+    conf.write_text("listen 127.0.0.1:1\noidc_issuer https://idp.example/realms/a\n"
+                    "oidc_client_id c\noidc_client_secret s\noidc_audience aud\n"
+                    "oidc_public_issuer https://login.example/realms/a\noidc_org_claim team\n")
+    p = subprocess.run([proxy_bin, "-t", "-c", str(conf)], capture_output=True, timeout=10)
+    assert p.returncode == 0, p.stderr
+    import os
+    env = dict(os.environ, OIDC_DOMAIN="not a url")
+    p = subprocess.run([proxy_bin, "-t", "-c", str(conf)], capture_output=True, timeout=10,
+                       env=env)
+    assert p.returncode == 1 and b"OIDC_DOMAIN" in p.stderr
