@@ -1007,6 +1007,11 @@ static void on_token(void *arg, const struct px_api_resp *r)
     op->call = NULL;
     if (r->err != NULL || r->status >= 500)
         return fail_idp(op, "token endpoint");
+    if (r->status == 401) { /* invalid_client: our client ID or secret is wrong */
+        px_log(PX_WARN, "oidc: the token endpoint refused the client credentials (401)");
+        return fail_op(op, 502, "IDP_CLIENT_REFUSED",
+                       "the identity provider refused this proxy's client credentials");
+    }
     if (r->status != 200) /* invalid_grant: a used, expired or foreign code */
         return fail_op(op, 400, "LOGIN_FAILED",
                        "the identity provider did not accept the login code (used, expired or "

@@ -485,13 +485,14 @@ struct px_api_call *px_api_request(struct px_server *srv, const char *method, co
                                    px_api_cb cb, void *arg)
 {
     const struct px_config *cfg = srv->cfg;
-    char url[PX_API_MAX_PATH + 600], hdrs[PX_API_MAX_PATH + 128], prefix[512], host[256];
+    /* a user's bearer may be a JWT of several KiB (OIDC access tokens) */
+    char url[PX_API_MAX_PATH + 600], hdrs[PX_API_MAX_BEARER + 128], prefix[512], host[256];
     int tls, port, n;
 
     if (bearer == NULL)
         bearer = cfg->api_key != NULL ? cfg->api_key : "";
     if (!clean(path) || path[0] != '/' || strlen(path) > PX_API_MAX_PATH || !clean(bearer) ||
-        (xff != NULL && !clean(xff)) || strlen(bearer) > PX_API_MAX_PATH ||
+        (xff != NULL && !clean(xff)) || strlen(bearer) > PX_API_MAX_BEARER ||
         px_api_parse_url(cfg->api_url, &tls, host, sizeof(host), &port, prefix,
                          sizeof(prefix)) != 0)
         return NULL;
@@ -502,10 +503,9 @@ struct px_api_call *px_api_request(struct px_server *srv, const char *method, co
     n = snprintf(url, sizeof(url), "%.*s%s", (int)blen, cfg->api_url, path);
     if (n < 0 || (size_t)n >= sizeof(url))
         return NULL;
+    int with_xff = (flags & PX_API_USER) && xff != NULL && xff[0] != '\0';
     n = snprintf(hdrs, sizeof(hdrs), "Authorization: Bearer %s\r\n%s%s%s", bearer,
-                 (flags & PX_API_USER) && xff != NULL && xff[0] != '\0' ? "X-Forwarded-For: " : "",
-                 (flags & PX_API_USER) && xff != NULL && xff[0] != '\0' ? xff : "",
-                 (flags & PX_API_USER) && xff != NULL && xff[0] != '\0' ? "\r\n" : "");
+                 with_xff ? "X-Forwarded-For: " : "", with_xff ? xff : "", with_xff ? "\r\n" : "");
     if (n < 0 || (size_t)n >= sizeof(hdrs))
         return NULL;
     return px_http_request(srv, method, url, hdrs, NULL, 0, flags, cfg->api_timeout, cb, arg);

@@ -15,6 +15,7 @@
 #define PX_API_ATTEMPTS 3
 #define PX_API_MAX_BODY (1024 * 1024) /* a bigger answer is an error, never buffered */
 #define PX_API_MAX_PATH 2048
+#define PX_API_MAX_BEARER 8192 /* a longer bearer is refused, never cut */
 
 /* The outcome, borrowed by the callback for its duration only. */
 struct px_api_resp {
