@@ -383,3 +383,11 @@ def test_config_checks_issuer(proxy_bin, tmp_path):
     p = subprocess.run([proxy_bin, "-t", "-c", str(conf)], capture_output=True, timeout=10,
                        env=env)
     assert p.returncode == 1 and b"OIDC_DOMAIN" in p.stderr
+
+
+def test_wrong_client_secret_is_502(oidc, idp):
+    px = oidc(settings={"oidc_client_secret": "not-the-secret"})
+    r = login(px, idp)
+    assert r.status_code == 502, r.text
+    assert "client credentials" in r.text
+    assert "not-the-secret" not in px.log()
