@@ -9,7 +9,8 @@ Import them into a test module with
   idp          function: idp_server after /_ctl/reset (initial keys, RS256,
                ID-token TTL 3600 s, listening, start-up redirect URIs, empty log)
   IdpClient    .issuer, .client_id, .client_secret, .port, .ctl_port,
-               .discovery_url; rotate(), set_alg(), set_id_token_ttl(), down(),
+               .discovery_url, .authorization_endpoint, .token_endpoint,
+               .jwks_uri; rotate(), set_alg(), set_id_token_ttl(), down(),
                up(), log(), calls(), wait_calls(), set_redirect_uris(), state(),
                reset(), login()
   login(session, authorize_url, user="alice", password="pw")
@@ -150,6 +151,10 @@ class IdpClient:
         self.proc = proc
         self.issuer = f"http://127.0.0.1:{port}"
         self.discovery_url = self.issuer + "/.well-known/openid-configuration"
+        # what discovery names (test_idp_fixture checks they agree)
+        self.authorization_endpoint = self.issuer + "/auth"
+        self.token_endpoint = self.issuer + "/token"
+        self.jwks_uri = self.issuer + "/jwks"
         self.client_id = IDP_CLIENT_ID
         self.client_secret = IDP_CLIENT_SECRET
         self.ctl_base = f"http://127.0.0.1:{ctl_port}/_ctl"
