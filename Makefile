@@ -1,6 +1,7 @@
 # preview-proxy — see README.md. `make run` and `make test` install what they need.
-PKGS    := libevent libevent_openssl libevent_pthreads openssl libnghttp2 hiredis jansson
+PKGS    := libevent libevent_openssl libevent_pthreads openssl libnghttp2 hiredis jansson cjose
 APT_PKGS := build-essential pkg-config libevent-dev libssl-dev libnghttp2-dev libhiredis-dev libjansson-dev \
+            libcjose-dev \
             libhttp-parser-dev python3 redis-server curl
 TEST_PKGS := libcmocka-dev wrk nginx-light nghttp2-client openssl python3-pytest \
             python3-requests python3-websockets python3-h2 cppcheck clang-format
@@ -27,6 +28,7 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser
 PROXY_SRC := proxy/main.c proxy/config.c proxy/log.c proxy/conn.c proxy/route.c proxy/forward.c proxy/h1.c proxy/upstream.c proxy/api.c proxy/buildlogs.c proxy/wake.c \
              proxy/errors.c proxy/browser.c proxy/metrics.c proxy/peers.c routing/host.c routing/path.c routing/store.c auth/auth.c \
              auth/cookie.c auth/securecookie.c auth/digest.c auth/fileurl.c auth/lookup.c auth/redis.c auth/activity.c ws/splice.c tls/ctx.c tls/h2.c
+PROXY_SRC += auth/oidc.c
 PROXY_OBJ := $(PROXY_SRC:%.c=$(BUILD)/obj/%.o)
 LIB_OBJ   := $(filter-out $(BUILD)/obj/proxy/main.o,$(PROXY_OBJ))
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
@@ -58,7 +60,7 @@ deps:
 # browser tests (never a downloaded browser).
 test-deps: deps
 	@./scripts/apt-install.sh $(TEST_PKGS)
-	@for s in tests/browser/setup.sh tests/terminal/setup.sh; do sh $$s || exit 1; done
+	@for s in tests/browser/setup.sh tests/idp/setup.sh tests/terminal/setup.sh; do sh $$s || exit 1; done
 
 run: deps
 	$(MAKE) all

@@ -51,6 +51,7 @@ struct px_api_call {
     struct px_chunked ch;
     struct evbuffer *body; /* owned; bounded by PX_API_MAX_BODY */
     unsigned attempts;
+    int timeout; /* seconds per attempt */
     int status;
     const char *err;
     struct px_api_call *next, *prev; /* live calls, for px_api_cancel_all() */
@@ -131,6 +132,20 @@ static int clean(const char *s)
     return 1;
 }
 
+/* Header lines we were given: "Name: value\r\n" each, no other CR or LF. */
+static int clean_headers(const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '\r' && s[1] == '\n' && s[2] != '\r' && s[2] != ' ' && s[2] != '\t') {
+            s++;
+            continue;
+        }
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            return 0;
+    }
+    return 1;
+}
+
 /* ---- lifetime ---- */
 
 static void attempt_reset(struct px_api_call *call)
@@ -187,7 +202,8 @@ void px_api_cancel_all(void)
 
 static void deliver(struct px_api_call *call)
 {
-    struct px_api_resp r = {.status = call->status, .err = call->err, .attempts = call->attempts};
+    struct px_api_resp r = {.status = call->status, .err = call->err, .attempts = call->attempts,
+                            .head = call->err == NULL ? &call->resp : NULL};
 
     evbuffer_add(call->body, "", 1); /* NUL-terminate for the receiver */
     r.body_len = evbuffer_get_length(call->body) - 1;
@@ -351,8 +367,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 
 static void attempt(struct px_api_call *call)
 {
-    const struct px_config *cfg = call->srv->cfg;
-    struct timeval tv = {cfg->api_timeout > 0 ? cfg->api_timeout : 60, 0};
+    struct timeval tv = {call->timeout, 0};
 
     attempt_reset(call);
     call->st = C_SENT;
@@ -396,27 +411,40 @@ static void finish_attempt(struct px_api_call *call, const char *err)
     deliver(call);
 }
 
-struct px_api_call *px_api_request(struct px_server *srv, const char *method, const char *path,
-                                   const char *bearer, const char *xff, unsigned flags,
-                                   px_api_cb cb, void *arg)
+struct px_api_call *px_http_request(struct px_server *srv, const char *method, const char *url,
+                                    const char *headers, const char *body, size_t body_len,
+                                    unsigned flags, int timeout, px_api_cb cb, void *arg)
 {
-    const struct px_config *cfg = srv->cfg;
-    char prefix[512], authority[300];
+    char origin[600], prefix[8], authority[300];
+    const char *rest;
     struct px_api_call *call;
     struct evbuffer *h;
+    size_t olen;
     int n;
 
-    if (bearer == NULL)
-        bearer = cfg->api_key != NULL ? cfg->api_key : "";
-    if (!clean(method) || !clean(path) || path[0] != '/' || strlen(path) > PX_API_MAX_PATH ||
-        !clean(bearer) || (xff != NULL && !clean(xff)) || (call = calloc(1, sizeof(*call))) == NULL)
+    if (url == NULL || !clean(method) || !clean(url) || strlen(url) > PX_API_MAX_PATH + 512 ||
+        (headers != NULL && !clean_headers(headers)))
+        return NULL;
+    /* Split "scheme://authority" from the target: px_api_parse_url reads the former. */
+    rest = strstr(url, "://");
+    if (rest == NULL)
+        return NULL;
+    rest += 3;
+    rest += strcspn(rest, "/?#");
+    olen = (size_t)(rest - url);
+    if (olen >= sizeof(origin) || strchr(rest, '#') != NULL)
+        return NULL;
+    memcpy(origin, url, olen);
+    origin[olen] = '\0';
+    if ((call = calloc(1, sizeof(*call))) == NULL)
         return NULL;
     call->srv = srv;
     call->cb = cb;
     call->arg = arg;
     call->flags = flags;
-    if (px_api_parse_url(cfg->api_url, &call->tls, call->host, sizeof(call->host), &call->port,
-                         prefix, sizeof(prefix)) != 0 ||
+    call->timeout = timeout > 0 ? timeout : 60;
+    if (px_api_parse_url(origin, &call->tls, call->host, sizeof(call->host), &call->port, prefix,
+                         sizeof(prefix)) != 0 ||
         (call->body = evbuffer_new()) == NULL || (h = evbuffer_new()) == NULL) {
         call_free(call);
         return NULL;
@@ -425,13 +453,15 @@ struct px_api_call *px_api_request(struct px_server *srv, const char *method, co
                  call->host, call->port);
     evbuffer_add_printf(h,
                         "%s %s%s HTTP/1.1\r\nHost: %.*s\r\nUser-Agent: preview-proxy/" PX_VERSION
-                        "\r\nAccept: application/json\r\nAuthorization: Bearer %s\r\n",
-                        method, prefix, path, n, authority, bearer);
-    if ((flags & PX_API_USER) && xff != NULL && xff[0] != '\0')
-        evbuffer_add_printf(h, "X-Forwarded-For: %s\r\n", xff);
-    if (!strcmp(method, "POST") || !strcmp(method, "PUT"))
-        evbuffer_add(h, "Content-Length: 0\r\n", 19);
+                        "\r\nAccept: application/json\r\n",
+                        method, rest[0] == '/' ? "" : "/", rest, n, authority);
+    if (headers != NULL)
+        evbuffer_add(h, headers, strlen(headers));
+    if (body != NULL || !strcmp(method, "POST") || !strcmp(method, "PUT"))
+        evbuffer_add_printf(h, "Content-Length: %zu\r\n", body != NULL ? body_len : 0);
     evbuffer_add(h, "\r\n", 2);
+    if (body != NULL)
+        evbuffer_add(h, body, body_len);
     call->head_len = evbuffer_get_length(h);
     call->head = malloc(call->head_len);
     if (call->head != NULL)
@@ -448,6 +478,37 @@ struct px_api_call *px_api_request(struct px_server *srv, const char *method, co
     call->st = C_SLEEP; /* the first attempt starts from the loop: cb never runs before we return */
     event_active(call->timer, EV_TIMEOUT, 0);
     return call;
+}
+
+struct px_api_call *px_api_request(struct px_server *srv, const char *method, const char *path,
+                                   const char *bearer, const char *xff, unsigned flags,
+                                   px_api_cb cb, void *arg)
+{
+    const struct px_config *cfg = srv->cfg;
+    /* a user's bearer may be a JWT of several KiB (OIDC access tokens) */
+    char url[PX_API_MAX_PATH + 600], hdrs[PX_API_MAX_BEARER + 128], prefix[512], host[256];
+    int tls, port, n;
+
+    if (bearer == NULL)
+        bearer = cfg->api_key != NULL ? cfg->api_key : "";
+    if (!clean(path) || path[0] != '/' || strlen(path) > PX_API_MAX_PATH || !clean(bearer) ||
+        (xff != NULL && !clean(xff)) || strlen(bearer) > PX_API_MAX_BEARER ||
+        px_api_parse_url(cfg->api_url, &tls, host, sizeof(host), &port, prefix,
+                         sizeof(prefix)) != 0)
+        return NULL;
+    /* api_url without its trailing slashes, then the path (§1: appended verbatim) */
+    size_t blen = strlen(cfg->api_url);
+    while (blen > 0 && cfg->api_url[blen - 1] == '/')
+        blen--;
+    n = snprintf(url, sizeof(url), "%.*s%s", (int)blen, cfg->api_url, path);
+    if (n < 0 || (size_t)n >= sizeof(url))
+        return NULL;
+    int with_xff = (flags & PX_API_USER) && xff != NULL && xff[0] != '\0';
+    n = snprintf(hdrs, sizeof(hdrs), "Authorization: Bearer %s\r\n%s%s%s", bearer,
+                 with_xff ? "X-Forwarded-For: " : "", with_xff ? xff : "", with_xff ? "\r\n" : "");
+    if (n < 0 || (size_t)n >= sizeof(hdrs))
+        return NULL;
+    return px_http_request(srv, method, url, hdrs, NULL, 0, flags, cfg->api_timeout, cb, arg);
 }
 
 /* ---- C1 ---- */

@@ -15,6 +15,7 @@
 #define PX_API_ATTEMPTS 3
 #define PX_API_MAX_BODY (1024 * 1024) /* a bigger answer is an error, never buffered */
 #define PX_API_MAX_PATH 2048
+#define PX_API_MAX_BEARER 8192 /* a longer bearer is refused, never cut */
 
 /* The outcome, borrowed by the callback for its duration only. */
 struct px_api_resp {
@@ -24,6 +25,7 @@ struct px_api_resp {
     size_t body_len;
     int json_status;  /* "statusCode" of a JSON error body (§3), 0 when absent */
     unsigned attempts;
+    const struct px_head *head; /* the response head when an answer came, else NULL */
 };
 
 typedef void (*px_api_cb)(void *arg, const struct px_api_resp *r);
@@ -44,6 +46,16 @@ struct px_api_call; /* in flight; cancellable */
 struct px_api_call *px_api_request(struct px_server *srv, const char *method, const char *path,
                                    const char *bearer, const char *xff, unsigned flags,
                                    px_api_cb cb, void *arg);
+
+/* The general form (OIDC discovery, JWKS, token endpoint): method on an
+ * absolute http(s) URL (query allowed, no fragment). headers (may be NULL)
+ * are extra "Name: value\r\n" lines; body (may be NULL) is sent with its
+ * Content-Length. Same framing, cap, pool and §3 classification as API calls;
+ * flags as above (PX_API_ONCE for one attempt); timeout is seconds per attempt.
+ * Returns NULL (and cb never runs) when the URL or a header is unusable. */
+struct px_api_call *px_http_request(struct px_server *srv, const char *method, const char *url,
+                                    const char *headers, const char *body, size_t body_len,
+                                    unsigned flags, int timeout, px_api_cb cb, void *arg);
 
 /* cb never runs afterwards; everything the call holds is freed now. */
 void px_api_cancel(struct px_api_call *call);

@@ -209,6 +209,12 @@ void px_config_free(struct px_config *c)
     free(c->cookie_domain);
     free(c->api_url);
     free(c->api_key);
+    free(c->oidc_issuer);
+    free(c->oidc_client_id);
+    free(c->oidc_client_secret);
+    free(c->oidc_audience);
+    free(c->oidc_public_issuer);
+    free(c->oidc_org_claim);
     for (int i = 0; i < c->ntls; i++) {
         free(c->tls[i].cert);
         free(c->tls[i].key);
@@ -414,6 +420,23 @@ static const char *apply(struct px_config *c, char **w, int n)
         return set_string(&c->api_url, w[1]) ? "out of memory" : NULL;
     }
     STR_DIRECTIVE("api_key", api_key)
+    /* OIDC (SPEC 4.6) */
+    if (!strcmp(d, "oidc_issuer") || !strcmp(d, "oidc_public_issuer")) {
+        char host[256], prefix[512];
+        int tls, port;
+        if (n != 2)
+            return "expects one value";
+        if (px_api_parse_url(w[1], &tls, host, sizeof(host), &port, prefix, sizeof(prefix)) != 0)
+            return "expects http(s)://host[:port][/path], without query or fragment";
+        return set_string(!strcmp(d, "oidc_issuer") ? &c->oidc_issuer : &c->oidc_public_issuer,
+                          w[1])
+                   ? "out of memory"
+                   : NULL;
+    }
+    STR_DIRECTIVE("oidc_client_id", oidc_client_id)
+    STR_DIRECTIVE("oidc_client_secret", oidc_client_secret)
+    STR_DIRECTIVE("oidc_audience", oidc_audience)
+    STR_DIRECTIVE("oidc_org_claim", oidc_org_claim)
 #undef STR_DIRECTIVE
     if (!strcmp(d, "tls_cert")) {
         struct px_tls_cfg *t;
@@ -593,6 +616,11 @@ static const char *apply_env(struct px_config *c)
     }
     ENV("REDIS_USERNAME", "redis_username")
     ENV("REDIS_PASSWORD", "redis_password")
+    ENV("OIDC_DOMAIN", "oidc_issuer")
+    ENV("OIDC_CLIENT_ID", "oidc_client_id")
+    ENV("OIDC_CLIENT_SECRET", "oidc_client_secret")
+    ENV("OIDC_AUDIENCE", "oidc_audience")
+    ENV("OIDC_PUBLIC_DOMAIN", "oidc_public_issuer")
 #undef ENV
     if ((v = getenv("PROXY_API_KEY")) != NULL && *v != '\0') {
         if (set_string(&c->api_key, v))

@@ -24,6 +24,7 @@
 
 #include "auth/activity.h"
 #include "auth/auth.h"
+#include "auth/oidc.h"
 #include "auth/lookup.h"
 #include "proxy/api.h"
 #include "proxy/browser.h"
@@ -96,6 +97,8 @@ static void exchange_reset(struct px_conn *c)
     }
     px_api_cancel(c->api_call);
     c->api_call = NULL;
+    px_oidc_cancel(c->oidc);
+    c->oidc = NULL;
     free(c->build_ref);
     free(c->fwd_target);
     c->build_ref = c->fwd_target = NULL;

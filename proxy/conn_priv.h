@@ -22,6 +22,7 @@ struct px_lk;
 struct px_sandbox;
 struct px_upstream;
 struct px_api_call;
+struct px_oidc_op;
 
 #define PX_HIGH_WATER (256 * 1024)
 #define PX_REPLAY_MAX (256 * 1024) /* SPEC 9: retry only bodies buffered whole */
@@ -75,6 +76,7 @@ struct px_conn {
     struct px_lk *dom_lk;    /* owned by lookup.c; custom-domain lookup, we only cancel it */
     struct px_lk *warn_lk;   /* owned by lookup.c; API mode's warning decision (C13) */
     struct px_api_call *api_call; /* owned; a build-log route's API call in flight */
+    struct px_oidc_op *oidc;      /* owned by auth/oidc.c; we only cancel it */
     char build_kind;              /* build logs: 's' sandbox, 'n' snapshot */
     char *build_ref;              /* owned; the snapshot ref of a build-log route */
     char *fwd_target;             /* owned; a target sent as it is (build logs), or NULL */

@@ -25,6 +25,7 @@
 
 #include "auth/activity.h"
 #include "auth/lookup.h"
+#include "auth/oidc.h"
 #include "tls/tls.h"
 #include "proxy/conn_priv.h"
 #include "proxy/metrics.h"
@@ -479,6 +480,7 @@ static int run_worker(struct px_config *cfg)
         event_free(sigs[i]);
     if (shutdown_timer != NULL)
         event_free(shutdown_timer);
+    px_oidc_shutdown(); /* before px_api_cancel_all: it cancels its own fetches */
     px_api_stop();
     px_lookup_shutdown();
     px_api_cancel_all();

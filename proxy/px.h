@@ -144,6 +144,11 @@ struct px_config {
     int cookie_format; /* PX_COOKIE_FMT_V1 or _DAYTONA after load */
     char *api_url, *api_key;
     int api_timeout; /* seconds per attempt of an API call (API_CLIENT_TIMEOUT_SEC) */
+    /* OIDC login (SPEC 4.6; auth/oidc.c). All owned, NULL when unset; in API
+     * mode unset issuer, client ID and audience come from C1 at request time. */
+    char *oidc_issuer, *oidc_client_id, *oidc_client_secret, *oidc_audience;
+    char *oidc_public_issuer; /* OIDC_PUBLIC_DOMAIN: the issuer as browsers reach it */
+    char *oidc_org_claim;     /* the ID-token claim compared with the sandbox's org */
     struct px_sandbox *sandboxes;     /* owned list, from `sandbox` records */
     struct px_domain *custom_domains; /* owned list, from `domain` records */
     int cache_ttl;                    /* seconds a positive lookup is served from memory */

@@ -9,6 +9,7 @@
 #include "auth/activity.h"
 #include "auth/auth.h"
 #include "auth/lookup.h"
+#include "auth/oidc.h"
 #include "proxy/browser.h"
 #include "proxy/conn_priv.h"
 #include "proxy/errors.h"
@@ -23,6 +24,9 @@ static void on_domain(void *arg, const struct px_lk_value *v, const char *err);
 static void make_set_cookie(struct px_conn *c, const char *value);
 static int warning_applies(const struct px_conn *c);
 static void show_warning(struct px_conn *c);
+static void warning_step(struct px_conn *c);
+static void start_login(struct px_conn *c);
+static void on_oidc(void *arg, const struct px_oidc_answer *a);
 
 void px_route_request(struct px_conn *c)
 {
@@ -158,6 +162,15 @@ static void base_routes(struct px_conn *c)
         evbuffer_free(b);
         return;
     }
+    if (px_str_eq(po, PX_STR("/callback")) && (r->m == HTTP_GET || r->m == HTTP_HEAD)) {
+        struct px_oidc_settings os; /* SPEC 2, 4.6: the OIDC callback */
+        if (px_oidc_settings(c->srv->cfg, &os)) {
+            struct px_oidc_req in = {c->srv->cfg, r, c->host, c->path, PX_STR_NULL,
+                                     c->srv->cfg->external_https || c->tls, c->peer_ip};
+            c->oidc = px_oidc_callback(c->srv, &in, on_oidc, c);
+            return;
+        }
+    }
     if (px_build_logs(c, po))
         return;
     if (px_path_toolbox(po, &id, &c->toolbox_rest) == 0) {
@@ -211,7 +224,8 @@ static int warning_applies(const struct px_conn *c)
     const struct px_config *cfg = c->srv->cfg;
     const struct px_hdr *skip = px_head_get(&c->req, PX_STR("x-daytona-skip-preview-warning"));
     const struct px_hdr *ua = px_head_get(&c->req, PX_STR("user-agent"));
-    int on = c->sb->warning >= 0 ? c->sb->warning : cfg->preview_warning;
+    /* no sandbox yet: the login redirect (SPEC 4 step 6) follows the global switch */
+    int on = c->sb != NULL && c->sb->warning >= 0 ? c->sb->warning : cfg->preview_warning;
 
     return on && !c->toolbox && !px_port_reserved(c->port) && !c->req.ws_upgrade &&
            (skip == NULL || !px_str_ieq(skip->value, PX_STR("true"))) && ua != NULL &&
@@ -253,6 +267,8 @@ static void on_warning(void *arg, const struct px_lk_value *v, const char *err)
     c->warn_lk = NULL;
     if (err != NULL || v->found)
         return show_warning(c);
+    if (c->sb == NULL) /* before the login redirect */
+        return start_login(c);
     px_fwd_start(c);
 }
 
@@ -262,8 +278,18 @@ static void on_auth(void *arg, struct px_auth_out *out)
 
     c->auth = NULL;
     if (out->status != 0) {
+        struct px_oidc_settings os;
         px_sandbox_free(out->sb);
         free(out->cookie_value);
+        /* SPEC 4 step 6, LESSONS A3: only a browser's page load on a preview host
+         * goes to the IdP; XHR, fetch, WebSocket, toolbox and API clients get 401.
+         * With the warning on, the page comes first (DAYTONA-API §5 step 3). */
+        if (out->status == 401 && !c->toolbox && c->hinfo.label.len > 0 &&
+            px_oidc_is_navigation(&c->req) && px_oidc_settings(c->srv->cfg, &os)) {
+            if (warning_applies(c))
+                return warning_step(c);
+            return start_login(c);
+        }
         return px_conn_fail(c, out->status, out->code, out->message);
     }
     c->sb = out->sb;
@@ -283,19 +309,58 @@ static void on_auth(void *arg, struct px_auth_out *out)
     }
     /* The warning needs the sandbox's own override, so it comes after auth; the
      * page carries the auth cookie so the click-through needs no new lookup. */
-    if (warning_applies(c)) {
-        if (cfg_api_mode(c)) { /* the organisation decides (C13) */
-            char key[300];
-            int n = snprintf(key, sizeof(key), "%u:%.*s", c->port, (int)c->label.len, c->label.p);
-            if (n > 0 && (size_t)n < sizeof(key)) {
-                c->warn_lk = px_lookup(PX_LK_API_WARNING, px_str_make(key, (size_t)n), c->peer_ip,
-                                       on_warning, c);
-                return;
-            }
-        }
-        return show_warning(c);
-    }
+    if (warning_applies(c))
+        return warning_step(c);
     px_fwd_start(c);
+}
+
+/* The warning page applies: in API mode the organisation decides (C13). */
+static void warning_step(struct px_conn *c)
+{
+    if (cfg_api_mode(c)) {
+        char key[300];
+        int n = snprintf(key, sizeof(key), "%u:%.*s", c->port, (int)c->label.len, c->label.p);
+        if (n > 0 && (size_t)n < sizeof(key)) {
+            c->warn_lk = px_lookup(PX_LK_API_WARNING, px_str_make(key, (size_t)n), c->peer_ip,
+                                   on_warning, c);
+            return;
+        }
+    }
+    show_warning(c);
+}
+
+/* SPEC 4.6: the 307 to the IdP. */
+static void start_login(struct px_conn *c)
+{
+    struct px_oidc_req in = {c->srv->cfg, &c->req, c->host, c->path, c->label,
+                             c->srv->cfg->external_https || c->tls, c->peer_ip};
+
+    c->oidc = px_oidc_login(c->srv, &in, on_oidc, c);
+}
+
+/* The login redirect or the callback has its answer. */
+static void on_oidc(void *arg, const struct px_oidc_answer *a)
+{
+    struct px_conn *c = arg;
+    struct evbuffer *h, *body;
+
+    c->oidc = NULL;
+    if (a->set_cookie != NULL) {
+        free(c->set_cookie);
+        c->set_cookie = strdup(a->set_cookie);
+    }
+    if (a->location == NULL)
+        return px_conn_fail(c, a->status, a->code, a->message);
+    if ((h = evbuffer_new()) == NULL || (body = evbuffer_new()) == NULL) {
+        if (h != NULL)
+            evbuffer_free(h);
+        return px_conn_close(c);
+    }
+    evbuffer_add_printf(h, "Location: %s\r\nCache-Control: no-store\r\n", a->location);
+    evbuffer_add(h, "", 1);
+    px_conn_respond(c, a->status, NULL, body, (const char *)evbuffer_pullup(h, -1));
+    evbuffer_free(h);
+    evbuffer_free(body);
 }
 
 /* SPEC 4.5: Secure and SameSite follow the external scheme. */

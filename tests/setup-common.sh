@@ -1,10 +1,11 @@
 # shellcheck shell=sh
-# Sourced (not run) by tests/browser/setup.sh and tests/terminal/setup.sh, with
-# HERE set to the calling script's folder. On Debian 12 it collects in $need the
-# packages both tests use (the distribution's Chromium, Node.js/npm,
-# redis-server); apt_install installs $need, npm_install installs the folder's
-# npm packages. Never downloads a browser build of its own: playwright-core has
-# no install script, and PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD is set anyway.
+# Sourced (not run) by tests/browser/setup.sh, tests/idp/setup.sh and
+# tests/terminal/setup.sh, with HERE set to the calling script's folder. On
+# Debian 12 it collects in $need the packages these tests use (the
+# distribution's Chromium, Node.js/npm, redis-server); apt_install installs
+# $need, npm_install installs the folder's npm packages. Never downloads a
+# browser build of its own: playwright-core has no install script, and
+# PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD is set anyway.
 export DEBIAN_FRONTEND=noninteractive
 SUDO=
 [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -25,7 +25,9 @@ bearer is the proxy key) need `Authorization: Bearer <proxy key>`: missing or
 unknown bearer -> 401 JSON; a user's bearer -> 403 "Invalid authentication
 context". C1 is public. User-bearer calls (C3 C8 C9) record X-Forwarded-For in
 the log entry ("xff"). Users: jwt-alice (JWT, member of o1), key-alice (API key,
-member of o1), key-bob (API key, no organisation), anything else -> 401.
+member of o1), key-bob (API key, no organisation), anything else -> 401; with the
+switch userinfo_url set, an unknown bearer is asked at that URL (a real OpenID
+provider's userinfo): its sub and org make the user.
 C8/C9 with a user JWT answer 403 (no organisation context, §2); with an API key:
 200 if the user is a member of the sandbox's organisation, else 404.
 
@@ -116,6 +118,7 @@ import socket
 import struct
 import threading
 import time
+import urllib.request
 from urllib.parse import parse_qs, unquote, unquote_plus, urlencode, urlsplit, urlunsplit
 
 from serving import serve_tcp
@@ -170,7 +173,8 @@ def fixture():
 
 def default_switches():
     return {"v0190": False, "issuer_slash": True, "start_delay_ms": 1000,
-            "start_outcome": "started", "idp_deny": False, "proxy_key": ARGS.proxy_key}
+            "start_outcome": "started", "idp_deny": False, "proxy_key": ARGS.proxy_key,
+            "userinfo_url": None}
 
 
 class State:
@@ -381,7 +385,26 @@ def identity(headers):
         return None
     if tok == STATE.switches["proxy_key"]:
         return "proxy"
+    if tok not in USERS and STATE.switches["userinfo_url"]:
+        return userinfo_user(tok)
     return USERS.get(tok)
+
+
+def userinfo_user(tok):
+    """A bearer issued by a real OpenID provider (tests/idp): the provider's
+    userinfo endpoint names the user and its org, as the Daytona API learns
+    them from the token. Unknown or refused tokens are nobody."""
+    req = urllib.request.Request(STATE.switches["userinfo_url"],
+                                 headers={"Authorization": "Bearer " + tok})
+    try:
+        with urllib.request.urlopen(req, timeout=3) as r:
+            info = json.loads(r.read(65536))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or not isinstance(info.get("sub"), str):
+        return None
+    org = info.get("org")
+    return {"id": info["sub"], "orgs": [org] if isinstance(org, str) else [], "jwt": True}
 
 
 def need_proxy(req):
