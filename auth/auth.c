@@ -32,6 +32,7 @@ enum step {
     ST_API_TOKEN,      /* C4 for the preview-token header came back */
     ST_API_QUERY,      /* C4 for DAYTONA_SANDBOX_AUTH_KEY came back */
     ST_API_SIGNED,     /* C5 came back */
+    ST_API_LABEL,      /* C6 on the refused label came back: does it name a sandbox? */
     ST_API_ACCESS,     /* C3 for the Bearer token came back */
     ST_API_RUNNER,     /* C6 for the resolved sandbox came back */
     ST_API_SIGNING,    /* C12 (the signing key of a file URL's sandbox) came back */
@@ -63,7 +64,7 @@ struct px_auth {
     char resolved[256]; /* API mode: the sandbox access was granted to */
     char *skey;         /* owned; API mode: the file URL's signing key (secret) */
     unsigned waiting : 1, in_run : 1, done : 1;
-    unsigned backend_err : 1, busy_err : 1;
+    unsigned backend_err : 1, busy_err : 1, label_checked : 1;
     unsigned tried_bearer : 1, tried_token : 1, tried_cookie : 1, tried_signed : 1;
     struct px_auth_out out;
 };
@@ -228,6 +229,10 @@ static void on_lookup(void *arg, const struct px_lk_value *v, const char *err)
             note_error(a, err);
         else if (v->found && (a->other = px_sandbox_dup(v->sb)) == NULL)
             note_error(a, px_err_nomem);
+        break;
+    case ST_API_LABEL: /* an error leaves it unknown: a plain 401, the safe answer */
+        a->out.label_known = err == NULL && v->found;
+        a->step = ST_FAIL;
         break;
     case ST_API_SIGNING_FRESH:
         if (err != NULL) /* keep the key that did not match: a failed refetch is no 503 */
@@ -587,7 +592,8 @@ static void step(struct px_auth *a)
     case ST_API_ACCESS:
     case ST_API_RUNNER:
     case ST_API_SIGNING:
-    case ST_API_SIGNING_FRESH: a->step = ST_FAIL; return; /* API mode only (api_step) */
+    case ST_API_SIGNING_FRESH:
+    case ST_API_LABEL: a->step = ST_FAIL; return; /* API mode only (api_step) */
     case ST_FAIL:
         if (a->busy_err) {
             a->out.status = 429;
@@ -597,7 +603,14 @@ static void step(struct px_auth *a)
             a->out.status = 503;
             a->out.code = "AUTH_BACKEND_UNAVAILABLE";
             a->out.message = "the authentication backend is unavailable; try again shortly";
+        } else if (in->check_label && in->cfg->api_url != NULL && !a->label_checked) {
+            /* API mode cannot tell a private sandbox's ID from a dead token by
+             * the answers so far (C2 and C5 refuse both): the runner lookup can. */
+            a->label_checked = 1;
+            a->step = ST_API_LABEL;
+            return lookup(a, PX_LK_API_RUNNER, in->label);
         } else {
+            a->out.label_known = in->cfg->api_url != NULL ? a->out.label_known : a->sb != NULL;
             a->out.status = 401;
             a->out.code = a->tried_bearer || a->tried_token || a->tried_cookie
                               ? "INVALID_CREDENTIALS"

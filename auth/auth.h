@@ -27,6 +27,10 @@ struct px_auth_in {
     unsigned file_url : 1;  /* a signed file URL (SPEC 4.7): its signature alone decides */
     struct px_fileurl file; /* when file_url; slices of the request target */
     const char *client; /* borrowed; the client's address, for per-client lookup budgets */
+    /* On a 401, find out whether the label names an existing sandbox
+     * (out.label_known): set for a browser navigation that could go to the IdP.
+     * API mode asks C6 on the label, which costs one cached lookup. */
+    unsigned check_label : 1;
 };
 
 struct px_auth_out {
@@ -36,6 +40,11 @@ struct px_auth_out {
     struct px_sandbox *sb; /* owned by the receiver once the callback runs; NULL on refusal */
     unsigned used_authorization : 1; /* the Bearer header was ours: do not forward it */
     unsigned label_is_sandbox : 1;   /* the host label is a sandbox ID (safe to log) */
+    /* Refused with 401, and the label names an existing sandbox (only looked
+     * for with in.check_label). A label that names none is a signed token that
+     * expired or was revoked, or nothing at all: logging in cannot help
+     * (LESSONS A2), so no IdP redirect. */
+    unsigned label_known : 1;
     char *cookie_value; /* owned by the receiver: set daytona-sandbox-auth-{label} to it */
 };
 

@@ -284,7 +284,7 @@ static void on_auth(void *arg, struct px_auth_out *out)
         /* SPEC 4 step 6, LESSONS A3: only a browser's page load on a preview host
          * goes to the IdP; XHR, fetch, WebSocket, toolbox and API clients get 401.
          * With the warning on, the page comes first (DAYTONA-API §5 step 3). */
-        if (out->status == 401 && !c->toolbox && c->hinfo.label.len > 0 &&
+        if (out->status == 401 && out->label_known && !c->toolbox && c->hinfo.label.len > 0 &&
             px_oidc_is_navigation(&c->req) && px_oidc_settings(c->srv->cfg, &os)) {
             if (warning_applies(c))
                 return warning_step(c);
@@ -401,5 +401,10 @@ static void start_auth(struct px_conn *c, struct px_str label)
     in.file_url = c->file_url =
         c->toolbox && px_fileurl_match(c->req.method, c->toolbox_rest, &in.file);
     in.client = c->peer_ip;
+    {
+        struct px_oidc_settings os; /* could a refusal go to the IdP? (on_auth) */
+        in.check_label = !c->toolbox && px_oidc_is_navigation(&c->req) &&
+                         px_oidc_settings(c->srv->cfg, &os);
+    }
     c->auth = px_auth_start(&in, on_auth, c);
 }

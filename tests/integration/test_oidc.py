@@ -391,3 +391,36 @@ def test_wrong_client_secret_is_502(oidc, idp):
     assert r.status_code == 502, r.text
     assert "client credentials" in r.text
     assert "not-the-secret" not in px.log()
+
+
+def test_dead_signed_token_is_401_not_a_login_standalone(oidc, idp):
+    """LESSONS A2: a host label that names no sandbox (an expired or revoked
+    signed token, or nothing) gets 401: logging in cannot open it, so no 307."""
+    px = oidc()
+    r = px.get("/", host=host(3000, "deadtoken0123456"), headers=NAV)
+    assert r.status_code == 401, (r.status_code, r.headers.get("Location"))
+    assert idp.calls("/.well-known") == []
+    r = px.get("/", host=host(3000, O1), headers=NAV)      # a private sandbox still does
+    assert r.status_code == 307
+
+
+def test_dead_signed_token_is_401_not_a_login_api_mode(proxy, api, idp, runner):
+    """API mode cannot tell a private sandbox's ID from a dead token by C2 and C5
+    (both refuse); C6 on the label can, once per label (cached)."""
+    env = api.proxy_env()
+    env.update({"OIDC_DOMAIN": idp.issuer, "OIDC_CLIENT_ID": idp.client_id,
+                "OIDC_CLIENT_SECRET": idp.client_secret})
+    px = proxy(env=env)
+    api.add_token("tok0123456789abc", 3000, "sb-priv")
+    api.revoke_token("tok0123456789abc", 3000)
+    for _ in range(3):
+        r = px.get("/", host=host(3000, "tok0123456789abc"), headers=NAV)
+        assert r.status_code == 401, (r.status_code, r.headers.get("Location"))
+    assert len(api.calls("/runners/by-sandbox/tok0123456789abc")) == 1
+    r = px.get("/", host=host(3000, "sb-priv"), headers=NAV)
+    assert r.status_code == 307 and r.headers["Location"].startswith(idp.issuer)
+    # not a navigation: no C6 on the label at all
+    r = px.get("/", host=host(3000, "othertoken000000"),
+               headers={"Accept": "application/json"})
+    assert r.status_code == 401
+    assert api.calls("/runners/by-sandbox/othertoken000000") == []
