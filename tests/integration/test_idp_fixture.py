@@ -199,10 +199,12 @@ def test_es256(idp):
 
 
 def test_id_token_ttl(idp):
-    idp.set_id_token_ttl(1)
+    # 3 s, not 1: exp is whole seconds, so a 1 s token can be expired by the
+    # time a loaded machine checks it the first time.
+    idp.set_id_token_ttl(3)
     token = Flow(idp).id_token()
     claims = jwt.decode(token, options={"verify_signature": False})
-    assert claims["exp"] - claims["iat"] == 1
+    assert claims["exp"] - claims["iat"] == 3
     # It does expire: verification refuses it once exp has passed (bounded poll).
     kid = jwt.get_unverified_header(token)["kid"]
     key = jwt.PyJWK.from_dict(next(k for k in jwks(idp)["keys"] if k["kid"] == kid)).key
@@ -214,7 +216,7 @@ def test_id_token_ttl(idp):
         except jwt.ExpiredSignatureError:
             return True
     assert not expired()
-    wait_until(expired, timeout=5, interval=0.1, what="the 1 s ID token to expire")
+    wait_until(expired, timeout=8, interval=0.1, what="the 3 s ID token to expire")
 
 
 def connect_fails(port):
