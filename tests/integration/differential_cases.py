@@ -241,6 +241,8 @@ def chunk_cases():
     yield Case(f, "overflow_wrap", chunk("ffffffffffffffff5\r\n"), P(), alone=True)
     yield Case(f, "max_u64", chunk("ffffffffffffffff\r\n"), P(), alone=True)
     yield Case(f, "huge_but_fits", chunk("7fffffffffffffff\r\n"), P(), alone=True)
+    yield Case(f, "two_pow_52", chunk("10000000000000\r\n"), P(), alone=True)
+    yield Case(f, "two_pow_52_minus_1", chunk("fffffffffffff\r\n"), P(), alone=True)
     yield Case(f, "data_bare_lf", chunk("5\r\n", b"hello\n0\r\n\r\n"), P())
     yield Case(f, "data_no_crlf", chunk("5\r\n", b"hello0\r\n\r\n"), P())
     yield Case(f, "data_longer", chunk("5\r\n", b"helloXX\r\n0\r\n\r\n"), P())

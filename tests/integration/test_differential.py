@@ -84,6 +84,10 @@ error_log {d}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
+    # The proxy's limits (SPEC 9: 64 KiB of head, no body limit by default),
+    # so that size settings do not pass for parsing differences.
+    large_client_header_buffers 4 64k;
+    client_max_body_size 0;
     client_body_temp_path {d}/body;
     proxy_temp_path {d}/proxy;
     fastcgi_temp_path {d}/fastcgi;
@@ -109,6 +113,8 @@ def _haproxy_conf(port, up):
     # Default strictness (no accept-invalid-http-request); keep-alive both ways.
     return f"""global
     maxconn 4096
+    # room for the proxy's 64 KiB of head (SPEC 9); HAProxy's default is 16 KiB
+    tune.bufsize 131072
 defaults
     mode http
     timeout connect 2s
@@ -244,6 +250,16 @@ def exchange(port, data, nresp, head):
     return out
 
 
+def origin_form(target):
+    """The path and query of an absolute-form target (HAProxy passes that
+    form on; an origin must accept it, RFC 9112 3.2.2), else the target."""
+    m = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?]*", target)
+    if m is None:
+        return target
+    rest = target[m.end():]
+    return rest if rest.startswith("/") else "/" + rest
+
+
 class Result:
     def __init__(self, idx, case, data, intended):
         self.idx = idx
@@ -261,9 +277,10 @@ class Result:
         forwarded requests that match none): each forwarded request must be
         the next intended one or a later one, never a piece or a mix."""
         fwd, extra, j = [], [], 0
+        want = [(m, origin_form(tg), b) for m, tg, b in self.intended]
         for e in self.reqs(t):
             k = j
-            while k < len(self.intended) and self.intended[k] != (e["method"], e["target"], e["body"]):
+            while k < len(want) and want[k] != (e["method"], origin_form(e["target"]), e["body"]):
                 k += 1
             if k == len(self.intended):
                 extra.append(e)
@@ -299,12 +316,31 @@ class Result:
         return [j for j in sorted(self.fwd("proxy"))
                 if self.refused("nginx", j) and self.refused("haproxy", j)]
 
+    def partial(self):
+        """The proxy passed on the head of a request whose body it then found
+        bad (or never got) while nginx and HAProxy both refused it: streaming
+        has no other way, but each such case is listed."""
+        if not any(e["kind"] == "incomplete" for e in self.events["proxy"]):
+            return False
+        j = min(set(range(len(self.intended))) - self.fwd("proxy"), default=None)
+        return j is not None and self.refused("nginx", j) and self.refused("haproxy", j)
+
+    def fwd_or_err(self, t):
+        """fwd(t), plus the first request t did not forward if t's upstream
+        got bytes its strict parser refused (t passed on something bad)."""
+        f = self.fwd(t)
+        if any(e["kind"] == "error" for e in self.events[t]):
+            f = f | {min(set(range(len(self.intended))) - f, default=0)}
+        return f
+
     def verdict(self):
         if self.looser():
             return "LOOSER"
+        if self.partial():
+            return "PARTIAL"
         p = self.fwd("proxy")
-        both = self.fwd("nginx") & self.fwd("haproxy")
-        either = self.fwd("nginx") | self.fwd("haproxy")
+        both = self.fwd_or_err("nginx") & self.fwd_or_err("haproxy")
+        either = self.fwd_or_err("nginx") | self.fwd_or_err("haproxy")
         mine = [j for j in range(len(self.intended)) if self.refused("proxy", j)]
         if any(j in both for j in mine):
             return "stricter"
@@ -432,7 +468,7 @@ def test_forwarded_requests_frame_as_meant(corpus):
 def test_disagreements_are_listed(corpus):
     results, _, counts = corpus
     expected = load_expected()
-    looser = [r for r in results if r.verdict() == "LOOSER"]
+    looser = [r for r in results if r.verdict() in ("LOOSER", "PARTIAL")]
     unlisted = [r for r in looser if not any(fnmatch.fnmatchcase(r.case.name, p) for p in expected)]
     assert unlisted == [], ("the proxy forwards what nginx or HAProxy refuses; fix it or list it "
                             "in tests/DIFFERENTIAL.md:\n" + "\n".join(_show(r) for r in unlisted))
