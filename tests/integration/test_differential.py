@@ -472,6 +472,10 @@ def test_disagreements_are_listed(corpus):
     unlisted = [r for r in looser if not any(fnmatch.fnmatchcase(r.case.name, p) for p in expected)]
     assert unlisted == [], ("the proxy forwards what nginx or HAProxy refuses; fix it or list it "
                             "in tests/DIFFERENTIAL.md:\n" + "\n".join(_show(r) for r in unlisted))
+    with open(EXPECTED) as f:
+        stated = re.search(r"^Cases: (\d+)$", f.read(), re.M)
+    assert stated and int(stated.group(1)) == len(results), \
+        f"tests/DIFFERENTIAL.md states the number of cases: now {len(results)}"
     stale = [p for p in expected if not any(fnmatch.fnmatchcase(r.case.name, p) for r in looser)]
     assert stale == [], f"listed in tests/DIFFERENTIAL.md but no longer looser: {stale}"
     print(f"differential: {len(results)} cases, {counts}")
