@@ -585,8 +585,7 @@ static const struct chunk_case good_chunks[] = {
      "0\r\nContent-Length: 5\r\nX-A: 1\r\ntransfer-encoding: chunked\r\n"
      "Host: evil\r\nX-Daytona-Authorization: Bearer x\r\n\r\n",
      "0\r\nX-A: 1\r\n\r\n", PX_PARSE_OK},
-    {"2^52 - 1 (the largest size)", "fffffffffffff\r\nhel", "fffffffffffff\r\nhel",
-     PX_PARSE_AGAIN},
+    {"2^52 - 1 (the largest size)", "fffffffffffff\r\nhel", "fffffffffffff\r\nhel", PX_PARSE_AGAIN},
     {"incomplete", "5\r\nhel", "5\r\nhel", PX_PARSE_AGAIN},
     {"incomplete last", "5\r\nhello\r\n0\r\n", "5\r\nhello\r\n", PX_PARSE_AGAIN},
 };
