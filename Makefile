@@ -3,7 +3,7 @@ PKGS    := libevent libevent_openssl libevent_pthreads openssl libnghttp2 hiredi
 APT_PKGS := build-essential pkg-config libevent-dev libssl-dev libnghttp2-dev libhiredis-dev libjansson-dev \
             libcjose-dev \
             libhttp-parser-dev python3 redis-server curl
-TEST_PKGS := libcmocka-dev wrk nginx-light nghttp2-client openssl python3-pytest \
+TEST_PKGS := libcmocka-dev wrk nginx-light haproxy nghttp2-client openssl python3-pytest \
             python3-requests python3-websockets python3-h2 cppcheck clang-format
 CC      ?= cc
 SAN     ?= 0

@@ -165,8 +165,11 @@ static void build_request(struct px_conn *c, struct evbuffer *out)
         evbuffer_add(out, target.p, target.len);
     }
     evbuffer_add(out, " HTTP/1.1\r\n", 11);
+    /* c->authority, not the Host field: for an absolute-form target the
+     * target's authority is what was routed, and a proxy MUST send it as
+     * the Host (RFC 9112 3.2.2). */
     if (sb->direct && !c->toolbox)
-        add_field(out, "Host: ", r->host);
+        add_field(out, "Host: ", c->authority);
     else
         add_field(out, "Host: ", px_str_make(sb->runner_authority, strlen(sb->runner_authority)));
 
@@ -202,7 +205,7 @@ static void build_request(struct px_conn *c, struct evbuffer *out)
     if (xfh != NULL) /* custom-domain front ends send the original host [compat] */
         add_field(out, "X-Forwarded-Host: ", xfh->value);
     else
-        add_field(out, "X-Forwarded-Host: ", r->host);
+        add_field(out, "X-Forwarded-Host: ", c->authority);
     if (xff != NULL && c->peer_trusted)
         evbuffer_add_printf(out, "X-Forwarded-For: %.*s, %s\r\n", (int)xff->value.len, xff->value.p,
                             c->peer_ip);

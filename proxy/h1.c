@@ -62,9 +62,11 @@ enum px_parse px_h1_find_head(struct evbuffer *in, size_t max_line, size_t max_h
             *status = 431;
             return PX_PARSE_BAD;
         }
-        /* A head ended by bare LFs would otherwise wait for the header timeout. */
+        /* A head ended by bare LFs or CRs would otherwise wait for the header
+         * timeout (nginx and HAProxy answer "\r\n\r\r\n" with 400 at once). */
         if (evbuffer_search(in, "\n\n", 2, NULL).pos >= 0 ||
-            evbuffer_search(in, "\n\r\n", 3, NULL).pos >= 0) {
+            evbuffer_search(in, "\n\r\n", 3, NULL).pos >= 0 ||
+            evbuffer_search(in, "\r\r", 2, NULL).pos >= 0) {
             *status = 400;
             return PX_PARSE_BAD;
         }
@@ -462,7 +464,10 @@ enum px_parse px_chunked_feed(struct px_chunked *ch, struct evbuffer *in, struct
                                             ? line[i] - '0'
                                             : (tolower((unsigned char)line[i]) - 'a' + 10));
             }
-            if (i == 0)
+            /* At most 2^52 - 1, as in HAProxy: larger sizes are no real upload
+             * and may be misread by the next hop (negative as int64, rounded
+             * as a double); nginx and HAProxy refuse them (tests/DIFFERENTIAL.md). */
+            if (i == 0 || v >= (UINT64_C(1) << 52))
                 return PX_PARSE_BAD;
             while (i < n && (line[i] == ' ' || line[i] == '\t'))
                 i++;

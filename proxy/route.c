@@ -47,7 +47,11 @@ void px_route_request(struct px_conn *c)
                 return px_conn_fail_close(c, 400, "bad request target");
             c->path = PX_STR("*");
         } else if (http_parser_parse_url(r->target.p, r->target.len, 0, &u) != 0 ||
-                   !(u.field_set & (1 << UF_HOST))) {
+                   !(u.field_set & (1 << UF_HOST)) || (u.field_set & (1 << UF_USERINFO)) ||
+                   (r->http_minor == 1 && r->host.len == 0)) {
+            /* Userinfo in an http(s) target is an error (RFC 9110 4.2.4), and
+             * so is an empty Host beside an authority (RFC 9112 3.2): nginx and
+             * HAProxy refuse both (tests/DIFFERENTIAL.md). */
             return px_conn_fail_close(c, 400, "bad request target");
         } else {
             size_t hs = u.field_data[UF_HOST].off, hl = u.field_data[UF_HOST].len;

@@ -290,3 +290,69 @@ def test_max_header_size_boundary(px, runner):
     r = raw_exchange(px.port, request_bytes("GET", "/hs-big", H, headers=big))
     assert r is not None and r.status == 431, r
     assert [x["target"] for x in runner.requests()] == [runner_prefix(PUB, 3000) + "/hs-ok"]
+
+
+# ------------------------------- found by the differential tests (issue 12) --
+# tests/integration/test_differential.py compares the proxy with nginx and
+# HAProxy; each fix below has its case there and a focused test here.
+
+def test_absolute_form_userinfo_rejected(px, runner):
+    """RFC 9110 4.2.4: userinfo in an http(s) target is an error (nginx: 400)."""
+    r = raw_exchange(px.port, request_bytes("GET", f"http://user:pw@{H}/smuggle-ui", H))
+    assert r is None or r.status == 400, r
+    assert runner.find("/smuggle-ui") == []
+
+
+def test_absolute_form_with_empty_host_rejected(px, runner):
+    """An empty Host beside an authority in the target: nginx and HAProxy
+    both refuse it; the proxy forwarded it."""
+    data = head(f"GET http://{H}/smuggle-eh HTTP/1.1", "Host:")
+    r = raw_exchange(px.port, data)
+    assert r is None or r.status == 400, r
+    assert runner.find("/smuggle-eh") == []
+
+
+def test_absolute_form_host_is_the_routed_authority(px, runner):
+    """RFC 9112 3.2.2: a proxy MUST send the target's authority as Host, not
+    the Host field it received. Direct mode forwarded the received one, so
+    the app saw a host the request was not routed by."""
+    from helpers import DIRECT
+    routed = host(runner.port, DIRECT)
+    r = raw_exchange(px.port, request_bytes("GET", f"http://{routed}/abs-host", "other.example"))
+    assert r is not None and r.status == 200, r
+    rec = runner.wait_for("/abs-host")[0]
+    hdrs = {k.lower(): v for k, v in rec["headers"]}
+    assert hdrs["host"] == routed and hdrs["x-forwarded-host"] == routed, rec["headers"]
+
+
+@pytest.mark.parametrize("size,ok", [("fffffffffffff", True), ("10000000000000", False),
+                                     ("7fffffffffffffff", False), ("ffffffffffffffff", False)])
+def test_chunk_size_limit(px, runner, size, ok):
+    """Chunk sizes of 2^52 and more get 400 (as in HAProxy; nginx refuses
+    those near 2^63): a next hop could read them as negative or rounded.
+    2^52 - 1 is streamed as usual."""
+    data = head("POST /smuggle-cs HTTP/1.1", f"Host: {H}", "Transfer-Encoding: chunked") \
+        + size.encode() + b"\r\nhello\r\n0\r\n\r\n"
+    with px.raw(timeout=2) as c:
+        c.send(data)
+        if ok:  # accepted: the proxy now waits for the rest of the chunk
+            runner.wait_for("/smuggle-cs")
+            return
+        try:
+            r = c.read_response()
+            assert r.status == 400, r
+        except ConnectionClosed:
+            pass
+    assert all(x["body_sha256"] is None for x in runner.find("/smuggle-cs"))
+
+
+def test_head_ending_in_bare_cr_answered_at_once(px, runner):
+    """"\\r\\n\\r\\r\\n" never completes a head: 400 at once, as nginx and
+    HAProxy do, not after client_header_timeout."""
+    import time
+    data = head("GET /smuggle-cr HTTP/1.1", f"Host: {H}")[:-4] + b"\r\n\r\r\n"
+    t0 = time.monotonic()
+    r = raw_exchange(px.port, data, timeout=5)
+    assert r is None or r.status == 400, r
+    assert time.monotonic() - t0 < 3
+    assert runner.find("/smuggle-cr") == []

@@ -109,6 +109,7 @@ static void test_find_head_bare_lf(void **state)
         "GET / HTTP/1.1\nHost: a\n\n",
         "GET / HTTP/1.1\r\nHost: a\n\n",
         "GET / HTTP/1.1\r\nHost: a\r\n\n",
+        "GET / HTTP/1.1\r\nHost: a\r\n\r\r\n", /* a bare CR: no CRLFCRLF ever comes */
     };
     size_t hl;
     int st;
@@ -584,6 +585,7 @@ static const struct chunk_case good_chunks[] = {
      "0\r\nContent-Length: 5\r\nX-A: 1\r\ntransfer-encoding: chunked\r\n"
      "Host: evil\r\nX-Daytona-Authorization: Bearer x\r\n\r\n",
      "0\r\nX-A: 1\r\n\r\n", PX_PARSE_OK},
+    {"2^52 - 1 (the largest size)", "fffffffffffff\r\nhel", "fffffffffffff\r\nhel", PX_PARSE_AGAIN},
     {"incomplete", "5\r\nhel", "5\r\nhel", PX_PARSE_AGAIN},
     {"incomplete last", "5\r\nhello\r\n0\r\n", "5\r\nhello\r\n", PX_PARSE_AGAIN},
 };
@@ -649,6 +651,9 @@ static void test_chunked_bad(void **state)
         {"bare LF in trailer", "0\r\nX-A: 1\n\r\n"},
         {"17 hex digits", "00000000000000005\r\nhello\r\n0\r\n\r\n"},
         {"17 hex digits ffff", "fffffffffffffffff\r\n"},
+        {"2^52", "10000000000000\r\nhello\r\n"},
+        {"2^63 - 1", "7fffffffffffffff\r\nhello\r\n"},
+        {"2^64 - 1", "ffffffffffffffff\r\nhello\r\n"},
         {"zz", "zz\r\n"},
         {"empty size", "\r\nhello\r\n"},
         {"0x prefix", "0x5\r\nhello\r\n0\r\n\r\n"},
