@@ -575,6 +575,10 @@ static void read_head(struct px_conn *c)
     if (c->state == PX_CONN_IDLE) {
         px_conn_set_state(c, PX_CONN_HEAD);
         px_conn_arm_timer(c, cfg->client_header_timeout);
+        /* The access log's total_ms counts from here when the head never
+         * completes (a 408 on client_header_timeout): parse_head() sets it
+         * again otherwise. Unset, it logged milliseconds since 1970. */
+        gettimeofday(&c->t_start, NULL);
     }
     switch (px_h1_find_head(in, cfg->max_request_line, cfg->max_header_size, &head_len, &status)) {
     case PX_PARSE_AGAIN: return;
