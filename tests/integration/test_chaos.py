@@ -232,7 +232,7 @@ def test_no_request_answered_with_another_requests_data(px, runner):
     close, never another request's answer."""
     h = host(3000, PUB)
     stop = time.monotonic() + CHURN_SECONDS
-    counts = {"ok": 0, "502": 0, "closed": 0}
+    counts = {"ok": 0, "abort_502": 0, "get_502": 0, "post_502": 0, "closed": 0}
     lock = threading.Lock()
     errors = []
 
@@ -246,10 +246,10 @@ def test_no_request_answered_with_another_requests_data(px, runner):
             return
         if kind == "abort":
             assert r.status == 502, r
-            count("502")
+            count("abort_502")
             return
         if r.status == 502 and kind in ("get", "post"):
-            count("502")         # a dropped pooled connection: no retry for a POST
+            count(f"{kind}_502")   # a dropped pooled connection: no retry for a POST
             return
         if kind == "download":
             assert r.status == 200, r
