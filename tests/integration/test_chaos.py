@@ -329,6 +329,19 @@ REDIS_CMD_TIMEOUT = 1.0          # auth/redis.c CMD_TIMEOUT_MS
 REDIS_503_BOUND = REDIS_CMD_TIMEOUT + 3.0
 
 
+def redis_unread_bytes(port):
+    """Bytes queued unread on the server side of connections to 127.0.0.1:port
+    (/proc/net/tcp: local address, then tx_queue:rx_queue)."""
+    total = 0
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if fields[1].endswith(f":{port:04X}") and fields[3] == "01":   # ESTABLISHED
+                total += int(fields[4].split(":")[1], 16)
+    return total
+
+
 def test_redis_killed_and_restarted_mid_request_and_under_load(rproxy, redis_server, rdb, runner):
     """Every request names a sandbox not looked up before (so no cache can
     answer): requests in flight when Redis is stopped and then SIGKILLed, and
@@ -368,7 +381,10 @@ def test_redis_killed_and_restarted_mid_request_and_under_load(rproxy, redis_ser
     threads = [threading.Thread(target=lambda: inflight.append(one())) for _ in range(5)]
     for t in threads:
         t.start()
-    time.sleep(0.3)   # the lookups are sent and waiting (the command timeout is 1 s)
+    # the lookups are sent: bytes wait unread in the stopped server's socket
+    wait_until(lambda: redis_unread_bytes(redis_server.port) > 0, timeout=REDIS_CMD_TIMEOUT / 2,
+               interval=0.01, what="lookups waiting in the stopped Redis")
+    assert not any(x for x in inflight), inflight
     t_kill = time.monotonic()
     redis_server.kill()
     rdb.close()
