@@ -22,15 +22,12 @@ Attacks covered elsewhere (cited, and recording into limits.txt too):
 
 Bounds are derived from the limits, with room for the ASan build (redzones
 around every allocation, a 16 MiB quarantine under make test-san) and a
-machine shared with other builds:
+machine shared with other builds; see the constants below.
 """
-import os
 import socket
 import threading
 import time
 import uuid
-
-import pytest
 
 from helpers import BASE_DOMAIN, DIRECT, PUB, RawConn, free_port, host, request_bytes, wait_until
 from measure import LegitLoad, Sampler, fd_count, legit_echo, record
