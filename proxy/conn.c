@@ -193,6 +193,11 @@ void px_conn_close(struct px_conn *c)
 
 #define LINGER_TIMEOUT 5 /* seconds of client silence that end lingering */
 #define LINGER_TIME 30   /* and the most it lasts (nginx's lingering_timeout/time) */
+/* After a 408 on client_header_timeout, the most it lasts: a slowloris client
+ * that keeps trickling would otherwise hold its slot (max_connections, the
+ * per-IP cap) LINGER_TIME longer than the head timeout allows (issue 12 item
+ * 3, tests/integration/test_attack_limits.py). nginx does not even answer there. */
+#define LINGER_AFTER_HEAD_TIMEOUT 2
 
 /* Our answer is out: say so (FIN, or close_notify over TLS), then read and
  * discard what the client still sends until it closes, falls silent for
@@ -207,14 +212,14 @@ static void linger_start(struct px_conn *c)
         return;
     }
     c->lingering = 1;
-    c->linger_until = time(NULL) + LINGER_TIME;
+    c->linger_until = time(NULL) + (c->linger_short ? LINGER_AFTER_HEAD_TIMEOUT : LINGER_TIME);
     if (c->tls)
         px_tls_close_notify(c->bev);
     shutdown(bufferevent_getfd(c->bev), SHUT_WR);
     evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
     bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
     bufferevent_enable(c->bev, EV_READ);
-    px_conn_arm_timer(c, LINGER_TIMEOUT);
+    px_conn_arm_timer(c, c->linger_short ? LINGER_AFTER_HEAD_TIMEOUT : LINGER_TIMEOUT);
 }
 
 /* Stop reading, flush what we wrote, then linger and destroy. */
@@ -578,6 +583,10 @@ static void read_head(struct px_conn *c)
     if (c->state == PX_CONN_IDLE) {
         px_conn_set_state(c, PX_CONN_HEAD);
         px_conn_arm_timer(c, cfg->client_header_timeout);
+        /* The access log's total_ms counts from here when the head never
+         * completes (a 408 on client_header_timeout): parse_head() sets it
+         * again otherwise. Unset, it logged milliseconds since 1970. */
+        gettimeofday(&c->t_start, NULL);
     }
     switch (px_h1_find_head(in, cfg->max_request_line, cfg->max_header_size, &head_len, &status)) {
     case PX_PARSE_AGAIN: return;
@@ -790,6 +799,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     switch (c->state) {
     case PX_CONN_HEAD:
         clog(c, PX_INFO, "client_header_timeout: closing");
+        c->linger_short = 1;
         px_conn_fail_close(c, 408, "the request head did not arrive in time");
         break;
     case PX_CONN_STREAM: {

@@ -13,6 +13,7 @@ import requests
 
 from conftest import CRASH_MARKERS, DEFAULT_SETTINGS, Proxy, default_sandboxes
 from helpers import BASE_DOMAIN, PUB, RawConn, free_port, host, request_bytes, wait_until
+from measure import fd_count, record, rss_kib
 
 IDLE_CONNS = 40
 WINDOW = 2.0       # seconds of measurement
@@ -93,11 +94,13 @@ def open_idle(port, n):
     return [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(n)]
 
 
-def assert_quiet_while_exhausted(p, socks):
+def assert_quiet_while_exhausted(p, socks, attack="fd_exhaustion"):
     """Over WINDOW seconds with socks open, the proxy neither spins nor floods its log."""
     lines0, cpu0 = len(p.log_lines()), cpu_seconds(p.proc.pid)
     time.sleep(WINDOW)  # the measurement window, not a readiness wait
     cpu, lines = cpu_seconds(p.proc.pid) - cpu0, len(p.log_lines()) - lines0
+    record(attack, idle_conns=len(socks), window_s=WINDOW, cpu_s=cpu, cpu_bound_s=MAX_CPU * WINDOW,
+           log_lines=lines, fds=fd_count(p.proc.pid), rss_mib=rss_kib(p.proc.pid) / 1024)
     assert p.alive(), p.log()[-3000:]
     assert cpu < MAX_CPU * WINDOW, f"proxy used {cpu:.2f}s of CPU in {WINDOW}s with {len(socks)} idle conns"
     assert lines < MAX_LOG_LINES, f"proxy wrote {lines} log lines in {WINDOW}s:\n" + \
@@ -124,7 +127,7 @@ def test_low_fd_limit_at_start_no_spin(limited_proxy):
     p = limited_proxy(nofile=32)
     socks = open_idle(p.port, IDLE_CONNS)
     try:
-        assert_quiet_while_exhausted(p, socks)
+        assert_quiet_while_exhausted(p, socks, "fd_exhaustion_nofile32_at_start")
     finally:
         close_all(socks)
     health_within(p, 10)   # accepting resumed
@@ -138,7 +141,7 @@ def test_fd_limit_lowered_while_running_no_spin(proxy):
     resource.prlimit(p.proc.pid, resource.RLIMIT_NOFILE, (32, hard))
     socks = open_idle(p.port, IDLE_CONNS)
     try:
-        assert_quiet_while_exhausted(p, socks)
+        assert_quiet_while_exhausted(p, socks, "fd_exhaustion_nofile32_at_run_time")
         assert re.search(r"accept.*(Too many open files|EMFILE)", p.log()), p.log()[-3000:]
     finally:
         close_all(socks)

@@ -10,6 +10,7 @@ import threading
 import time
 
 from helpers import PUB, host, request_bytes, wait_until
+from measure import record
 
 
 def rss_mib(pid):
@@ -77,6 +78,8 @@ def test_pipelined_local_answers_are_bounded(px):
     try:
         send_until_blocked(s, data, 20)
         grown = rss_mib(px.proc.pid) - base
+        record("pipelined_local_answers_unread", requests=200000, rss_growth_mib=grown,
+               bound_mib=24)
         assert grown < 24, f"RSS grew {grown:.1f} MiB with pipelined answers unread"
         # and it resumes as the client reads: the first answers are all there
         statuses = read_responses(s, 2000)
@@ -124,6 +127,8 @@ def test_pipelined_forwarded_answers_are_bounded(px, runner):
         wait_until(settled, timeout=30, what="the runner to stop receiving requests")
         forwarded = last[0]
         grown = rss_mib(px.proc.pid) - base
+        record("pipelined_forwarded_answers_unread", requests=n, forwarded=forwarded,
+               rss_growth_mib=grown, bound_mib=16)
         assert forwarded < n, "the proxy fetched every answer the client never read"
         assert grown < 16, f"RSS grew {grown:.1f} MiB with forwarded answers unread"
         statuses = read_responses(s, n, timeout=120)

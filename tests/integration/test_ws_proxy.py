@@ -28,6 +28,7 @@ from helpers import (BASE_DOMAIN, PUB, PUB_TOKEN, RawConn, free_port, host, runn
                      start_server, stop_proc, wait_until, ws_frame)
 from redisfix import *  # noqa: F401,F403  (redis_server, rdb, rproxy, add_sandbox, ...)
 from redisfix import ORG, add_api_key, add_sandbox, add_signed_token, mint_cookie
+from measure import record
 
 
 WSPUB = "wspub"
@@ -670,6 +671,8 @@ def test_slow_reader_memory_bounded(own_wss, wsproxy):
             peak = max(peak, rss_kib(pid))
     assert got == expect, f"received {got} bytes, expected {expect}"
     assert tail.endswith(b"\x81\x04done")
+    record("ws_slow_reader_200mib", stalled_after_mib=last >> 20,
+           peak_rss_growth_mib=(peak - rss0) / 1024, bound_mib=64)
     assert peak - rss0 < 64 * 1024, f"proxy RSS grew by {(peak - rss0) // 1024} MiB while draining"
     c.close()
 
