@@ -1,6 +1,6 @@
 # preview-proxy — see README.md. `make run` and `make test` install what they need.
-PKGS    := libevent libevent_openssl libevent_pthreads openssl libnghttp2 hiredis jansson
-APT_PKGS := build-essential pkg-config libevent-dev libssl-dev libnghttp2-dev libhiredis-dev libjansson-dev \
+PKGS    := libevent libevent_openssl libevent_pthreads openssl libnghttp2 hiredis jansson libsystemd
+APT_PKGS := build-essential pkg-config libevent-dev libssl-dev libnghttp2-dev libhiredis-dev libjansson-dev libsystemd-dev \
             libhttp-parser-dev python3 redis-server curl
 TEST_PKGS := libcmocka-dev wrk nginx-light nghttp2-client openssl python3-pytest \
             python3-requests python3-websockets python3-h2 cppcheck clang-format
