@@ -4,7 +4,7 @@ APT_PKGS := build-essential pkg-config libevent-dev libssl-dev libnghttp2-dev li
             libhttp-parser-dev python3 redis-server curl
 TEST_PKGS := libcmocka-dev wrk nginx-light nghttp2-client openssl python3-pytest \
             python3-requests python3-websockets python3-h2 cppcheck clang-format \
-            lintian logrotate
+            lintian logrotate dpkg-dev systemd man-db
 CC      ?= cc
 SAN     ?= 0
 BUILD   := build
