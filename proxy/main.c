@@ -579,11 +579,13 @@ static int run_worker(struct px_config *cfg)
     return rc;
 }
 
-static volatile sig_atomic_t master_signal;
+/* One flag per signal, so that a SIGUSR1 and a SIGHUP arriving together are
+ * both relayed. */
+static volatile sig_atomic_t master_got[NSIG];
 
 static void master_on_signal(int sig)
 {
-    master_signal = sig;
+    master_got[sig] = 1;
 }
 
 /* The master relays SIGTERM/SIGINT/SIGHUP/SIGUSR1 to the workers and exits when
@@ -656,9 +658,12 @@ static int run_master(struct px_config *cfg)
                 sd_notify(0, "READY=1");
             }
         }
-        int sig = master_signal;
-        if (sig != 0) {
-            master_signal = 0;
+        static const int relayed[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1};
+        for (size_t k = 0; k < sizeof(relayed) / sizeof(relayed[0]); k++) {
+            int sig = relayed[k];
+            if (!master_got[sig])
+                continue;
+            master_got[sig] = 0;
             if (sig == SIGTERM || sig == SIGINT) {
                 stopping = 1;
                 sd_notify(0, "STOPPING=1");

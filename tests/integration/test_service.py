@@ -155,3 +155,19 @@ def test_error_log_off_is_refused(proxy_bin, tmp_path):
     r = subprocess.run([proxy_bin, "-t", "-c", str(conf)], capture_output=True, text=True,
                        timeout=10)
     assert r.returncode == 1 and "p.conf:2" in r.stderr
+
+
+def test_master_relays_signals_sent_together(proxy, runner, notify, tmp_path):
+    """SIGUSR1 and SIGHUP in one burst: the master relays both (one flag per signal)."""
+    error = tmp_path / "error.log"
+    p = proxy(settings={"workers": "2", "error_log": str(error)},
+              env={"NOTIFY_SOCKET": notify.path}, wait=False)
+    assert notify.recv()[1] == {"READY": "1"}
+    os.kill(p.proc.pid, signal.SIGUSR1)
+    os.kill(p.proc.pid, signal.SIGHUP)
+    assert notify.recv()[1].get("RELOADING") == "1"
+    assert notify.recv()[1] == {"READY": "1"}
+    wait_until(lambda: error.read_text().count("log files reopened") == 2, timeout=5,
+               what="both workers reopened their logs")
+    wait_until(lambda: error.read_text().count("reloaded") == 2, timeout=5,
+               what="both workers reloaded")
