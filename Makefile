@@ -1,10 +1,11 @@
 # preview-proxy — see README.md. `make run` and `make test` install what they need.
-PKGS    := libevent libevent_openssl libevent_pthreads openssl libnghttp2 hiredis jansson cjose
+PKGS    := libevent libevent_openssl libevent_pthreads openssl libnghttp2 hiredis jansson cjose libsystemd
 APT_PKGS := build-essential pkg-config libevent-dev libssl-dev libnghttp2-dev libhiredis-dev libjansson-dev \
-            libcjose-dev \
+            libcjose-dev libsystemd-dev \
             libhttp-parser-dev python3 redis-server curl
 TEST_PKGS := libcmocka-dev wrk nginx-light haproxy nghttp2-client openssl python3-pytest \
-            python3-requests python3-websockets python3-h2 cppcheck clang-format
+            python3-requests python3-websockets python3-h2 cppcheck clang-format \
+            lintian logrotate dpkg-dev systemd man-db
 CC      ?= cc
 SAN     ?= 0
 BUILD   := build
@@ -34,7 +35,8 @@ LIB_OBJ   := $(filter-out $(BUILD)/obj/proxy/main.o,$(PROXY_OBJ))
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps test-deps run test test-unit test-integration test-san check clean bench lint
+.PHONY: all deps test-deps run test test-unit test-integration test-san check clean bench lint \
+        install deb
 
 all: $(BUILD)/preview-proxy $(BUILD)/proxyctl
 
@@ -45,8 +47,9 @@ $(BUILD)/obj/%.o: %.c
 $(BUILD)/preview-proxy: $(PROXY_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
+# --as-needed: proxyctl uses a few of PKG_LIBS, and its package Depends on those only.
 $(BUILD)/proxyctl: $(BUILD)/obj/tools/proxyctl.o $(BUILD)/obj/auth/digest.o $(BUILD)/obj/auth/fileurl.o
-	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+	$(CC) $(LDFLAGS) -Wl,--as-needed -o $@ $^ $(PKG_LIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -100,6 +103,36 @@ check: test-deps
 
 bench: all
 	./bench/run.sh
+
+# Installing and packaging (issue 14; packaging/README.md). Both programs go to
+# sbin: they are administrators' tools, documented in man section 8. The
+# configuration and logrotate files go to $(DESTDIR)/etc whatever PREFIX is, and
+# an existing proxy.conf is never replaced. With PREFIX=/usr the unit goes to
+# /lib/systemd/system, where Debian 12 wants it.
+PREFIX  ?= /usr/local
+VERSION ?= $(shell sed -n 's/.*PX_VERSION "\(.*\)"/\1/p' proxy/px.h)
+SBINDIR  = $(PREFIX)/sbin
+MANDIR   = $(PREFIX)/share/man
+UNITDIR ?= $(patsubst /usr/lib/%,/lib/%,$(PREFIX)/lib/systemd/system)
+
+install: all
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 \
+	  $(DESTDIR)$(UNITDIR) $(DESTDIR)/etc/preview-proxy $(DESTDIR)/etc/logrotate.d
+	install -m 755 $(BUILD)/preview-proxy $(BUILD)/proxyctl $(DESTDIR)$(SBINDIR)/
+	install -m 644 packaging/man/preview-proxy.8 packaging/man/proxyctl.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 644 packaging/man/proxy.conf.5 $(DESTDIR)$(MANDIR)/man5/
+	sed 's|/usr/sbin/|$(SBINDIR)/|g' packaging/preview-proxy.service \
+	  > $(DESTDIR)$(UNITDIR)/preview-proxy.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/preview-proxy.service
+	install -m 644 packaging/preview-proxy.logrotate $(DESTDIR)/etc/logrotate.d/preview-proxy
+	test -e $(DESTDIR)/etc/preview-proxy/proxy.conf || \
+	  install -m 644 packaging/proxy.conf $(DESTDIR)/etc/preview-proxy/proxy.conf
+
+# build/preview-proxy_$(VERSION)_ARCH.deb, with dpkg-deb alone (no network).
+deb: all
+	rm -rf $(BUILD)/deb
+	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(BUILD)/deb/debian/preview-proxy PREFIX=/usr
+	./packaging/mkdeb.sh $(BUILD)/deb/debian/preview-proxy $(VERSION) $(BUILD)
 
 clean:
 	rm -rf build build-san

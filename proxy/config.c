@@ -202,6 +202,7 @@ void px_config_free(struct px_config *c)
     for (int i = 0; i < c->ndomains; i++)
         free(c->domains[i]);
     free(c->access_log);
+    free(c->error_log);
     free(c->redis_host);
     free(c->redis_username);
     free(c->redis_password);
@@ -361,6 +362,12 @@ static const char *apply(struct px_config *c, char **w, int n)
     if (!strcmp(d, "access_log")) {
         NEED(1);
         return set_string(&c->access_log, w[1]) ? "out of memory" : NULL;
+    }
+    if (!strcmp(d, "error_log")) {
+        NEED(1);
+        if (!strcmp(w[1], "off"))
+            return "expects stderr or a file (errors are never dropped)";
+        return set_string(&c->error_log, w[1]) ? "out of memory" : NULL;
     }
     if (!strcmp(d, "log_level")) {
         NEED(1);
@@ -748,7 +755,8 @@ struct px_config *px_config_load(const char *path, char *err, size_t errlen)
         }
     if (c->cookie_format == PX_COOKIE_FMT_AUTO) /* SPEC 4.5: Daytona's in API mode */
         c->cookie_format = c->api_url != NULL ? PX_COOKIE_FMT_DAYTONA : PX_COOKIE_FMT_V1;
-    if (c->access_log == NULL && set_string(&c->access_log, "stderr")) {
+    if ((c->access_log == NULL && set_string(&c->access_log, "stderr")) ||
+        (c->error_log == NULL && set_string(&c->error_log, "stderr"))) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }

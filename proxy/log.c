@@ -1,8 +1,12 @@
 /* log.c — one line per event on stderr, with time and level.
  * Never pass secrets here: callers log hashes or redacted hosts (STYLE 9). */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "proxy/px.h"
 
@@ -55,4 +59,28 @@ int px_log_allow(int per_second)
     }
     allow_used++;
     return 1;
+}
+
+int px_log_open_error(const char *path)
+{
+    int fd, saved;
+
+    if (!strcmp(path, "stderr"))
+        return 0;
+    /* O_APPEND: the workers share the file, and a line is one write(). */
+    if ((fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640)) == -1)
+        return -1;
+    fflush(stderr);
+    /* dup2() replaces descriptor 2 in one step: no moment without a stderr. */
+    if (fd != STDERR_FILENO && dup2(fd, STDERR_FILENO) == -1) {
+        saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    if (fd != STDERR_FILENO)
+        close(fd);
+    else
+        fcntl(fd, F_SETFD, 0); /* descriptor 2 was closed: keep it across exec */
+    return 0;
 }

@@ -3,10 +3,14 @@
  * `preview-proxy -c FILE` serves; `-t` only checks the file. With `workers N`
  * (N > 1) the master forks N workers that each bind the listeners with
  * SO_REUSEPORT and run their own event loop; the master only relays signals
- * and reaps. SIGTERM/SIGINT drain, SIGHUP reloads the configuration. */
+ * and reaps. SIGTERM/SIGINT drain, SIGHUP reloads the configuration, SIGUSR1
+ * reopens the log files. Under systemd (Type=notify) the process systemd
+ * started reports READY, RELOADING and STOPPING. */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +26,8 @@
 #include <event2/listener.h>
 
 #include <openssl/rand.h>
+
+#include <systemd/sd-daemon.h>
 
 #include "auth/activity.h"
 #include "auth/lookup.h"
@@ -48,12 +54,59 @@ static int ntls_sets;
 static struct px_config
     *configs[64]; /* every config ever loaded; connections may borrow old ones */
 static int nconfigs;
+/* The log files opened at start, reopened by name on SIGUSR1. They point into
+ * configs[0], which lives as long as the process; a reload does not move logs. */
+static const char *error_log_path = "stderr";
+static const char *access_log_path = "off";
 
 static void usage(void)
 {
     fprintf(stderr, "usage: preview-proxy [-t] [-c proxy.conf]\n"
                     "  -c FILE  configuration file (default proxy.conf)\n"
                     "  -t       check the configuration and exit (0 good, 1 bad)\n");
+}
+
+/* ---- telling systemd how we are (Type=notify) ----
+ *
+ * systemd listens to the process it started: the only one with `workers 1`,
+ * else the master. That one sends READY=1 once the listeners accept (a master:
+ * once every worker has written a byte to ready_pipe, which workers also do
+ * after each reload), RELOADING=1 on SIGHUP then READY=1 when the reload is
+ * done, STOPPING=1 when told to stop. Without NOTIFY_SOCKET sd_notify() does
+ * nothing, so this costs nothing outside systemd. */
+static int ready_pipe[2] = {-1, -1}; /* the master's; non-blocking both ends */
+static int report_fd = -1;           /* a worker's write end of ready_pipe, else -1 */
+
+static void notify(const char *state)
+{
+    if (report_fd == -1) {
+        sd_notify(0, state);
+    } else if (!strcmp(state, "READY=1")) {
+        ssize_t n = write(report_fd, "r", 1); /* the master counts; a full pipe cannot be */
+        (void)n;
+    }
+}
+
+static void notify_reloading(void)
+{
+    struct timespec ts;
+
+    if (report_fd != -1)
+        return;
+    /* MONOTONIC_USEC tells systemd which reload this is (sd_notify(3)). */
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
+               (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
+}
+
+/* fopen(3)'s "e": the descriptor is not inherited by anything we exec. */
+static FILE *open_access_log(const char *path)
+{
+    FILE *f = fopen(path, "ae");
+
+    if (f != NULL)
+        setvbuf(f, NULL, _IOLBF, 0);
+    return f;
 }
 
 struct listener_arg {
@@ -345,6 +398,7 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
         event_base_loopexit(srv->base, NULL);
         return;
     }
+    notify("STOPPING=1");
     px_log(PX_INFO, "signal %d: draining %lu connections (up to %d s)", (int)sig, srv->nconns,
            srv->cfg->shutdown_timeout);
     close_listeners();
@@ -354,13 +408,10 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
     px_conn_drain_all(srv);
 }
 
-static void on_hup(evutil_socket_t sig, short what, void *arg)
+static void reload(struct px_server *srv)
 {
-    struct px_server *srv = arg;
     char err[512];
     struct px_config *cfg;
-    (void)sig;
-    (void)what;
 
     if (nconfigs == (int)(sizeof(configs) / sizeof(configs[0]))) {
         px_log(PX_WARN, "SIGHUP: too many reloads in this process; restart it");
@@ -393,10 +444,43 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
     warn_fd_cap(srv);
 }
 
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    notify_reloading();
+    reload(arg);
+    notify("READY=1"); /* also after a refused reload: the old configuration serves */
+}
+
+/* SIGUSR1, from logrotate's postrotate: open the log files again by name. A file
+ * that cannot be opened is reported and the old one kept. */
+static void on_usr1(evutil_socket_t sig, short what, void *arg)
+{
+    struct px_server *srv = arg;
+    FILE *f;
+    (void)sig;
+    (void)what;
+
+    if (px_log_open_error(error_log_path) != 0)
+        px_log(PX_WARN, "SIGUSR1: cannot reopen error_log %s: %s; keeping the old file",
+               error_log_path, strerror(errno));
+    if (srv->access != NULL && srv->access != stderr) {
+        if ((f = open_access_log(access_log_path)) == NULL) {
+            px_log(PX_WARN, "SIGUSR1: cannot reopen access_log %s: %s; keeping the old file",
+                   access_log_path, strerror(errno));
+        } else {
+            fclose(srv->access);
+            srv->access = f;
+        }
+    }
+    px_log(PX_INFO, "SIGUSR1: log files reopened");
+}
+
 static int run_worker(struct px_config *cfg)
 {
     struct px_server srv = {0};
-    struct event *sigs[4];
+    struct event *sigs[4]; /* SIGTERM, SIGINT, SIGHUP, SIGUSR1 */
     int rc = 0;
 
     signal(SIGPIPE, SIG_IGN);
@@ -428,11 +512,11 @@ static int run_worker(struct px_config *cfg)
     if (!strcmp(cfg->access_log, "stderr")) {
         srv.access = stderr;
     } else if (strcmp(cfg->access_log, "off") != 0) {
-        if ((srv.access = fopen(cfg->access_log, "a")) == NULL) {
+        if ((srv.access = open_access_log(cfg->access_log)) == NULL) {
             px_log(PX_ERR, "cannot open access_log %s: %s", cfg->access_log, strerror(errno));
             return 1;
         }
-        setvbuf(srv.access, NULL, _IOLBF, 0);
+        access_log_path = cfg->access_log;
     }
     px_lookup_set_server(&srv);
     px_activity_set_server(&srv);
@@ -455,7 +539,8 @@ static int run_worker(struct px_config *cfg)
     sigs[0] = evsignal_new(srv.base, SIGTERM, on_term, &srv);
     sigs[1] = evsignal_new(srv.base, SIGINT, on_term, &srv);
     sigs[2] = evsignal_new(srv.base, SIGHUP, on_hup, &srv);
-    for (int i = 0; i < 3; i++)
+    sigs[3] = evsignal_new(srv.base, SIGUSR1, on_usr1, &srv);
+    for (int i = 0; i < 4; i++)
         evsignal_add(sigs[i], NULL);
     /* Signals sent while this worker started were held (run_master); from here
      * the loop handles them. */
@@ -464,8 +549,10 @@ static int run_worker(struct px_config *cfg)
     sigaddset(&held, SIGTERM);
     sigaddset(&held, SIGINT);
     sigaddset(&held, SIGHUP);
+    sigaddset(&held, SIGUSR1);
     sigprocmask(SIG_UNBLOCK, &held, NULL);
     px_log(PX_INFO, "preview-proxy %s worker %u serving", PX_VERSION, srv.pid);
+    notify("READY=1");
     if (event_base_dispatch(srv.base) < 0)
         rc = 1;
     px_log(PX_INFO, "worker %u exiting", srv.pid);
@@ -476,7 +563,7 @@ static int run_worker(struct px_config *cfg)
     metrics_listener = NULL;
     event_free(accept_timer);
     accept_timer = NULL;
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         event_free(sigs[i]);
     if (shutdown_timer != NULL)
         event_free(shutdown_timer);
@@ -494,44 +581,64 @@ static int run_worker(struct px_config *cfg)
     return rc;
 }
 
-static volatile sig_atomic_t master_signal;
+/* One flag per signal, so that a SIGUSR1 and a SIGHUP arriving together are
+ * both relayed. */
+static volatile sig_atomic_t master_got[NSIG];
 
 static void master_on_signal(int sig)
 {
-    master_signal = sig;
+    master_got[sig] = 1;
 }
 
-/* The master relays SIGTERM/SIGINT/SIGHUP to the workers and exits when they all
- * have; a worker that dies unexpectedly is replaced. */
+/* The master relays SIGTERM/SIGINT/SIGHUP/SIGUSR1 to the workers and exits when
+ * they all have; a worker that dies unexpectedly is replaced. It sleeps in
+ * poll() on ready_pipe, woken by a worker's byte or a signal (EINTR), and at
+ * least every REAP_MS to reap: SIGCHLD is not caught. */
+#define REAP_MS 100
 static int run_master(struct px_config *cfg)
 {
     pid_t *pids = calloc((size_t)cfg->workers, sizeof(pid_t));
     int alive = 0, rc = 0, stopping = 0;
+    int waiting = cfg->workers; /* bytes on ready_pipe until READY=1; 0: none expected */
     struct sigaction sa = {0};
 
     if (pids == NULL)
         return 1;
+    if (pipe(ready_pipe) != 0) {
+        px_log(PX_ERR, "pipe: %s", strerror(errno));
+        free(pids);
+        return 1;
+    }
+    for (int i = 0; i < 2; i++) {
+        fcntl(ready_pipe[i], F_SETFD, FD_CLOEXEC);
+        fcntl(ready_pipe[i], F_SETFL, O_NONBLOCK);
+    }
     sa.sa_handler = master_on_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
     for (;;) {
         for (int i = 0; i < cfg->workers && !stopping; i++) {
             if (pids[i] != 0)
                 continue;
-            /* A worker holds SIGTERM/SIGINT/SIGHUP until its loop can handle them:
-             * one that arrives during start-up must drain, not kill it. */
+            /* A worker holds SIGTERM/SIGINT/SIGHUP/SIGUSR1 until its loop can
+             * handle them: one that arrives during start-up must drain, not kill it. */
             sigset_t hold, old;
             sigemptyset(&hold);
             sigaddset(&hold, SIGTERM);
             sigaddset(&hold, SIGINT);
             sigaddset(&hold, SIGHUP);
+            sigaddset(&hold, SIGUSR1);
             sigprocmask(SIG_BLOCK, &hold, &old);
             pid_t p = fork();
             if (p == 0) {
                 signal(SIGTERM, SIG_DFL);
                 signal(SIGINT, SIG_DFL);
                 signal(SIGHUP, SIG_DFL);
+                signal(SIGUSR1, SIG_DFL);
+                close(ready_pipe[0]);
+                report_fd = ready_pipe[1];
                 exit(run_worker(cfg));
             }
             sigprocmask(SIG_SETMASK, &old, NULL);
@@ -544,33 +651,56 @@ static int run_master(struct px_config *cfg)
         }
         if (alive == 0)
             break;
-        int status;
-        pid_t p = wait(&status);
-        if (p < 0 && errno == EINTR) {
-            int sig = master_signal;
-            master_signal = 0;
-            if (sig == SIGTERM || sig == SIGINT)
+        struct pollfd pfd = {.fd = ready_pipe[0], .events = POLLIN};
+        if (poll(&pfd, 1, REAP_MS) > 0) {
+            char buf[64];
+            ssize_t n = read(ready_pipe[0], buf, sizeof(buf));
+            if (n > 0 && waiting > 0 && (waiting -= (int)n) <= 0) {
+                waiting = 0;
+                sd_notify(0, "READY=1");
+            }
+        }
+        static const int relayed[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1};
+        for (size_t k = 0; k < sizeof(relayed) / sizeof(relayed[0]); k++) {
+            int sig = relayed[k];
+            if (!master_got[sig])
+                continue;
+            master_got[sig] = 0;
+            if (sig == SIGTERM || sig == SIGINT) {
                 stopping = 1;
+                sd_notify(0, "STOPPING=1");
+            } else if (sig == SIGHUP) {
+                notify_reloading();
+                waiting = alive; /* each worker writes a byte when its reload is done */
+            } else if (sig == SIGUSR1 && px_log_open_error(error_log_path) != 0) {
+                px_log(PX_WARN, "SIGUSR1: cannot reopen error_log %s: %s; keeping the old file",
+                       error_log_path, strerror(errno));
+            }
             for (int i = 0; i < cfg->workers; i++)
                 if (pids[i] != 0)
                     kill(pids[i], sig);
-            continue;
         }
-        if (p < 0)
-            break;
-        for (int i = 0; i < cfg->workers; i++) {
-            if (pids[i] != p)
-                continue;
-            pids[i] = 0;
-            alive--;
-            if (!stopping) {
-                px_log(PX_ERR, "worker %d died (status %d); restarting it", (int)p, status);
-            } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-                rc = 1;
+        int status;
+        pid_t p;
+        while ((p = waitpid(-1, &status, WNOHANG)) > 0) {
+            for (int i = 0; i < cfg->workers; i++) {
+                if (pids[i] != p)
+                    continue;
+                pids[i] = 0;
+                alive--;
+                if (!stopping) {
+                    px_log(PX_ERR, "worker %d died (status %d); restarting it", (int)p, status);
+                } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+                    rc = 1;
+                }
             }
         }
+        if (p < 0 && errno == ECHILD && alive > 0)
+            break; /* cannot happen: every worker is our child */
     }
     free(pids);
+    close(ready_pipe[0]);
+    close(ready_pipe[1]);
     return rc;
 }
 
@@ -628,6 +758,15 @@ int main(int argc, char **argv)
         return 0;
     }
     px_log_level = cfg->log_level;
+    /* Until a handler is installed, a logrotate SIGUSR1 must not kill us. */
+    signal(SIGUSR1, SIG_IGN);
+    if (px_log_open_error(cfg->error_log) != 0) {
+        fprintf(stderr, "preview-proxy: cannot open error_log %s: %s\n", cfg->error_log,
+                strerror(errno));
+        px_config_free(cfg);
+        return 1;
+    }
+    error_log_path = cfg->error_log;
     if (cfg->cookie_secret == NULL) {
         /* SPEC 4.5: made before fork() so that all workers share it. */
         unsigned char rnd[32];

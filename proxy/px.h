@@ -55,6 +55,11 @@ void px_logf(enum px_level lvl, const char *ctx, const char *fmt, ...)
  * the rest are counted and reported in the next line that gets through. For
  * messages a misbehaving peer can trigger at request rate (502s, 504s). */
 int px_log_allow(int per_second);
+/* Points descriptor 2 at path (appended to, created 0640 if missing), so log
+ * lines and anything else written to stderr go there; "stderr" leaves it as it
+ * is. Called at start and on SIGUSR1, after logrotate has renamed the file.
+ * Returns 0, or -1 with errno set and stderr unchanged. */
+int px_log_open_error(const char *path);
 
 #define px_log(lvl, ...)                                                                           \
     do {                                                                                           \
@@ -113,6 +118,7 @@ struct px_config {
     char *domains[PX_MAX_DOMAINS]; /* owned, lowercased, no leading dot */
     int ndomains;
     char *access_log; /* owned; "stderr", "off" or a path */
+    char *error_log;  /* owned; "stderr" or a path (px_log_open_error) */
     enum px_level log_level;
     int workers;
     int preview_warning;
