@@ -38,7 +38,7 @@ static void check_parse(const char *data, size_t len)
         CHECK(inside(&h, h.hdrs[i].name) && h.hdrs[i].name.len > 0 &&
               inside(&h, h.hdrs[i].value));
     CHECK(h.http_major == 1);
-    CHECK(h.status >= 100 && h.status <= 999);
+    CHECK(h.status >= 100 && h.status <= 599);
     CHECK(!(h.chunked && h.content_length >= 0));
     CHECK(h.content_length >= -1);
     int body_get = px_h1_response_has_body(&h, HTTP_GET);

@@ -266,7 +266,8 @@ bad:
     return -1;
 }
 
-/* RFC 9112 4: HTTP-version SP 3DIGIT SP [reason]. As for requests, the
+/* RFC 9112 4: HTTP-version SP 3DIGIT SP [reason], the code within 100..599
+ * (RFC 9110 15; a 000 would read as "nothing sent" in conn.c). As for requests, the
  * non-strict http-parser takes "HTTX/1.1" or "HT@P/1.1" and two-digit codes, so
  * we check; the SP before an empty reason is optional, as most parsers allow.
  * (fuzz_h1_response: px_h1_find_head() refused heads this parser accepted.) */
@@ -274,7 +275,7 @@ static int check_status_line(const char *p, size_t len, const char **why)
 {
     if (len < 13 || memcmp(p, "HTTP/", 5) != 0 || !isdigit((unsigned char)p[5]) ||
         p[6] != '.' || !isdigit((unsigned char)p[7]) || p[8] != ' ' ||
-        !isdigit((unsigned char)p[9]) || !isdigit((unsigned char)p[10]) ||
+        p[9] < '1' || p[9] > '5' || !isdigit((unsigned char)p[10]) ||
         !isdigit((unsigned char)p[11]) || (p[12] != ' ' && p[12] != '\r')) {
         *why = "malformed status line";
         return -1;
