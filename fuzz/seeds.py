@@ -175,3 +175,79 @@ CONFS = [
 ]
 for i, c in enumerate(CONFS):
     put("config", "seed-%02d" % i, c)
+
+# ---- HTTP/2 frames after the connection preface (the driver sends the preface);
+# byte 0 is the piece size the driver writes at a time (x8, 0 = all at once) ----
+
+
+def hint(v, prefix, first=0):
+    """HPACK integer (RFC 7541 5.1)."""
+    m = (1 << prefix) - 1
+    if v < m:
+        return bytes([first | v])
+    out = [first | m]
+    v -= m
+    while v >= 128:
+        out.append(v % 128 + 128)
+        v //= 128
+    out.append(v)
+    return bytes(out)
+
+
+def hlit(name, value):
+    """Literal header field without indexing, new name, no Huffman (RFC 7541 6.2.2)."""
+    n, v = name.encode(), value.encode()
+    return b"\x00" + hint(len(n), 7) + n + hint(len(v), 7) + v
+
+
+def block(hdrs):
+    return b"".join(hlit(k, v) for k, v in hdrs)
+
+
+def frame(ftype, flags, sid, payload):
+    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", sid) + payload
+
+
+DATA, HEADERS, PRIORITY, RST, SETTINGS, PUSH, PING, GOAWAY, WINDOW, CONT = range(10)
+ES, EH, PADDED, PRIO = 0x1, 0x4, 0x8, 0x20
+
+
+def req(sid, method="GET", path="/", authority="3000-sb1.proxy.test", extra=(), flags=ES | EH, proto=None):
+    h = [(":method", method), (":scheme", "https"), (":path", path), (":authority", authority)]
+    if proto:
+        h.append((":protocol", proto))
+    return frame(HEADERS, flags, sid, block(h + list(extra)))
+
+
+SET0 = frame(SETTINGS, 0, 0, b"")
+SETACK = frame(SETTINGS, 1, 0, b"")
+BROWSER = [("user-agent", "Mozilla/5.0 Chrome/120"), ("accept", "text/html,*/*"), ("sec-fetch-mode", "navigate")]
+H2 = [
+    SET0 + req(1),
+    SET0 + SETACK + req(1, authority="3000-sb2.proxy.test"),
+    SET0 + req(1, authority="3000-sb2.proxy.test", extra=[("x-daytona-preview-token", "tok")]),
+    SET0 + req(1, path="/p?DAYTONA_SANDBOX_AUTH_KEY=tok&a=1", authority="3000-sb2.proxy.test"),
+    SET0 + req(1, authority="3000-sb2.proxy.test", extra=[("cookie", "a=1"), ("cookie", "daytona-sandbox-auth-sb2=v1.sb2.9999999999.x")]),
+    SET0 + req(1, authority="3000-sb1.proxy.test", extra=BROWSER),
+    SET0 + req(1, path="/toolbox/sb1/files/list", authority="proxy.test"),
+    SET0 + req(1, authority="app.example.com") + req(3, authority="3000-nosuch.proxy.test") + req(5, authority="bad..host"),
+    SET0 + req(1, method="POST", flags=EH, extra=[("content-length", "5")]) + frame(DATA, ES, 1, b"hello"),
+    SET0 + req(1, method="POST", flags=EH) + frame(DATA, 0, 1, b"abc") + frame(DATA, 0, 1, b"") + frame(DATA, ES, 1, b"def"),
+    SET0 + req(1, method="POST", flags=EH) + frame(DATA, 0, 1, b"abc") + frame(HEADERS, ES | EH, 1, block([("x-trailer", "1")])),
+    SET0 + req(1, method="CONNECT", path="/chat", proto="websocket", flags=EH, extra=[("sec-websocket-version", "13")]) + frame(DATA, 0, 1, b"\x81\x05hello"),
+    SET0 + frame(HEADERS, EH | ES, 1, block([(":method", "CONNECT"), (":authority", "3000-sb1.proxy.test:443")])),
+    SET0 + req(1, method="HEAD"),
+    SET0 + req(1, flags=EH) + frame(RST, 0, 1, struct.pack(">I", 8)) + frame(PING, 0, 0, b"12345678") + frame(WINDOW, 0, 0, struct.pack(">I", 65536)) + frame(WINDOW, 0, 1, struct.pack(">I", 1)),
+    SET0 + frame(HEADERS, ES, 1, block([(":method", "GET"), (":scheme", "https")])) + frame(CONT, EH, 1, block([(":path", "/"), (":authority", "3000-sb1.proxy.test")])),
+    SET0 + frame(PRIORITY, 0, 1, struct.pack(">IB", 0, 16)) + frame(HEADERS, ES | EH | PRIO, 3, struct.pack(">IB", 1, 16) + block([(":method", "GET"), (":scheme", "https"), (":path", "/"), (":authority", "3000-sb1.proxy.test")])),
+    SET0 + frame(HEADERS, ES | EH | PADDED, 1, b"\x03" + block([(":method", "GET"), (":scheme", "https"), (":path", "/"), (":authority", "3000-sb1.proxy.test")]) + b"\x00\x00\x00"),
+    SET0 + frame(SETTINGS, 0, 0, struct.pack(">HI", 4, 1 << 20) + struct.pack(">HI", 1, 0) + struct.pack(">HI", 5, 1 << 14)) + req(1),
+    SET0 + b"".join(req(2 * i + 1, path="/%d" % i) for i in range(8)),
+    SET0 + req(1, flags=EH, extra=[("te", "trailers"), ("connection", "keep-alive")]),
+    SET0 + req(1, path="/a/../b") + req(3, extra=[("host", "3000-sb1.proxy.test")]) + frame(GOAWAY, 0, 0, struct.pack(">II", 1, 0)),
+    SET0 + b"".join(frame(PING, 0, 0, b"pingping") for _ in range(120)),
+    SET0 + req(1, method="POST", flags=EH, extra=[("content-length", "99999999")]) + frame(DATA, 0, 1, b"x" * 1000),
+]
+for i, h in enumerate(H2):
+    put("h2", "seed-%02d" % i, bytes([0]) + h)
+    put("h2", "seed-%02d-split" % i, bytes([1 + i % 4]) + h)
