@@ -20,7 +20,7 @@ for t in "$@"; do
         "$root/$build/fuzz_$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 $dict . </dev/null) >"$dir.log" 2>&1
     r=$?
-    grep -E '^#[0-9]+ +(INITED|DONE)|stat::number_of_executed_units|stat::average_exec_per_sec' "$dir.log"
+    grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|stat::number_of_executed_units|stat::average_exec_per_sec' "$dir.log"
     if [ $r -ne 0 ]; then
         tail -60 "$dir.log"
         echo "fuzz_$t FAILED: log $dir.log, inputs in $dir (crash-*, leak-*, timeout-*)"
