@@ -74,6 +74,10 @@ CH = [
     "1\nx\n0\n\n",
     "1\r\nxy\r\n",
     "0000000000000000001\r\nx\r\n0\r\n\r\n",
+    # the limits: a size line just over PX_CHUNK_MAX_LINE, trailers just over PX_CHUNK_MAX_TRAILERS
+    # (seeds this long also raise libFuzzer's max_len past them)
+    "1;" + "e" * 4096 + "\r\nx\r\n0\r\n\r\n",
+    "1\r\nx\r\n0\r\n" + "".join("X-T%d: %s\r\n" % (i, "v" * 1000) for i in range(17)) + "\r\n",
 ]
 for i, c in enumerate(CH):
     for mode in range(3):
