@@ -6,6 +6,8 @@ APT_PKGS := build-essential pkg-config libevent-dev libssl-dev libnghttp2-dev li
 TEST_PKGS := libcmocka-dev wrk nginx-light haproxy nghttp2-client openssl python3-pytest \
             python3-requests python3-websockets python3-h2 cppcheck clang-format \
             lintian logrotate dpkg-dev systemd man-db
+# libFuzzer: Debian's clang and its compiler-rt (fuzz/README.md)
+FUZZ_PKGS := clang-14 libclang-rt-14-dev
 CC      ?= cc
 SAN     ?= 0
 BUILD   := build
@@ -36,7 +38,7 @@ UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: all deps test-deps run test test-unit test-integration test-san check clean bench lint \
-        install deb
+        install deb fuzz-deps fuzz-build fuzz fuzz-smoke
 
 all: $(BUILD)/preview-proxy $(BUILD)/proxyctl
 
@@ -62,7 +64,7 @@ deps:
 # What the tests need on top: test tools, Chromium and the npm packages of the
 # browser tests (never a downloaded browser).
 test-deps: deps
-	@./scripts/apt-install.sh $(TEST_PKGS)
+	@./scripts/apt-install.sh $(TEST_PKGS) $(FUZZ_PKGS)
 	@for s in tests/browser/setup.sh tests/idp/setup.sh tests/terminal/setup.sh; do sh $$s || exit 1; done
 
 run: deps
@@ -73,6 +75,7 @@ run: deps
 test: test-deps
 	$(MAKE) all
 	$(MAKE) test-unit
+	$(MAKE) fuzz-smoke
 	$(MAKE) test-integration
 	$(MAKE) test-san
 
@@ -134,7 +137,48 @@ deb: all
 	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(BUILD)/deb/debian/preview-proxy PREFIX=/usr
 	./packaging/mkdeb.sh $(BUILD)/deb/debian/preview-proxy $(VERSION) $(BUILD)
 
-clean:
-	rm -rf build build-san
 
--include $(PROXY_OBJ:.o=.d) $(BUILD)/obj/tools/proxyctl.d
+# ---- fuzzing (fuzz/README.md) ----
+# The drivers link the proxy's objects built once more by clang with libFuzzer's
+# coverage hooks and ASan+UBSan, in their own directory: never build/ or build-san/.
+FUZZ_CC      := clang-14
+FUZZ_BUILD   := build-fuzz
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_CFLAGS  := -std=gnu11 -Wall -Wextra -Wshadow -g -O1 -I. -MMD -MP -fno-omit-frame-pointer \
+                -fsanitize=fuzzer-no-link $(FUZZ_SAN)
+FUZZ_SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 10
+FUZZ_SRC     := $(wildcard fuzz/fuzz_*.c)
+FUZZ_TARGETS := $(FUZZ_SRC:fuzz/fuzz_%.c=%)
+FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
+FUZZ_LIB_OBJ := $(LIB_OBJ:$(BUILD)/obj/%=$(FUZZ_BUILD)/obj/%)
+# (The pattern rule below would otherwise treat these objects as intermediate and delete them.)
+.SECONDARY: $(FUZZ_LIB_OBJ)
+
+$(FUZZ_BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(PKG_CFLAGS) -Werror -c $< -o $@
+
+$(FUZZ_BUILD)/fuzz_%: fuzz/fuzz_%.c $(FUZZ_LIB_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $(PKG_CFLAGS) -Werror -o $@ $< $(FUZZ_LIB_OBJ) \
+	  $(PKG_LIBS)
+
+fuzz-deps:
+	@./scripts/apt-install.sh $(FUZZ_PKGS)
+
+fuzz-build: fuzz-deps
+	$(MAKE) $(FUZZ_BIN)
+
+# Each driver for FUZZ_SECONDS, one after the other, each one in-process fuzzer on one core.
+fuzz: fuzz-build
+	@./fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+# What `make test` runs: every driver briefly; any crash, leak or timeout fails.
+fuzz-smoke: fuzz-build
+	@./fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SMOKE_SECONDS) $(FUZZ_TARGETS)
+
+clean:
+	rm -rf build build-san build-fuzz
+
+-include $(PROXY_OBJ:.o=.d) $(BUILD)/obj/tools/proxyctl.d $(FUZZ_LIB_OBJ:.o=.d) \
+         $(FUZZ_BIN:%=%.d)

@@ -64,7 +64,10 @@ void px_json_escape(struct evbuffer *out, struct px_str s)
         evbuffer_add_printf(out, "\\u%04x", c);
         start = i + 1;
     }
-    evbuffer_add(out, s.p + start, s.len - start);
+    /* A refused head leaves path and method PX_STR_NULL: NULL + 0 is undefined
+     * (clang's UBSan aborts; fuzz_h2 found it through a malformed stream head). */
+    if (start < s.len)
+        evbuffer_add(out, s.p + start, s.len - start);
 }
 
 void px_html_escape(struct evbuffer *out, struct px_str s)
@@ -85,7 +88,8 @@ void px_html_escape(struct evbuffer *out, struct px_str s)
         evbuffer_add(out, rep, strlen(rep));
         start = i + 1;
     }
-    evbuffer_add(out, s.p + start, s.len - start);
+    if (start < s.len) /* as in px_json_escape(): s may be PX_STR_NULL */
+        evbuffer_add(out, s.p + start, s.len - start);
 }
 
 static const char *advice(int status)

@@ -101,6 +101,12 @@ static int scan_head(const char *p, size_t len, const char **why)
             return -1;
         }
         if (i == s) { /* the empty line that ends the head */
+            /* ...but not in place of the start line: -1 must come with a
+             * reason (fuzz_h1_request found "\r\n" returning -1 without one). */
+            if (nfields < 0) {
+                *why = "missing start line";
+                return -1;
+            }
             return i + 2 == len ? nfields : (*why = "data after the head", -1);
         }
         if (nfields >= 0) {
@@ -262,6 +268,23 @@ bad:
     return -1;
 }
 
+/* RFC 9112 4: HTTP-version SP 3DIGIT SP [reason], the code within 100..599
+ * (RFC 9110 15; a 000 would read as "nothing sent" in conn.c). As for requests, the
+ * non-strict http-parser takes "HTTX/1.1" or "HT@P/1.1" and two-digit codes, so
+ * we check; the SP before an empty reason is optional, as most parsers allow.
+ * (fuzz_h1_response: px_h1_find_head() refused heads this parser accepted.) */
+static int check_status_line(const char *p, size_t len, const char **why)
+{
+    if (len < 13 || memcmp(p, "HTTP/", 5) != 0 || !isdigit((unsigned char)p[5]) ||
+        p[6] != '.' || !isdigit((unsigned char)p[7]) || p[8] != ' ' ||
+        p[9] < '1' || p[9] > '5' || !isdigit((unsigned char)p[10]) ||
+        !isdigit((unsigned char)p[11]) || (p[12] != ' ' && p[12] != '\r')) {
+        *why = "malformed status line";
+        return -1;
+    }
+    return 0;
+}
+
 static int parse_common(struct px_head *h, const char *data, size_t len, int max_headers,
                         enum http_parser_type type, const char **why)
 {
@@ -275,6 +298,8 @@ static int parse_common(struct px_head *h, const char *data, size_t len, int max
         return -1;
     if (type == HTTP_REQUEST && (nf = check_request_line(data, len, why) ? -1 : nf) < 0)
         return check_request_line(data, len, why);
+    if (type == HTTP_RESPONSE && check_status_line(data, len, why) != 0)
+        return -1;
     if (nf > max_headers) {
         *why = "too many header fields";
         return -2;

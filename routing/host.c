@@ -98,8 +98,12 @@ enum px_host_kind px_host_parse(char *buf, size_t len, char *const *domains, int
     }
     if (st == S_START)
         return PX_HOST_BAD;
-    if (st == S_DOT) /* trailing dot: "a.example.com." */
-        end = end == len ? len - 1 : end;
+    if (st == S_DOT) { /* trailing dot: "a.example.com." */
+        /* Counted like "name.:port" below: "3000-abc." is "3000-abc", a base
+         * host, not a preview with an empty base domain (found by fuzz_host). */
+        end = len - 1;
+        trailing_dot = 1;
+    }
     if (st == S_PORT && end + 1 == len)
         return PX_HOST_BAD; /* "host:" */
     for (size_t i = 0; i < end; i++)

@@ -67,6 +67,10 @@ size_t px_query_strip(struct px_str query, struct px_str name, char *out, int *f
     int kept = 0;
 
     *found = 0;
+    /* An absent query is PX_STR_NULL (px_target_query()): NULL + 0 below would
+     * be undefined behaviour (UBSan, fuzz_path). Nothing to strip either way. */
+    if (query.len == 0)
+        return 0;
     for (;;) {
         size_t start = i;
         while (i < query.len && query.p[i] != '&')

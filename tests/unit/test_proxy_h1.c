@@ -136,6 +136,61 @@ static void test_find_head_lf_crlf(void **state)
 
 /* ---- px_h1_parse_request ---- */
 
+/* fuzz_h1_request (fuzz/corpus/h1_request/regress-crlf-only): a head that is
+ * only the empty line returned -1 without a reason. */
+static void test_parse_empty_head(void **state)
+{
+    (void)state;
+    struct px_head h;
+    int st = 0;
+    const char *why = NULL;
+
+    assert_int_equal(px_h1_parse_request(&h, "\r\n", 2, 100, &st, &why), -1);
+    assert_int_equal(st, 400);
+    assert_non_null(why);
+    px_head_free(&h);
+    why = NULL;
+    assert_int_equal(px_h1_parse_response(&h, "\r\n", 2, 100, &why), -1);
+    assert_non_null(why);
+    px_head_free(&h);
+}
+
+/* fuzz_h1_response (fuzz/corpus/h1_response/regress-bad-version): the
+ * non-strict http-parser took any letters for "HTTP" and two-digit codes in
+ * a status line; px_h1_find_head() refused some of those heads, so the two
+ * disagreed. RFC 9112 4: HTTP-version SP 3DIGIT SP [reason]. */
+static void test_parse_response_status_line(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+        "HT@P/1.1 200\r\n\r\n",     "HTTX/1.1 200 OK\r\n\r\n", "HTTP/1.1 20 OK\r\n\r\n",
+        "HTTP/1.1 2000 OK\r\n\r\n", "HTTP/1.1  200 OK\r\n\r\n", "HTTP/11 200 OK\r\n\r\n",
+        "http/1.1 200 OK\r\n\r\n",  "HTTP/1.1 200OK\r\n\r\n",  "HTTP/1.2 000\r\n\r\n",
+        "HTTP/1.1 600 X\r\n\r\n",   "HTTP/1.1 099 X\r\n\r\n",
+    };
+    static const char *const good[] = {
+        "HTTP/1.1 200 OK\r\n\r\n",
+        "HTTP/1.1 200\r\n\r\n", /* no SP before an empty reason: common, allowed */
+        "HTTP/1.1 200 \r\n\r\n",
+        "HTTP/1.0 404 Not Found\r\n\r\n",
+    };
+    struct px_head h;
+    const char *why;
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        why = NULL;
+        if (px_h1_parse_response(&h, bad[i], strlen(bad[i]), 100, &why) != -1 || why == NULL)
+            fail_msg("status line %zu accepted", i);
+        px_head_free(&h);
+    }
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        why = NULL;
+        if (px_h1_parse_response(&h, good[i], strlen(good[i]), 100, &why) != 0)
+            fail_msg("status line %zu refused: %s", i, why);
+        px_head_free(&h);
+    }
+}
+
 static int parse(struct px_head *h, const char *req, int max_headers, int *status, const char **why)
 {
     *status = 0;
@@ -823,6 +878,8 @@ int main(void)
         cmocka_unit_test(test_parse_ws_upgrade),
         cmocka_unit_test(test_token_list_has),
         cmocka_unit_test(test_parse_response),
+        cmocka_unit_test(test_parse_empty_head),
+        cmocka_unit_test(test_parse_response_status_line),
         cmocka_unit_test(test_chunked_good),
         cmocka_unit_test(test_chunked_fragmented),
         cmocka_unit_test(test_chunked_bad),

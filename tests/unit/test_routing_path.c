@@ -210,6 +210,24 @@ static void test_query_strip_edges(void **state)
     run_strip_table(t, sizeof(t) / sizeof(t[0]));
 }
 
+/* fuzz_path (fuzz/corpus/path/regress-no-query): the query of a target without
+ * '?' is PX_STR_NULL; stripping it did NULL + 0 (undefined, UBSan aborts). */
+static void test_query_strip_absent(void **state)
+{
+    (void)state;
+    char out[1] = {'x'};
+    int found = 1;
+    struct px_str v = PX_STR("sentinel");
+    struct px_str q = px_target_query(PX_STR("/p"));
+
+    assert_null(q.p);
+    assert_int_equal(px_query_strip(q, PX_STR(K), out, &found, &v), 0);
+    assert_false(found);
+    assert_int_equal(out[0], 'x');
+    assert_int_equal(px_query_strip(PX_STR(""), PX_STR(K), out, &found, &v), 0);
+    assert_false(found);
+}
+
 static void test_query_strip_value_slice(void **state)
 {
     (void)state;
@@ -290,6 +308,7 @@ int main(void)
         cmocka_unit_test(test_query_strip),
         cmocka_unit_test(test_query_strip_edges),
         cmocka_unit_test(test_query_strip_value_slice),
+        cmocka_unit_test(test_query_strip_absent),
         cmocka_unit_test(test_query_strip_capacity),
     };
     return cmocka_run_group_tests_name("routing/path", tests, NULL, NULL);
