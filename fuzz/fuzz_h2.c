@@ -121,7 +121,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
           0);
     bufferevent_enable(pair[1], EV_READ | EV_WRITE);
     /* pair[0] belongs to h2.c from here on */
-    px_h2_start(&srv, pair[0], (const struct sockaddr *)&peer, 0);
+    px_h2_start(&srv, pair[0], (const struct sockaddr *)&peer, 0, NULL);
     bufferevent_write(pair[1], preface, sizeof(preface) - 1);
     settle(pair[1]);
     for (size_t off = 0; off < size; off += piece) {
