@@ -74,6 +74,7 @@ run: deps
 # Everything, twice: the normal build, then the ASan+UBSan build (make check).
 test: test-deps
 	$(MAKE) all
+	$(MAKE) lint
 	$(MAKE) test-unit
 	$(MAKE) fuzz-smoke
 	$(MAKE) test-integration

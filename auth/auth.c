@@ -28,14 +28,14 @@
 enum step {
     ST_SANDBOX = 0,
     /* API mode (issue 10): the Daytona API decides, DAYTONA-API.md §5 steps 6-9 */
-    ST_API_PUBLIC,     /* C2 on the label came back */
-    ST_API_TOKEN,      /* C4 for the preview-token header came back */
-    ST_API_QUERY,      /* C4 for DAYTONA_SANDBOX_AUTH_KEY came back */
-    ST_API_SIGNED,     /* C5 came back */
-    ST_API_LABEL,      /* C6 on the refused label came back: does it name a sandbox? */
-    ST_API_ACCESS,     /* C3 for the Bearer token came back */
-    ST_API_RUNNER,     /* C6 for the resolved sandbox came back */
-    ST_API_SIGNING,    /* C12 (the signing key of a file URL's sandbox) came back */
+    ST_API_PUBLIC,  /* C2 on the label came back */
+    ST_API_TOKEN,   /* C4 for the preview-token header came back */
+    ST_API_QUERY,   /* C4 for DAYTONA_SANDBOX_AUTH_KEY came back */
+    ST_API_SIGNED,  /* C5 came back */
+    ST_API_LABEL,   /* C6 on the refused label came back: does it name a sandbox? */
+    ST_API_ACCESS,  /* C3 for the Bearer token came back */
+    ST_API_RUNNER,  /* C6 for the resolved sandbox came back */
+    ST_API_SIGNING, /* C12 (the signing key of a file URL's sandbox) came back */
     /* C12, asked again past the caches after a mismatch, came back */
     ST_API_SIGNING_FRESH,
     ST_PUBLIC,
@@ -60,7 +60,7 @@ struct px_auth {
     char org[256];            /* org of a Bearer API key */
     int key_found;
     int revoked;
-    int api_yes;       /* the last API answer was yes (public, valid) */
+    int api_yes;        /* the last API answer was yes (public, valid) */
     char resolved[256]; /* API mode: the sandbox access was granted to */
     char *skey;         /* owned; API mode: the file URL's signing key (secret) */
     unsigned waiting : 1, in_run : 1, done : 1;
@@ -375,9 +375,7 @@ static void api_step(struct px_auth *a)
     const struct px_hdr *h;
 
     switch (a->step) {
-    case ST_SANDBOX:
-        a->step = ST_API_PUBLIC;
-        return lookup(a, PX_LK_API_PUBLIC, in->label);
+    case ST_SANDBOX: a->step = ST_API_PUBLIC; return lookup(a, PX_LK_API_PUBLIC, in->label);
     case ST_API_PUBLIC: {
         if (in->file_url) { /* §5 step 7: in place of step 8, after C2 */
             if (file_verdict(a, px_fileurl_check(&in->file, in->now)))

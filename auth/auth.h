@@ -26,7 +26,7 @@ struct px_auth_in {
     unsigned has_query_token : 1;
     unsigned file_url : 1;  /* a signed file URL (SPEC 4.7): its signature alone decides */
     struct px_fileurl file; /* when file_url; slices of the request target */
-    const char *client; /* borrowed; the client's address, for per-client lookup budgets */
+    const char *client;     /* borrowed; the client's address, for per-client lookup budgets */
     /* On a 401, find out whether the label names an existing sandbox
      * (out.label_known): set for a browser navigation that could go to the IdP.
      * API mode asks C6 on the label, which costs one cached lookup. */

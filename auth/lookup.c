@@ -133,7 +133,7 @@ struct entry {
     struct ckey client;      /* who started the fetch: charged if it finds nothing */
     time_t fetched;
     time_t expires;
-    struct px_lk_value v;   /* owned contents */
+    struct px_lk_value v;    /* owned contents */
     struct px_api_call *api; /* owned while an API fetch is out */
     char *xff;               /* owned; C3: the client address the API throttles on */
     char *api_path;          /* owned; the API call to make if Daytona's cache has nothing */
@@ -145,7 +145,7 @@ struct entry {
 
 static struct {
     struct event_base *base;
-    struct px_server *srv;  /* borrowed; API mode's calls */
+    struct px_server *srv;     /* borrowed; API mode's calls */
     time_t key_refused_logged; /* the API refused our key: one line a minute */
     int closing;               /* px_lookup_shutdown(): no new API calls */
     const struct px_config *cfg;
@@ -884,8 +884,10 @@ static void on_api(void *arg, const struct px_api_resp *r)
         time_t now = time(NULL);
         if (now - L.key_refused_logged >= 60) {
             L.key_refused_logged = now;
-            px_log(PX_ERR, "api: the Daytona API refused the proxy's key (%d): check api_key / "
-                   "PROXY_API_KEY", r->status);
+            px_log(PX_ERR,
+                   "api: the Daytona API refused the proxy's key (%d): check api_key / "
+                   "PROXY_API_KEY",
+                   r->status);
         }
         return deliver(e, px_err_api_down);
     }
@@ -942,8 +944,9 @@ static void on_api(void *arg, const struct px_api_resp *r)
 
 static void ask_api(struct entry *e)
 {
-    if (L.closing || L.srv == NULL || (e->api = px_api_request(L.srv, "GET", e->api_path, e->bearer, e->xff,
-                                                  e->api_flags, on_api, e)) == NULL)
+    if (L.closing || L.srv == NULL ||
+        (e->api = px_api_request(L.srv, "GET", e->api_path, e->bearer, e->xff, e->api_flags, on_api,
+                                 e)) == NULL)
         deliver(e, px_err_api_down);
 }
 

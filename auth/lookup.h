@@ -85,8 +85,8 @@ struct px_redis *px_lookup_redis(void);
 struct px_lookup_stats {
     unsigned long hits, misses, fetches, coalesced, refused;
     unsigned long hits_daytona; /* API mode: answers found in Daytona's Redis keys */
-    unsigned long notfound; /* fetches that found nothing (charged to the budget) */
-    unsigned long evicted;  /* client-table slots reused while still informative */
+    unsigned long notfound;     /* fetches that found nothing (charged to the budget) */
+    unsigned long evicted;      /* client-table slots reused while still informative */
 };
 const struct px_lookup_stats *px_lookup_stats(void);
 

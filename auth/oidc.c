@@ -32,7 +32,7 @@
 #include "routing/route.h"
 #include "routing/store.h"
 
-#define MAX_STATE 4096 /* the state query value we accept, bytes */
+#define MAX_STATE 4096  /* the state query value we accept, bytes */
 #define MAX_TOKEN 16384 /* an access or ID token we keep, bytes */
 #define SET_COOKIE_MAX 2048
 
@@ -65,8 +65,8 @@ struct px_oidc_op {
     char client[64];
     /* callback */
     char *code, *return_to, *verifier, *inner, *access_token, *id_token;
-    char *org;     /* the ID token's org claim, once verified */
-    char *message; /* owned text for the answer */
+    char *org;                /* the ID token's org claim, once verified */
+    char *message;            /* owned text for the answer */
     struct evbuffer *cookies; /* owned; Set-Cookie lines of the answer */
 };
 
@@ -390,8 +390,8 @@ int px_oidc_check_claims(json_t *c, const char *issuer, const char *client_id, c
             return -1;
     } else if (json_is_array(aud) && json_array_size(aud) > 0) {
         size_t i, found = 0;
-        json_array_foreach(aud, i, v) found |= json_is_string(v) &&
-                                                !strcmp(json_string_value(v), client_id);
+        json_array_foreach(aud, i, v) found |=
+            json_is_string(v) && !strcmp(json_string_value(v), client_id);
         if (!found)
             return -1;
         v = json_object_get(c, "azp");
@@ -496,9 +496,10 @@ json_t *px_oidc_verify_jwt(const char *jwt, size_t len, const struct px_oidc_key
         goto out;
     }
     *why = "the ID token's algorithm does not fit its key";
-    if (!strcmp(alg, CJOSE_HDR_ALG_RS256) ? cjose_jwk_get_kty(key, &err) != CJOSE_JWK_KTY_RSA
-                                          : (cjose_jwk_get_kty(key, &err) != CJOSE_JWK_KTY_EC ||
-                                             cjose_jwk_EC_get_curve(key, &err) != CJOSE_JWK_EC_P_256))
+    if (!strcmp(alg, CJOSE_HDR_ALG_RS256)
+            ? cjose_jwk_get_kty(key, &err) != CJOSE_JWK_KTY_RSA
+            : (cjose_jwk_get_kty(key, &err) != CJOSE_JWK_KTY_EC ||
+               cjose_jwk_EC_get_curve(key, &err) != CJOSE_JWK_EC_P_256))
         goto out;
     *why = "the ID token's signature is not valid";
     if (!cjose_jws_verify(jws, key, &err) ||
@@ -538,7 +539,9 @@ int px_oidc_ttl(const struct px_head *resp)
                 !strncasecmp(cc->value.p + i, "no-cache", 8))
                 ttl = PX_OIDC_TTL_MIN; /* never 0: the floor bounds the fetches */
     }
-    return ttl < PX_OIDC_TTL_MIN ? PX_OIDC_TTL_MIN : ttl > PX_OIDC_TTL_MAX ? PX_OIDC_TTL_MAX : (int)ttl;
+    return ttl < PX_OIDC_TTL_MIN   ? PX_OIDC_TTL_MIN
+           : ttl > PX_OIDC_TTL_MAX ? PX_OIDC_TTL_MAX
+                                   : (int)ttl;
 }
 
 /* ---- op lifetime ---- */
@@ -609,8 +612,8 @@ void px_oidc_cancel(struct px_oidc_op *op)
 static void answer(struct px_oidc_op *op, int status, const char *code, const char *message,
                    const char *location)
 {
-    struct px_oidc_answer a = {.status = status, .code = code, .message = message,
-                               .location = location};
+    struct px_oidc_answer a = {
+        .status = status, .code = code, .message = message, .location = location};
 
     if (op->cookies != NULL && evbuffer_get_length(op->cookies) > 0) {
         evbuffer_add(op->cookies, "", 1);
@@ -639,8 +642,8 @@ static void fail_op(struct px_oidc_op *op, int status, const char *code, const c
     answer(op, status, code, msg, NULL);
 }
 
-static struct px_oidc_op *op_new(struct px_server *srv, const struct px_oidc_req *in,
-                                 px_oidc_cb cb, void *arg, int callback)
+static struct px_oidc_op *op_new(struct px_server *srv, const struct px_oidc_req *in, px_oidc_cb cb,
+                                 void *arg, int callback)
 {
     struct px_oidc_settings s;
     struct px_oidc_op *op = calloc(1, sizeof(*op));
@@ -774,7 +777,9 @@ static void on_discovery(void *arg, const struct px_api_resp *r)
     cache_forget_discovery();
     if (doc == NULL || iss == NULL) {
         px_log(PX_WARN, "oidc: discovery failed (%s)",
-               r->err ? r->err : r->status != 200 ? "bad status" : "not a discovery document");
+               r->err             ? r->err
+               : r->status != 200 ? "bad status"
+                                  : "not a discovery document");
     } else if (F.public_issuer == NULL && !same_issuer(iss, F.issuer)) {
         px_log(PX_WARN, "oidc: discovery names another issuer than the configured one");
     } else {
@@ -954,8 +959,8 @@ static void login_redirect(struct px_oidc_op *op)
     evbuffer_free(u);
 }
 
-struct px_oidc_op *px_oidc_login(struct px_server *srv, const struct px_oidc_req *in,
-                                 px_oidc_cb cb, void *arg)
+struct px_oidc_op *px_oidc_login(struct px_server *srv, const struct px_oidc_req *in, px_oidc_cb cb,
+                                 void *arg)
 {
     struct px_oidc_op *op = op_new(srv, in, cb, arg, 0);
 
@@ -1021,7 +1026,8 @@ static void on_token(void *arg, const struct px_api_resp *r)
         (json_object_get(j, "id_token") != NULL && take(j, "id_token", &op->id_token) != 0) ||
         strlen(op->access_token) > MAX_TOKEN) {
         json_decref(j);
-        return fail_op(op, 502, "BAD_IDP_ANSWER", "the identity provider's token answer is unusable");
+        return fail_op(op, 502, "BAD_IDP_ANSWER",
+                       "the identity provider's token answer is unusable");
     }
     json_decref(j);
     decide(op);
@@ -1267,7 +1273,7 @@ struct px_oidc_op *px_oidc_callback(struct px_server *srv, const struct px_oidc_
     }
     for (size_t i = 0; sandbox_id[i]; i++)
         op->label[i] = (char)(sandbox_id[i] >= 'A' && sandbox_id[i] <= 'Z' ? sandbox_id[i] + 32
-                                                                             : sandbox_id[i]);
+                                                                           : sandbox_id[i]);
     free(sandbox_id);
     /* step 3: the verifier cookie, which must hold this very state */
     if (px_cookie_find(in->req, PX_STR(PX_OIDC_COOKIE), &ck) != 0 ||

@@ -25,14 +25,14 @@ struct px_server;
 
 #define PX_OIDC_COOKIE "pkce_verifier"
 #define PX_OIDC_COOKIE_MAX_AGE 300
-#define PX_OIDC_TIMEOUT 10       /* seconds per IdP request (discovery, JWKS, token) */
-#define PX_OIDC_TTL_MIN 60       /* discovery and JWKS cache lifetime bounds, seconds */
+#define PX_OIDC_TIMEOUT 10 /* seconds per IdP request (discovery, JWKS, token) */
+#define PX_OIDC_TTL_MIN 60 /* discovery and JWKS cache lifetime bounds, seconds */
 #define PX_OIDC_TTL_MAX 3600
-#define PX_OIDC_TTL_DEFAULT 300  /* without a usable Cache-Control max-age */
-#define PX_OIDC_JWKS_REFETCH 10  /* an unknown kid refetches the JWKS at most this often */
-#define PX_OIDC_MAX_KEYS 16      /* keys kept from one JWKS; the rest are ignored */
-#define PX_OIDC_MAX_URL 2048     /* endpoints, returnTo */
-#define PX_OIDC_LEEWAY 60        /* seconds of clock skew allowed on exp and nbf */
+#define PX_OIDC_TTL_DEFAULT 300 /* without a usable Cache-Control max-age */
+#define PX_OIDC_JWKS_REFETCH 10 /* an unknown kid refetches the JWKS at most this often */
+#define PX_OIDC_MAX_KEYS 16     /* keys kept from one JWKS; the rest are ignored */
+#define PX_OIDC_MAX_URL 2048    /* endpoints, returnTo */
+#define PX_OIDC_LEEWAY 60       /* seconds of clock skew allowed on exp and nbf */
 
 /* The settings in force, borrowed from the configuration or from C1. */
 struct px_oidc_settings {
@@ -64,7 +64,7 @@ typedef void (*px_oidc_cb)(void *arg, const struct px_oidc_answer *a);
 struct px_oidc_req {
     const struct px_config *cfg;
     const struct px_head *req;
-    const char *host;    /* the Host (or authority) as received, lowercased, with any :port */
+    const char *host;     /* the Host (or authority) as received, lowercased, with any :port */
     struct px_str target; /* path?query as received */
     struct px_str label;  /* login: the preview's host label */
     int https;            /* the external scheme is https */
@@ -75,8 +75,8 @@ struct px_oidc_op;
 
 /* Start the login redirect / the callback. cb runs exactly once; returns NULL
  * when it already ran, else a handle for px_oidc_cancel (then cb never runs). */
-struct px_oidc_op *px_oidc_login(struct px_server *srv, const struct px_oidc_req *in,
-                                 px_oidc_cb cb, void *arg);
+struct px_oidc_op *px_oidc_login(struct px_server *srv, const struct px_oidc_req *in, px_oidc_cb cb,
+                                 void *arg);
 struct px_oidc_op *px_oidc_callback(struct px_server *srv, const struct px_oidc_req *in,
                                     px_oidc_cb cb, void *arg);
 void px_oidc_cancel(struct px_oidc_op *op);

@@ -64,8 +64,8 @@ static void finish_attempt(struct px_api_call *call, const char *err);
 
 /* ---- url and request ---- */
 
-int px_api_parse_url(const char *url, int *tls, char *host, size_t hostlen, int *port,
-                     char *prefix, size_t prefixlen)
+int px_api_parse_url(const char *url, int *tls, char *host, size_t hostlen, int *port, char *prefix,
+                     size_t prefixlen)
 {
     const char *h, *end, *colon = NULL;
     size_t n;
@@ -113,7 +113,7 @@ int px_api_parse_url(const char *url, int *tls, char *host, size_t hostlen, int 
         return -1; /* a query or fragment in the base URL */
     n = strlen(end);
     if (strcspn(end, "?#") != n)
-        return -1; /* a query or fragment after the prefix */
+        return -1;                     /* a query or fragment after the prefix */
     while (n > 0 && end[n - 1] == '/') /* paths are appended: no double slash */
         n--;
     if (n >= prefixlen)
@@ -202,7 +202,9 @@ void px_api_cancel_all(void)
 
 static void deliver(struct px_api_call *call)
 {
-    struct px_api_resp r = {.status = call->status, .err = call->err, .attempts = call->attempts,
+    struct px_api_resp r = {.status = call->status,
+                            .err = call->err,
+                            .attempts = call->attempts,
                             .head = call->err == NULL ? &call->resp : NULL};
 
     evbuffer_add(call->body, "", 1); /* NUL-terminate for the receiver */
@@ -361,8 +363,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         return;
     }
     finish_attempt(call, (what & BEV_EVENT_TIMEOUT) ? px_err_timeout
-                         : call->up->connected     ? px_err_reset
-                                                   : px_err_refused);
+                         : call->up->connected      ? px_err_reset
+                                                    : px_err_refused);
 }
 
 static void attempt(struct px_api_call *call)
@@ -387,8 +389,8 @@ static void finish_attempt(struct px_api_call *call, const char *err)
     int retry, js;
 
     evtimer_del(call->timer);
-    drop_upstream(call, err == NULL && call->complete && call->resp.keepalive &&
-                            call->framing != FR_EOF);
+    drop_upstream(call,
+                  err == NULL && call->complete && call->resp.keepalive && call->framing != FR_EOF);
     call->attempts++;
     call->err = err;
     if (err != NULL) {
@@ -493,8 +495,8 @@ struct px_api_call *px_api_request(struct px_server *srv, const char *method, co
         bearer = cfg->api_key != NULL ? cfg->api_key : "";
     if (!clean(path) || path[0] != '/' || strlen(path) > PX_API_MAX_PATH || !clean(bearer) ||
         (xff != NULL && !clean(xff)) || strlen(bearer) > PX_API_MAX_BEARER ||
-        px_api_parse_url(cfg->api_url, &tls, host, sizeof(host), &port, prefix,
-                         sizeof(prefix)) != 0)
+        px_api_parse_url(cfg->api_url, &tls, host, sizeof(host), &port, prefix, sizeof(prefix)) !=
+            0)
         return NULL;
     /* api_url without its trailing slashes, then the path (§1: appended verbatim) */
     size_t blen = strlen(cfg->api_url);

@@ -23,7 +23,7 @@ struct px_api_resp {
     const char *err;  /* NULL when an answer came, else why not (px_err_*) */
     const char *body; /* NUL-terminated copy of the body ("" when none) */
     size_t body_len;
-    int json_status;  /* "statusCode" of a JSON error body (§3), 0 when absent */
+    int json_status; /* "statusCode" of a JSON error body (§3), 0 when absent */
     unsigned attempts;
     const struct px_head *head; /* the response head when an answer came, else NULL */
 };
@@ -69,8 +69,8 @@ int px_api_retryable(int status, const char *body, size_t len, unsigned flags, i
 
 /* Splits an api_url ("http://host:port/prefix"). Returns 0 or -1. host and
  * prefix are copied into the caller's buffers. */
-int px_api_parse_url(const char *url, int *tls, char *host, size_t hostlen, int *port,
-                     char *prefix, size_t prefixlen);
+int px_api_parse_url(const char *url, int *tls, char *host, size_t hostlen, int *port, char *prefix,
+                     size_t prefixlen);
 
 /* ---- C1: GET {api}/config ---- */
 

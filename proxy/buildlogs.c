@@ -115,7 +115,8 @@ static void on_runner(void *arg, const struct px_api_resp *r)
         px_api_parse_url(url, &tls, host, sizeof(host), &port, prefix, sizeof(prefix)) != 0 ||
         (c->sb = px_sandbox_new("build-logs")) == NULL ||
         px_sandbox_set(c->sb, "runner_url", url, &why) != 0 ||
-        px_sandbox_set(c->sb, "runner_key", key, &why) != 0 || px_sandbox_finish(c->sb, &why) != 0) {
+        px_sandbox_set(c->sb, "runner_key", key, &why) != 0 ||
+        px_sandbox_finish(c->sb, &why) != 0) {
         json_decref(j);
         return px_conn_fail(c, 503, "API_UNAVAILABLE",
                             "the Daytona API gave no usable runner for the build logs");
@@ -186,8 +187,8 @@ int px_build_logs(struct px_conn *c, struct px_str path)
     }
     c->drop_authorization = 1; /* the user's token is not the runner's business */
     snprintf(call, sizeof(call), "%s%.*s", api_path, (int)id.len, id.p);
-    c->api_call = px_api_request(c->srv, "GET", call, bearer, c->peer_ip,
-                                 PX_API_USER, on_build_info, c);
+    c->api_call =
+        px_api_request(c->srv, "GET", call, bearer, c->peer_ip, PX_API_USER, on_build_info, c);
     if (c->api_call == NULL)
         px_conn_fail(c, 503, "API_UNAVAILABLE", "the Daytona API is unavailable");
     return 1;

@@ -216,7 +216,8 @@ static void linger_start(struct px_conn *c)
     if (c->tls)
         px_tls_close_notify(c->bev);
     shutdown(bufferevent_getfd(c->bev), SHUT_WR);
-    evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
+    evbuffer_drain(bufferevent_get_input(c->bev),
+                   evbuffer_get_length(bufferevent_get_input(c->bev)));
     bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
     bufferevent_enable(c->bev, EV_READ);
     px_conn_arm_timer(c, c->linger_short ? LINGER_AFTER_HEAD_TIMEOUT : LINGER_TIMEOUT);
@@ -810,8 +811,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
         uint64_t progress = c->bytes_out + c->req_bytes;
         int waits_on_client =
             !c->req_done || evbuffer_get_length(bufferevent_get_output(c->bev)) > 0;
-        if (c->sb != NULL && !c->no_activity &&
-            (progress != c->progress_seen || !waits_on_client))
+        if (c->sb != NULL && !c->no_activity && (progress != c->progress_seen || !waits_on_client))
             px_activity_touch(c->sb->id, c->srv->cfg->activity_interval);
         c->progress_seen = progress;
         px_conn_arm_timer(c, PX_ACTIVITY_REFRESH(c->srv->cfg->activity_interval));

@@ -43,9 +43,9 @@ enum resp_state { RESP_HEAD = 0, RESP_BODY, RESP_DONE };
 struct px_conn {
     uint64_t id; /* for logs; never reused */
     enum px_conn_state state;
-    struct px_server *srv;   /* borrowed; outlives us */
-    struct bufferevent *bev; /* owned; frees the fd */
-    struct event *timer;     /* owned; keepalive / header timer */
+    struct px_server *srv;     /* borrowed; outlives us */
+    struct bufferevent *bev;   /* owned; frees the fd */
+    struct event *timer;       /* owned; keepalive / header timer */
     struct px_peer *peer_slot; /* owned; the socket's count in peers.c (NULL for HTTP/2
                                 * streams and uncounted peers); moves with the socket */
     char peer_ip[INET6_ADDRSTRLEN];
@@ -83,10 +83,10 @@ struct px_conn {
     char *fwd_target;             /* owned; a target sent as it is (build logs), or NULL */
     int wake_status;              /* wake.c: the failure to answer if the sandbox is awake */
     const char *wake_message;     /* static */
-    char dom_sandbox[256];   /* the sandbox a custom domain names; the label points here */
-    struct px_host hinfo;    /* the parsed Host; slices into host */
-    struct px_sandbox *sb;   /* owned; the resolved sandbox */
-    unsigned port;           /* preview port */
+    char dom_sandbox[256];        /* the sandbox a custom domain names; the label points here */
+    struct px_host hinfo;         /* the parsed Host; slices into host */
+    struct px_sandbox *sb;        /* owned; the resolved sandbox */
+    unsigned port;                /* preview port */
     unsigned toolbox : 1;
     unsigned drop_authorization : 1;
     struct px_str toolbox_rest; /* slice of req.buf */
@@ -156,7 +156,6 @@ void px_conn_loghost(struct px_conn *c, const struct px_host *h, int label_is_id
 void px_conn_exchange_done(struct px_conn *c);
 void px_conn_step(struct px_conn *c);
 struct px_str px_path_only(struct px_str p);
-
 
 /* buildlogs.c: API mode's GET /sandboxes|snapshots/{id}/build-logs (DAYTONA-API.md
  * §8). Returns 1 when path is one and the exchange is under way, else 0. */

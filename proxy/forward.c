@@ -242,9 +242,8 @@ static void build_request(struct px_conn *c, struct evbuffer *out)
 static void up_timeouts(struct px_conn *c)
 {
     const struct px_config *cfg = c->srv->cfg;
-    struct timeval rd = {c->resp_st == RESP_HEAD ? cfg->response_header_timeout
-                                                 : cfg->ws_idle_timeout,
-                         0};
+    struct timeval rd = {
+        c->resp_st == RESP_HEAD ? cfg->response_header_timeout : cfg->ws_idle_timeout, 0};
     struct timeval wr = {c->up->connected ? cfg->send_timeout : cfg->connect_timeout, 0};
     int read_armed = c->resp_st != RESP_HEAD || c->req_done;
     int write_armed = !c->up->connected || !c->req_done;

@@ -275,10 +275,10 @@ bad:
  * (fuzz_h1_response: px_h1_find_head() refused heads this parser accepted.) */
 static int check_status_line(const char *p, size_t len, const char **why)
 {
-    if (len < 13 || memcmp(p, "HTTP/", 5) != 0 || !isdigit((unsigned char)p[5]) ||
-        p[6] != '.' || !isdigit((unsigned char)p[7]) || p[8] != ' ' ||
-        p[9] < '1' || p[9] > '5' || !isdigit((unsigned char)p[10]) ||
-        !isdigit((unsigned char)p[11]) || (p[12] != ' ' && p[12] != '\r')) {
+    if (len < 13 || memcmp(p, "HTTP/", 5) != 0 || !isdigit((unsigned char)p[5]) || p[6] != '.' ||
+        !isdigit((unsigned char)p[7]) || p[8] != ' ' || p[9] < '1' || p[9] > '5' ||
+        !isdigit((unsigned char)p[10]) || !isdigit((unsigned char)p[11]) ||
+        (p[12] != ' ' && p[12] != '\r')) {
         *why = "malformed status line";
         return -1;
     }

@@ -257,9 +257,10 @@ static void on_accept_timer(evutil_socket_t fd, short what, void *arg)
  * just see the connection close. Logged at most once per PAUSE_LOG_EVERY. */
 static void refuse_peer(struct listener_arg *la, evutil_socket_t fd, const struct sockaddr *sa)
 {
-    static const char answer[] = "HTTP/1.1 429 Too Many Requests\r\nServer: preview-proxy\r\n"
-                                 "Content-Type: text/plain\r\nContent-Length: 39\r\n"
-                                 "Connection: close\r\n\r\ntoo many connections from your address\n";
+    static const char answer[] =
+        "HTTP/1.1 429 Too Many Requests\r\nServer: preview-proxy\r\n"
+        "Content-Type: text/plain\r\nContent-Length: 39\r\n"
+        "Connection: close\r\n\r\ntoo many connections from your address\n";
     static time_t logged;
     static unsigned long unlogged;
     time_t now = time(NULL);

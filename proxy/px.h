@@ -13,7 +13,6 @@
 
 #define PX_VERSION "0.1.0"
 
-
 /* A borrowed byte slice: never NUL-terminated unless said so. */
 struct px_str {
     const char *p;
@@ -130,11 +129,11 @@ struct px_config {
     /* nginx's meaning: the longest pause between two reads of the request body,
      * and between two writes the client accepts, once forwarding has started */
     int client_body_timeout, send_timeout;
-    int activity_interval; /* SPEC 8: seconds between activity updates of one sandbox */
-    int max_connections; /* client connections per process; then accepting pauses */
+    int activity_interval;            /* SPEC 8: seconds between activity updates of one sandbox */
+    int max_connections;              /* client connections per process; then accepting pauses */
     unsigned max_connections_set : 1; /* written in the file, not the default */
-    int max_connections_per_ip; /* client sockets one address may hold; 0 = no cap */
-    int upstream_keepalive; /* idle connections kept per upstream */
+    int max_connections_per_ip;       /* client sockets one address may hold; 0 = no cap */
+    int upstream_keepalive;           /* idle connections kept per upstream */
     size_t max_request_line, max_header_size;
     size_t max_body_size; /* 0: no limit (Daytona has none; uploads can be GBs) */
     int max_headers;
@@ -153,8 +152,8 @@ struct px_config {
     /* OIDC login (SPEC 4.6; auth/oidc.c). All owned, NULL when unset; in API
      * mode unset issuer, client ID and audience come from C1 at request time. */
     char *oidc_issuer, *oidc_client_id, *oidc_client_secret, *oidc_audience;
-    char *oidc_public_issuer; /* OIDC_PUBLIC_DOMAIN: the issuer as browsers reach it */
-    char *oidc_org_claim;     /* the ID-token claim compared with the sandbox's org */
+    char *oidc_public_issuer;         /* OIDC_PUBLIC_DOMAIN: the issuer as browsers reach it */
+    char *oidc_org_claim;             /* the ID-token claim compared with the sandbox's org */
     struct px_sandbox *sandboxes;     /* owned list, from `sandbox` records */
     struct px_domain *custom_domains; /* owned list, from `domain` records */
     int cache_ttl;                    /* seconds a positive lookup is served from memory */

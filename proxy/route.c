@@ -169,8 +169,10 @@ static void base_routes(struct px_conn *c)
     if (px_str_eq(po, PX_STR("/callback")) && (r->m == HTTP_GET || r->m == HTTP_HEAD)) {
         struct px_oidc_settings os; /* SPEC 2, 4.6: the OIDC callback */
         if (px_oidc_settings(c->srv->cfg, &os)) {
-            struct px_oidc_req in = {c->srv->cfg, r, c->host, c->path, PX_STR_NULL,
-                                     c->srv->cfg->external_https || c->tls, c->peer_ip};
+            struct px_oidc_req in = {c->srv->cfg, r,
+                                     c->host,     c->path,
+                                     PX_STR_NULL, c->srv->cfg->external_https || c->tls,
+                                     c->peer_ip};
             c->oidc = px_oidc_callback(c->srv, &in, on_oidc, c);
             return;
         }
@@ -213,7 +215,8 @@ static void accept_warning(struct px_conn *c)
              PX_WARNING_HEADERS
              "Set-Cookie: daytona-preview-page-accepted=true; Max-Age=86400; Path=/; HttpOnly; "
              "Domain=%.*s; %s\r\n",
-             (int)hl, c->host, cfg->external_https || c->tls ? "Secure; SameSite=None" : "SameSite=Lax");
+             (int)hl, c->host,
+             cfg->external_https || c->tls ? "Secure; SameSite=None" : "SameSite=Lax");
     struct evbuffer *body = evbuffer_new();
     if (body == NULL)
         return px_conn_close(c);
@@ -336,8 +339,9 @@ static void warning_step(struct px_conn *c)
 /* SPEC 4.6: the 307 to the IdP. */
 static void start_login(struct px_conn *c)
 {
-    struct px_oidc_req in = {c->srv->cfg, &c->req, c->host, c->path, c->label,
-                             c->srv->cfg->external_https || c->tls, c->peer_ip};
+    struct px_oidc_req in = {c->srv->cfg, &c->req,  c->host,
+                             c->path,     c->label, c->srv->cfg->external_https || c->tls,
+                             c->peer_ip};
 
     c->oidc = px_oidc_login(c->srv, &in, on_oidc, c);
 }
@@ -391,8 +395,8 @@ static void start_auth(struct px_conn *c, struct px_str label)
 {
     struct px_auth_in in = {0};
     /* Only to find the value; the rewrite happens when the target is built. */
-    c->has_query_token = px_query_get(px_target_query(c->path),
-                                      PX_STR("DAYTONA_SANDBOX_AUTH_KEY"), &c->query_token);
+    c->has_query_token =
+        px_query_get(px_target_query(c->path), PX_STR("DAYTONA_SANDBOX_AUTH_KEY"), &c->query_token);
     c->label = label;
     in.cfg = c->srv->cfg;
     in.now = time(NULL);
@@ -407,8 +411,8 @@ static void start_auth(struct px_conn *c, struct px_str label)
     in.client = c->peer_ip;
     {
         struct px_oidc_settings os; /* could a refusal go to the IdP? (on_auth) */
-        in.check_label = !c->toolbox && px_oidc_is_navigation(&c->req) &&
-                         px_oidc_settings(c->srv->cfg, &os);
+        in.check_label =
+            !c->toolbox && px_oidc_is_navigation(&c->req) && px_oidc_settings(c->srv->cfg, &os);
     }
     c->auth = px_auth_start(&in, on_auth, c);
 }

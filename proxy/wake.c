@@ -41,8 +41,8 @@ static void on_start(void *arg, const struct px_api_resp *r)
 {
     (void)arg;
     if ((r->err != NULL || r->status / 100 != 2) && px_log_allow(1))
-        px_log(PX_WARN, "api: starting a stopped sandbox failed (%s%d)",
-               r->err ? r->err : "HTTP ", r->err ? 0 : r->status);
+        px_log(PX_WARN, "api: starting a stopped sandbox failed (%s%d)", r->err ? r->err : "HTTP ",
+               r->err ? 0 : r->status);
 }
 
 static void on_state(void *arg, const struct px_api_resp *r)

@@ -45,10 +45,9 @@ void px_sandbox_free(struct px_sandbox *sb)
  * record per request, so this is one malloc instead of ten. */
 struct px_sandbox *px_sandbox_dup(const struct px_sandbox *sb)
 {
-    const char *const src[] = {sb->id,          sb->runner_url,  sb->runner_key,
-                               sb->auth_token,  sb->org,         sb->state,
-                               sb->signing_key, sb->runner_host, sb->runner_authority,
-                               sb->addr};
+    const char *const src[] = {
+        sb->id,    sb->runner_url,  sb->runner_key,  sb->auth_token,       sb->org,
+        sb->state, sb->signing_key, sb->runner_host, sb->runner_authority, sb->addr};
     size_t total = sizeof(*sb);
     struct px_sandbox *d;
     char *p;
@@ -61,10 +60,9 @@ struct px_sandbox *px_sandbox_dup(const struct px_sandbox *sb)
     d->next = NULL;
     d->packed = 1;
     p = (char *)(d + 1);
-    char **const dst[] = {&d->id,          &d->runner_url,       &d->runner_key,
-                          &d->auth_token,  &d->org,              &d->state,
-                          &d->signing_key, &d->runner_host,      &d->runner_authority,
-                          &d->addr};
+    char **const dst[] = {
+        &d->id,    &d->runner_url,  &d->runner_key,  &d->auth_token,       &d->org,
+        &d->state, &d->signing_key, &d->runner_host, &d->runner_authority, &d->addr};
     for (size_t i = 0; i < sizeof(src) / sizeof(src[0]); i++) {
         if (src[i] == NULL) {
             *dst[i] = NULL;

@@ -906,11 +906,11 @@ static int file_url_create(struct ctl *c, int argc, char **argv)
     snprintf(key, sizeof(key), "sandbox:%s", id);
     if ((rc = ctl_connect(c)) != CTL_OK)
         return rc;
-    if ((r = command(c, "HGET", key, "signing_key", NULL)) == NULL)
+    if ((r = command(c, "HGET", key, "signing_key", (char *)NULL)) == NULL)
         return CTL_FAIL;
     if (r->type != REDIS_REPLY_STRING || r->len == 0) {
         freeReplyObject(r);
-        if ((r = command(c, "EXISTS", key, NULL)) == NULL)
+        if ((r = command(c, "EXISTS", key, (char *)NULL)) == NULL)
             return CTL_FAIL;
         rc = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
         freeReplyObject(r);
@@ -963,8 +963,8 @@ static int signing_key_rotate(struct ctl *c, int argc, char **argv)
     if ((rc = random_alnum(c, skey, 32)) != CTL_OK)
         return rc;
     snprintf(key, sizeof(key), "sandbox:%s", argv[optind]);
-    tx_add(&t, "HSET", key, fields[F_SIGNING_KEY].name, skey, NULL);
-    tx_add(&t, "PUBLISH", CHANNEL, key, NULL);
+    tx_add(&t, "HSET", key, fields[F_SIGNING_KEY].name, skey, (char *)NULL);
+    tx_add(&t, "PUBLISH", CHANNEL, key, (char *)NULL);
     if ((rc = ctl_connect(c)) == CTL_OK)
         rc = tx_run(c, &t, key, "sandbox", NULL);
     OPENSSL_cleanse(skey, sizeof(skey));

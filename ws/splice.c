@@ -99,7 +99,6 @@ static void destroy(struct px_splice *s)
 
 /* ---- raw engine ---- */
 
-
 static void raw_idle_arm(struct px_splice *s, struct side *d)
 {
     struct timeval idle = {s->srv->cfg->ws_idle_timeout, 0};

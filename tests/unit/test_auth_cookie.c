@@ -71,20 +71,21 @@ static void test_cookie_round_trip(void **state)
 
     assert_true(n > 0);
     assert_memory_equal(v, "v1.sb-1.2000.", 13);
-    assert_int_equal(px_cookie_verify("s3cret", id, 3000, px_str_make(v, (size_t)n), 1999, got, sizeof(got)),
-                     0);
+    assert_int_equal(
+        px_cookie_verify("s3cret", id, 3000, px_str_make(v, (size_t)n), 1999, got, sizeof(got)), 0);
     assert_string_equal(got, "sb-1");
     /* a sandbox-ID label is not port-bound: the same cookie opens another port */
-    assert_int_equal(px_cookie_verify("s3cret", id, 8080, px_str_make(v, (size_t)n), 1999, got, sizeof(got)),
-                     0);
-    /* expired, other secret, other label */
-    assert_int_equal(px_cookie_verify("s3cret", id, 3000, px_str_make(v, (size_t)n), 2000, got, sizeof(got)),
-                     -1);
-    assert_int_equal(px_cookie_verify("other", id, 3000, px_str_make(v, (size_t)n), 1999, got, sizeof(got)),
-                     -1);
     assert_int_equal(
-        px_cookie_verify("s3cret", PX_STR("sb-2"), 3000, px_str_make(v, (size_t)n), 1999, got, sizeof(got)),
+        px_cookie_verify("s3cret", id, 8080, px_str_make(v, (size_t)n), 1999, got, sizeof(got)), 0);
+    /* expired, other secret, other label */
+    assert_int_equal(
+        px_cookie_verify("s3cret", id, 3000, px_str_make(v, (size_t)n), 2000, got, sizeof(got)),
         -1);
+    assert_int_equal(
+        px_cookie_verify("other", id, 3000, px_str_make(v, (size_t)n), 1999, got, sizeof(got)), -1);
+    assert_int_equal(px_cookie_verify("s3cret", PX_STR("sb-2"), 3000, px_str_make(v, (size_t)n),
+                                      1999, got, sizeof(got)),
+                     -1);
 }
 
 static void test_cookie_tampered(void **state)
@@ -100,13 +101,16 @@ static void test_cookie_tampered(void **state)
         memcpy(t, v, (size_t)n);
         t[i] = t[i] == 'A' ? 'B' : 'A';
         assert_int_equal(
-            px_cookie_verify("s3cret", id, 3000, px_str_make(t, (size_t)n), 1000, got, sizeof(got)), -1);
+            px_cookie_verify("s3cret", id, 3000, px_str_make(t, (size_t)n), 1000, got, sizeof(got)),
+            -1);
     }
     /* a longer expiry with the old mac */
     snprintf(t, sizeof(t), "v1.sb-1.9999%s", v + strlen("v1.sb-1.2000"));
-    assert_int_equal(px_cookie_verify("s3cret", id, 3000, px_str_make(t, strlen(t)), 1000, got, sizeof(got)),
+    assert_int_equal(
+        px_cookie_verify("s3cret", id, 3000, px_str_make(t, strlen(t)), 1000, got, sizeof(got)),
+        -1);
+    assert_int_equal(px_cookie_verify("s3cret", id, 3000, PX_STR("v1..."), 1000, got, sizeof(got)),
                      -1);
-    assert_int_equal(px_cookie_verify("s3cret", id, 3000, PX_STR("v1..."), 1000, got, sizeof(got)), -1);
     assert_int_equal(px_cookie_verify("s3cret", id, 3000, PX_STR(""), 1000, got, sizeof(got)), -1);
 }
 
@@ -121,10 +125,12 @@ static void test_cookie_token_label_port_bound(void **state)
 
     assert_true(n > 0);
     assert_int_equal(
-        px_cookie_verify("s3cret", label, 3000, px_str_make(v, (size_t)n), 1000, got, sizeof(got)), 0);
+        px_cookie_verify("s3cret", label, 3000, px_str_make(v, (size_t)n), 1000, got, sizeof(got)),
+        0);
     assert_string_equal(got, "sb-1");
     assert_int_equal(
-        px_cookie_verify("s3cret", label, 22222, px_str_make(v, (size_t)n), 1000, got, sizeof(got)), -1);
+        px_cookie_verify("s3cret", label, 22222, px_str_make(v, (size_t)n), 1000, got, sizeof(got)),
+        -1);
 }
 
 int main(void)

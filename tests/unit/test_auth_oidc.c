@@ -58,8 +58,9 @@ static void test_state_bad(void **state)
     const char *empty = "eyJyZXR1cm5UbyI6IngiLCJzYW5kYm94SWQiOiIiLCJzdGF0ZSI6InMifQ==";
     /* {"returnTo":"x","state":"s"}: no sandboxId */
     const char *missing = "eyJyZXR1cm5UbyI6IngiLCJzdGF0ZSI6InMifQ==";
-    const char *bad[] = {"", "!!!!", "e30=", "bm90IGpzb24=", "eyJ", empty, missing,
-                         "eyJyZXR1cm5UbyI6IngiLCJzYW5kYm94SWQiOjEsInN0YXRlIjoicyJ9"};
+    const char *bad[] = {
+        "",    "!!!!", "e30=",  "bm90IGpzb24=",
+        "eyJ", empty,  missing, "eyJyZXR1cm5UbyI6IngiLCJzYW5kYm94SWQiOjEsInN0YXRlIjoicyJ9"};
     (void)state;
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         assert_int_equal(px_oidc_state_decode(px_str_make(bad[i], strlen(bad[i])), &rt, &sb, &in),
@@ -125,11 +126,14 @@ static void test_navigation(void **state)
     (void)state;
     assert_true(nav("GET / HTTP/1.1\r\nHost: a\r\nSec-Fetch-Mode: navigate\r\n\r\n"));
     assert_true(nav("HEAD / HTTP/1.1\r\nHost: a\r\nAccept: text/html,*/*\r\n\r\n"));
-    assert_true(nav("GET / HTTP/1.1\r\nHost: a\r\nAccept: application/xhtml+xml, TEXT/HTML\r\n\r\n"));
-    assert_false(nav("GET / HTTP/1.1\r\nHost: a\r\nSec-Fetch-Mode: cors\r\nAccept: text/html\r\n\r\n"));
+    assert_true(
+        nav("GET / HTTP/1.1\r\nHost: a\r\nAccept: application/xhtml+xml, TEXT/HTML\r\n\r\n"));
+    assert_false(
+        nav("GET / HTTP/1.1\r\nHost: a\r\nSec-Fetch-Mode: cors\r\nAccept: text/html\r\n\r\n"));
     assert_false(nav("GET / HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n"));
     assert_false(nav("GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
-    assert_false(nav("POST / HTTP/1.1\r\nHost: a\r\nSec-Fetch-Mode: navigate\r\nContent-Length: 0\r\n\r\n"));
+    assert_false(
+        nav("POST / HTTP/1.1\r\nHost: a\r\nSec-Fetch-Mode: navigate\r\nContent-Length: 0\r\n\r\n"));
     assert_false(nav("GET / HTTP/1.1\r\nHost: a\r\nAccept: text/html\r\nConnection: Upgrade\r\n"
                      "Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                      "Sec-WebSocket-Version: 13\r\n\r\n"));
@@ -369,10 +373,14 @@ static void test_verify_jwt(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_challenge_rfc7636), cmocka_unit_test(test_state_roundtrip),
-        cmocka_unit_test(test_state_bad),         cmocka_unit_test(test_return_safe),
-        cmocka_unit_test(test_navigation),        cmocka_unit_test(test_ttl),
-        cmocka_unit_test(test_claims),            cmocka_unit_test(test_verify_jwt),
+        cmocka_unit_test(test_challenge_rfc7636),
+        cmocka_unit_test(test_state_roundtrip),
+        cmocka_unit_test(test_state_bad),
+        cmocka_unit_test(test_return_safe),
+        cmocka_unit_test(test_navigation),
+        cmocka_unit_test(test_ttl),
+        cmocka_unit_test(test_claims),
+        cmocka_unit_test(test_verify_jwt),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

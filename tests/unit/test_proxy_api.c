@@ -31,19 +31,18 @@ static void test_parse_url(void **state)
     assert_true(tls);
     assert_int_equal(port, 443);
     assert_string_equal(prefix, "/api"); /* no double slash when paths are appended */
-    assert_int_equal(px_api_parse_url("http://[::1]:8080", &tls, host, sizeof(host), &port,
-                                      prefix, sizeof(prefix)),
+    assert_int_equal(px_api_parse_url("http://[::1]:8080", &tls, host, sizeof(host), &port, prefix,
+                                      sizeof(prefix)),
                      0);
     assert_string_equal(host, "::1");
     assert_int_equal(port, 8080);
     assert_string_equal(prefix, "");
-    const char *bad[] = {NULL,          "ftp://x/api",       "http://",      "http://:80/a",
-                         "http://h:/a", "http://h:99999/a",  "http://h:0",   "http://h:8x/",
+    const char *bad[] = {NULL,          "ftp://x/api",      "http://",       "http://:80/a",
+                         "http://h:/a", "http://h:99999/a", "http://h:0",    "http://h:8x/",
                          "http://[::1", "http://h/api?x=1", "http://h#frag", "api:3000/api"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        assert_int_equal(px_api_parse_url(bad[i], &tls, host, sizeof(host), &port, prefix,
-                                          sizeof(prefix)),
-                         -1);
+        assert_int_equal(
+            px_api_parse_url(bad[i], &tls, host, sizeof(host), &port, prefix, sizeof(prefix)), -1);
     char small[4];
     assert_int_equal(px_api_parse_url("http://longhost/api", &tls, small, sizeof(small), &port,
                                       prefix, sizeof(prefix)),
@@ -106,8 +105,10 @@ static void test_parse_config(void **state)
         "{\"version\":\"1\"}",
         "{\"version\":1,\"oidc\":{\"issuer\":\"a\",\"clientId\":\"b\",\"audience\":\"c\"}}",
         "{\"version\":\"1\",\"oidc\":{\"issuer\":\"a\",\"clientId\":\"b\"}}",
-        "{\"version\":\"1\",\"oidc\":{\"issuer\":\"a\\u0000b\",\"clientId\":\"b\",\"audience\":\"c\"}}",
-        "{\"version\":\"1\",\"oidc\":{\"issuer\":\"a\\r\\nX: y\",\"clientId\":\"b\",\"audience\":\"c\"}}",
+        "{\"version\":\"1\",\"oidc\":{\"issuer\":\"a\\u0000b\",\"clientId\":\"b\",\"audience\":"
+        "\"c\"}}",
+        "{\"version\":\"1\",\"oidc\":{\"issuer\":\"a\\r\\nX: "
+        "y\",\"clientId\":\"b\",\"audience\":\"c\"}}",
         "{\"version\":\"1\",\"oidc\":[]}",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {

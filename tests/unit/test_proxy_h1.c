@@ -106,8 +106,7 @@ static void test_find_head_bare_lf(void **state)
 {
     (void)state;
     static const char *const bad[] = {
-        "GET / HTTP/1.1\nHost: a\n\n",
-        "GET / HTTP/1.1\r\nHost: a\n\n",
+        "GET / HTTP/1.1\nHost: a\n\n", "GET / HTTP/1.1\r\nHost: a\n\n",
         "GET / HTTP/1.1\r\nHost: a\r\n\n",
         "GET / HTTP/1.1\r\nHost: a\r\n\r\r\n", /* a bare CR: no CRLFCRLF ever comes */
     };
@@ -163,9 +162,9 @@ static void test_parse_response_status_line(void **state)
 {
     (void)state;
     static const char *const bad[] = {
-        "HT@P/1.1 200\r\n\r\n",     "HTTX/1.1 200 OK\r\n\r\n", "HTTP/1.1 20 OK\r\n\r\n",
+        "HT@P/1.1 200\r\n\r\n",     "HTTX/1.1 200 OK\r\n\r\n",  "HTTP/1.1 20 OK\r\n\r\n",
         "HTTP/1.1 2000 OK\r\n\r\n", "HTTP/1.1  200 OK\r\n\r\n", "HTTP/11 200 OK\r\n\r\n",
-        "http/1.1 200 OK\r\n\r\n",  "HTTP/1.1 200OK\r\n\r\n",  "HTTP/1.2 000\r\n\r\n",
+        "http/1.1 200 OK\r\n\r\n",  "HTTP/1.1 200OK\r\n\r\n",   "HTTP/1.2 000\r\n\r\n",
         "HTTP/1.1 600 X\r\n\r\n",   "HTTP/1.1 099 X\r\n\r\n",
     };
     static const char *const good[] = {

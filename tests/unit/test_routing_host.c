@@ -362,7 +362,7 @@ static void test_str_is_label(void **state)
     (void)state;
     assert_true(px_str_is_label(PX_STR("sbx-1_A"), 16));
     assert_true(px_str_is_label(PX_STR("a"), 1));
-    assert_false(px_str_is_label(PX_STR("ab"), 1));   /* over max */
+    assert_false(px_str_is_label(PX_STR("ab"), 1)); /* over max */
     assert_false(px_str_is_label(PX_STR(""), 16));
     const char *bad[] = {"a/b", "a.b", "a%2f", "a b", "a:b", "a?b", "\xc3\xa9"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
