@@ -180,7 +180,8 @@ void px_fwd_starting(struct px_conn *c);
  * consumes or sets itself, and the Cookie line without the proxy's cookies. */
 int px_fwd_hop_by_hop(struct px_str name, struct px_str conn_value);
 int px_fwd_consumed(struct px_str name, int drop_authorization);
-void px_fwd_add_cookie(struct evbuffer *out, struct px_str v);
+struct px_hbuf;
+void px_fwd_add_cookie(struct px_hbuf *out, struct px_str v);
 /* Does a runner's Set-Cookie value name one of the proxy's own cookies? */
 int px_fwd_proxy_cookie(struct px_str set_cookie_value);
 

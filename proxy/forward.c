@@ -17,6 +17,7 @@
 #include "proxy/browser.h"
 #include "proxy/conn_priv.h"
 #include "proxy/errors.h"
+#include "proxy/hbuf.h"
 #include "proxy/upstream.h"
 #include "routing/route.h"
 #include "routing/store.h"
@@ -27,34 +28,19 @@ static void on_up_write(struct bufferevent *bev, void *arg);
 static void on_up_event(struct bufferevent *bev, short what, void *arg);
 static void start_tunnel(struct px_conn *c);
 
-static void add_str(struct evbuffer *o, const char *s)
+/* "Name: value\r\n", the name given with its ": " */
+static void add_field(struct px_hbuf *o, const char *name, struct px_str value)
 {
-    evbuffer_add(o, s, strlen(s));
+    px_hb_str(o, name);
+    px_hb_slice(o, value);
+    px_hb_lit(o, "\r\n");
 }
 
-static void add_slice(struct evbuffer *o, struct px_str s)
+static void add_field_u64(struct px_hbuf *o, const char *name, uint64_t v)
 {
-    evbuffer_add(o, s.p, s.len);
-}
-
-static void add_u64(struct evbuffer *o, uint64_t v)
-{
-    char b[24];
-    int i = sizeof(b);
-
-    do {
-        b[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    evbuffer_add(o, b + i, sizeof(b) - (size_t)i);
-}
-
-/* "Name: value\r\n" */
-static void add_field(struct evbuffer *o, const char *name, struct px_str value)
-{
-    add_str(o, name);
-    add_slice(o, value);
-    evbuffer_add(o, "\r\n", 2);
+    px_hb_str(o, name);
+    px_hb_u64(o, v);
+    px_hb_lit(o, "\r\n");
 }
 
 int px_fwd_hop_by_hop(struct px_str name, struct px_str conn_value)
@@ -88,7 +74,7 @@ int px_fwd_consumed(struct px_str name, int drop_authorization)
 }
 
 /* Copies the Cookie value without the proxy's own cookies. */
-void px_fwd_add_cookie(struct evbuffer *out, struct px_str v)
+void px_fwd_add_cookie(struct px_hbuf *out, struct px_str v)
 {
     size_t i = 0;
     int n = 0;
@@ -104,35 +90,42 @@ void px_fwd_add_cookie(struct evbuffer *out, struct px_str v)
         if (ck.len == 0 || (ck.len >= 21 && !strncmp(ck.p, "daytona-sandbox-auth-", 21)) ||
             (ck.len >= 30 && !strncmp(ck.p, "daytona-preview-page-accepted=", 30)))
             continue;
-        evbuffer_add_printf(out, n++ ? "; %.*s" : "Cookie: %.*s", (int)ck.len, ck.p);
+        if (n++)
+            px_hb_lit(out, "; ");
+        else
+            px_hb_lit(out, "Cookie: ");
+        px_hb_slice(out, ck);
     }
     if (n)
-        evbuffer_add(out, "\r\n", 2);
+        px_hb_lit(out, "\r\n");
 }
 
 /* Appends the forwarded request head to out. */
-static void build_request(struct px_conn *c, struct evbuffer *out)
+static void build_request(struct px_conn *c, struct evbuffer *dst)
 {
+    struct px_hbuf hb, *out = &hb;
     const struct px_head *r = &c->req;
     const struct px_sandbox *sb = c->sb;
     struct px_str conn_value = PX_STR_NULL, target = c->path;
     const struct px_hdr *xfh = NULL, *xff = NULL, *xfp = NULL;
 
-    add_slice(out, r->method);
-    evbuffer_add(out, " ", 1);
+    px_hb_init(out, dst);
+
+    px_hb_slice(out, r->method);
+    px_hb_lit(out, " ");
     if (c->fwd_target != NULL) { /* built whole by its route (build logs) */
-        add_str(out, c->fwd_target);
+        px_hb_str(out, c->fwd_target);
         target = PX_STR("");
     } else if (c->toolbox) {
-        add_str(out, "/sandboxes/");
-        add_str(out, sb->id);
-        add_str(out, "/toolbox");
+        px_hb_str(out, "/sandboxes/");
+        px_hb_str(out, sb->id);
+        px_hb_str(out, "/toolbox");
         target = c->toolbox_rest;
     } else if (!sb->direct) {
-        add_str(out, "/sandboxes/");
-        add_str(out, sb->id);
-        add_str(out, "/toolbox/proxy/");
-        add_u64(out, c->port);
+        px_hb_str(out, "/sandboxes/");
+        px_hb_str(out, sb->id);
+        px_hb_str(out, "/toolbox/proxy/");
+        px_hb_u64(out, c->port);
     }
     const char *q = target.len ? memchr(target.p, '?', target.len) : NULL;
     if (q != NULL && (c->has_query_token || c->file_url)) {
@@ -144,7 +137,7 @@ static void build_request(struct px_conn *c, struct evbuffer *out)
         struct px_str query = px_str_make(q + 1, target.len - (size_t)(q + 1 - target.p));
         char *tmp = malloc(2 * query.len + 2);
         int found;
-        evbuffer_add(out, target.p, (size_t)(q - target.p));
+        px_hb_add(out, target.p, (size_t)(q - target.p));
         if (tmp != NULL) {
             char *buf[2] = {tmp, tmp + query.len + 1};
             int cur = 0;
@@ -156,15 +149,15 @@ static void build_request(struct px_conn *c, struct evbuffer *out)
                 cur ^= 1;
             }
             if (query.len > 0) {
-                evbuffer_add(out, "?", 1);
-                evbuffer_add(out, query.p, query.len);
+                px_hb_lit(out, "?");
+                px_hb_add(out, query.p, query.len);
             }
             free(tmp);
         }
     } else {
-        evbuffer_add(out, target.p, target.len);
+        px_hb_add(out, target.p, target.len);
     }
-    evbuffer_add(out, " HTTP/1.1\r\n", 11);
+    px_hb_lit(out, " HTTP/1.1\r\n");
     /* c->authority, not the Host field: for an absolute-form target the
      * target's authority is what was routed, and a proxy MUST send it as
      * the Host (RFC 9112 3.2.2). */
@@ -191,10 +184,7 @@ static void build_request(struct px_conn *c, struct evbuffer *out)
             px_fwd_add_cookie(out, f->value);
             continue;
         }
-        evbuffer_add(out, f->name.p, f->name.len);
-        evbuffer_add(out, ": ", 2);
-        evbuffer_add(out, f->value.p, f->value.len);
-        evbuffer_add(out, "\r\n", 2);
+        px_hb_field(out, f->name, f->value);
     }
     /* Replace semantics: whatever the client sent, the runner sees only ours.
      * Direct mode talks to sandbox code itself, which must never see the key. */
@@ -206,28 +196,32 @@ static void build_request(struct px_conn *c, struct evbuffer *out)
         add_field(out, "X-Forwarded-Host: ", xfh->value);
     else
         add_field(out, "X-Forwarded-Host: ", c->authority);
-    if (xff != NULL && c->peer_trusted)
-        evbuffer_add_printf(out, "X-Forwarded-For: %.*s, %s\r\n", (int)xff->value.len, xff->value.p,
-                            c->peer_ip);
-    else
+    if (xff != NULL && c->peer_trusted) {
+        px_hb_lit(out, "X-Forwarded-For: ");
+        px_hb_slice(out, xff->value);
+        px_hb_lit(out, ", ");
+        px_hb_str(out, c->peer_ip);
+        px_hb_lit(out, "\r\n");
+    } else
         add_field(out, "X-Forwarded-For: ", px_str_make(c->peer_ip, strlen(c->peer_ip)));
     if (xfp != NULL && c->peer_trusted)
-        evbuffer_add_printf(out, "X-Forwarded-Proto: %.*s\r\n", (int)xfp->value.len, xfp->value.p);
+        add_field(out, "X-Forwarded-Proto: ", xfp->value);
     else
-        add_str(out, c->srv->cfg->external_https || c->tls ? "X-Forwarded-Proto: https\r\n"
-                                                           : "X-Forwarded-Proto: http\r\n");
+        px_hb_str(out, c->srv->cfg->external_https || c->tls ? "X-Forwarded-Proto: https\r\n"
+                                                             : "X-Forwarded-Proto: http\r\n");
     add_field(out, "X-Request-Id: ", px_str_make(c->reqid, strlen(c->reqid)));
     if (r->ws_upgrade)
-        evbuffer_add(out, "Connection: Upgrade\r\nUpgrade: websocket\r\n", 41);
+        px_hb_lit(out, "Connection: Upgrade\r\nUpgrade: websocket\r\n");
     if (c->req_body == BODY_LENGTH) {
-        add_str(out, "Content-Length: ");
-        add_u64(out, (uint64_t)r->content_length);
-        evbuffer_add(out, "\r\n", 2);
+        px_hb_str(out, "Content-Length: ");
+        px_hb_u64(out, (uint64_t)r->content_length);
+        px_hb_lit(out, "\r\n");
     } else if (c->req_body == BODY_CHUNKED)
-        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+        px_hb_lit(out, "Transfer-Encoding: chunked\r\n");
     else if (r->content_length == 0)
-        evbuffer_add(out, "Content-Length: 0\r\n", 19);
-    evbuffer_add(out, "\r\n", 2);
+        px_hb_lit(out, "Content-Length: 0\r\n");
+    px_hb_lit(out, "\r\n");
+    px_hb_flush(out);
 }
 
 /* The one place that arms the runner connection's timeouts (issue 9: no
@@ -440,21 +434,24 @@ int px_fwd_proxy_cookie(struct px_str set_cookie_value)
            (n >= 21 && !strncasecmp(name.p, "daytona-sandbox-auth-", 21));
 }
 
-static void add_response_head(struct px_conn *c, struct evbuffer *out)
+static void add_response_head(struct px_conn *c, struct evbuffer *dst)
 {
+    struct px_hbuf hb, *out = &hb;
     const struct px_head *rs = &c->resp;
     struct px_str conn_value = PX_STR_NULL;
     int minor = c->req.http_minor;
     int cors = px_head_get(&c->req, PX_STR("origin")) != NULL && !px_cors_disabled(&c->req);
 
+    px_hb_init(out, dst);
+
     for (int i = 0; i < rs->nhdrs; i++)
         if (px_str_ieq(rs->hdrs[i].name, PX_STR("connection")))
             conn_value = rs->hdrs[i].value;
-    add_str(out, minor ? "HTTP/1.1 " : "HTTP/1.0 ");
-    add_u64(out, (uint64_t)rs->status);
-    evbuffer_add(out, " ", 1);
-    add_slice(out, rs->reason);
-    evbuffer_add(out, "\r\n", 2);
+    px_hb_str(out, minor ? "HTTP/1.1 " : "HTTP/1.0 ");
+    px_hb_u64(out, (uint64_t)rs->status);
+    px_hb_lit(out, " ");
+    px_hb_slice(out, rs->reason);
+    px_hb_lit(out, "\r\n");
     for (int i = 0; i < rs->nhdrs; i++) {
         const struct px_hdr *f = &rs->hdrs[i];
         if (rs->status == 101 &&
@@ -471,41 +468,44 @@ static void add_response_head(struct px_conn *c, struct evbuffer *out)
             char pre[300];
             int n = snprintf(pre, sizeof(pre), "/toolbox/%s", c->sb->id);
             if (f->value.len < (size_t)n || memcmp(f->value.p, pre, (size_t)n) != 0) {
-                evbuffer_add_printf(out, "Location: %s%s%.*s\r\n", pre,
-                                    f->value.len && f->value.p[0] == '/' ? "" : "/",
-                                    (int)f->value.len, f->value.p);
+                px_hb_lit(out, "Location: ");
+                px_hb_add(out, pre, (size_t)n);
+                if (!(f->value.len && f->value.p[0] == '/'))
+                    px_hb_lit(out, "/");
+                px_hb_slice(out, f->value);
+                px_hb_lit(out, "\r\n");
                 continue;
             }
         }
     copy:
-        evbuffer_add(out, f->name.p, f->name.len);
-        evbuffer_add(out, ": ", 2);
-        evbuffer_add(out, f->value.p, f->value.len);
-        evbuffer_add(out, "\r\n", 2);
+        px_hb_field(out, f->name, f->value);
     }
     if (c->set_cookie != NULL)
-        evbuffer_add(out, c->set_cookie, strlen(c->set_cookie));
-    if (cors)
-        px_cors_headers(out, &c->req, PX_CORS_REQ(c->srv->cfg, c->label, c->sb));
+        px_hb_str(out, c->set_cookie);
+    if (cors) { /* rare enough to write straight into the evbuffer */
+        px_hb_flush(out);
+        px_cors_headers(dst, &c->req, PX_CORS_REQ(c->srv->cfg, c->label, c->sb));
+    }
     if (rs->status == 101) {
-        evbuffer_add(out, "\r\n", 2);
+        px_hb_lit(out, "\r\n");
+        px_hb_flush(out);
         return;
     }
     switch (c->resp_body) {
     case BODY_LENGTH:
-        add_str(out, "Content-Length: ");
-        add_u64(out, (uint64_t)c->resp_left);
-        evbuffer_add(out, "\r\n", 2);
+        px_hb_str(out, "Content-Length: ");
+        px_hb_u64(out, (uint64_t)c->resp_left);
+        px_hb_lit(out, "\r\n");
         break;
     case BODY_CHUNKED:
         if (minor == 1)
-            evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+            px_hb_lit(out, "Transfer-Encoding: chunked\r\n");
         else
             c->keepalive = 0; /* HTTP/1.0 client: de-chunk and close to delimit */
         break;
     case BODY_EOF:
         if (minor == 1) {
-            evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+            px_hb_lit(out, "Transfer-Encoding: chunked\r\n");
             c->resp_chunk_out = 1;
         } else {
             c->keepalive = 0;
@@ -513,18 +513,19 @@ static void add_response_head(struct px_conn *c, struct evbuffer *out)
         break;
     case BODY_NONE:
         if (rs->content_length >= 0) /* HEAD, 304: keep the representation's length */
-            evbuffer_add_printf(out, "Content-Length: %lld\r\n", (long long)rs->content_length);
+            add_field_u64(out, "Content-Length: ", (uint64_t)rs->content_length);
         else if (rs->status != 204 && rs->status != 304 && c->req.m != HTTP_HEAD)
-            evbuffer_add(out, "Content-Length: 0\r\n", 19);
+            px_hb_lit(out, "Content-Length: 0\r\n");
         break;
     }
     if (!c->req_done || c->srv->draining)
         c->keepalive = 0;
     if (!c->keepalive)
-        evbuffer_add(out, "Connection: close\r\n", 19);
+        px_hb_lit(out, "Connection: close\r\n");
     else if (minor == 0)
-        evbuffer_add(out, "Connection: keep-alive\r\n", 24);
-    evbuffer_add(out, "\r\n", 2);
+        px_hb_lit(out, "Connection: keep-alive\r\n");
+    px_hb_lit(out, "\r\n");
+    px_hb_flush(out);
 }
 
 /* Reads the response head. Returns 1 when the body phase may start. */

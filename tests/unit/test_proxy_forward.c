@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include "proxy/conn_priv.h"
+#include "proxy/hbuf.h"
 
 static struct px_str S(const char *s) {
     return px_str_make(s, strlen(s));
@@ -60,7 +61,11 @@ static void check_cookie(const char *in, const char *want)
     size_t n;
     char *got;
 
-    px_fwd_add_cookie(b, S(in));
+    struct px_hbuf hb;
+
+    px_hb_init(&hb, b);
+    px_fwd_add_cookie(&hb, S(in));
+    px_hb_flush(&hb);
     n = evbuffer_get_length(b);
     got = calloc(1, n + 1);
     evbuffer_remove(b, got, n);
