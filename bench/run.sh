@@ -41,7 +41,13 @@
 #   optional: warm_NAME (untimed warm-up), pid_NAME (server pid, checked
 #   for crashes after each run), log_NAME (server log shown on problems)
 # then list NAME in BENCH_TARGETS (and pairs in BENCH_RATIOS).
+#   BENCH_MODE=callgrind  instead of the load runs, instructions per request
+#                    under callgrind, proxy and nginx (bench/callgrind.sh)
 set -euo pipefail
+
+if [ "${BENCH_MODE:-}" = callgrind ]; then
+    exec "$(dirname "${BASH_SOURCE[0]}")/callgrind.sh" "$@"
+fi
 
 DURATION=${BENCH_DURATION:-10s}
 ROUNDS=${BENCH_ROUNDS:-3}

@@ -437,6 +437,15 @@ void px_conn_respond_bare(struct px_conn *c, int status, const char *headers)
     px_conn_exchange_done(c);
 }
 
+/* "pid-counter" in hex: unique per process lifetime (X-Request-Id, the log). */
+static void px_conn_new_reqid(struct px_conn *c)
+{
+    size_t n = px_cat_num(c->reqid, sizeof(c->reqid), 0, (unsigned)c->srv->pid, 1);
+
+    n = px_cat(c->reqid, sizeof(c->reqid), n, "-", 1);
+    px_cat_num(c->reqid, sizeof(c->reqid), n, ++c->srv->next_req_id, 1);
+}
+
 void px_conn_fail(struct px_conn *c, int status, const char *code, const char *message)
 {
     struct evbuffer *body = evbuffer_new();
@@ -452,8 +461,7 @@ void px_conn_fail(struct px_conn *c, int status, const char *code, const char *m
         return;
     }
     if (c->reqid[0] == '\0')
-        snprintf(c->reqid, sizeof(c->reqid), "%x-%llx", c->srv->pid,
-                 (unsigned long long)++c->srv->next_req_id);
+        px_conn_new_reqid(c);
     ctype = px_error_body(c->srv->cfg, body, &e, method, path, c->reqid, px_conn_wants_html(c));
     if (status >= 500 && px_log_allow(10)) /* a dead runner must not flood the log */
         clog(c, PX_WARN, "%d %s", status, message ? message : px_status_text(status));
@@ -474,18 +482,23 @@ void px_conn_fail_close(struct px_conn *c, int status, const char *message)
 
 void px_conn_loghost(struct px_conn *c, const struct px_host *h, int label_is_id)
 {
+    char *o = c->loghost;
+    size_t cap = sizeof(c->loghost), n;
+
     if (c->toolbox)
-        snprintf(c->loghost, sizeof(c->loghost), "toolbox");
+        px_cat(o, cap, 0, "toolbox", 7);
     else if (h == NULL)
-        snprintf(c->loghost, sizeof(c->loghost), "-");
+        px_cat(o, cap, 0, "-", 1);
     else if (c->port == 0) /* base host */
-        snprintf(c->loghost, sizeof(c->loghost), "%.*s", (int)(h->name.len > 60 ? 60 : h->name.len),
-                 h->name.p);
-    else if (label_is_id)
-        snprintf(c->loghost, sizeof(c->loghost), "%u-%.*s", c->port,
-                 (int)(h->label.len > 64 ? 64 : h->label.len), h->label.p);
-    else /* may be a signed token: a credential (SPEC 11) */
-        snprintf(c->loghost, sizeof(c->loghost), "%u-<signed>", c->port);
+        px_cat(o, cap, 0, h->name.p, h->name.len > 60 ? 60 : h->name.len);
+    else {
+        n = px_cat_num(o, cap, 0, c->port, 0);
+        if (label_is_id) {
+            n = px_cat(o, cap, n, "-", 1);
+            px_cat(o, cap, n, h->label.p, h->label.len > 64 ? 64 : h->label.len);
+        } else /* may be a signed token: a credential (SPEC 11) */
+            px_cat(o, cap, n, "-<signed>", 9);
+    }
 }
 
 void px_bev_slurp(struct bufferevent *bev, size_t budget)
@@ -530,8 +543,7 @@ static void parse_head(struct px_conn *c, size_t head_len)
     const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)head_len);
 
     gettimeofday(&c->t_start, NULL);
-    snprintf(c->reqid, sizeof(c->reqid), "%x-%llx", c->srv->pid,
-             (unsigned long long)++c->srv->next_req_id);
+    px_conn_new_reqid(c);
     if (data == NULL)
         return px_conn_close(c);
     if (px_h1_parse_request(&c->req, data, head_len, c->srv->cfg->max_headers, &status, &why) !=

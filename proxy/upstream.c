@@ -104,7 +104,11 @@ static struct px_pool_bucket *bucket(struct px_pool *pool, const char *key, int 
 
 static void make_key(char *buf, size_t len, const char *host, int port, int tls)
 {
-    snprintf(buf, len, "%s%s:%d", tls ? "https://" : "", host, port);
+    size_t n = tls ? px_cat(buf, len, 0, "https://", 8) : px_cat(buf, len, 0, "", 0);
+
+    n = px_cat(buf, len, n, host, strlen(host));
+    n = px_cat(buf, len, n, ":", 1);
+    px_cat_num(buf, len, n, (unsigned long long)port, 0);
 }
 
 /* An idle connection must have nothing to read: no unread bytes in its
