@@ -18,16 +18,40 @@ static struct px_str S(const char *s) {
 /* ---- px_h1_find_head ---- */
 
 static enum px_parse
-find(const char *data, size_t len, size_t max_line, size_t max_head, size_t *head_len, int *status)
+find_in(struct evbuffer *in, size_t len, size_t max_line, size_t max_head, size_t *head_len,
+        int *status)
 {
-    struct evbuffer *in = evbuffer_new();
-    assert_non_null(in);
-    evbuffer_add(in, data, len);
     *head_len = 0;
     *status = 0;
     enum px_parse r = px_h1_find_head(in, max_line, max_head, head_len, status);
     assert_int_equal(evbuffer_get_length(in), len); /* never drains */
     evbuffer_free(in);
+    return r;
+}
+
+/* Every case twice: the bytes in one chain (px_h1_find_head()'s flat search)
+ * and spread over chains of 1 to 3 bytes (its evbuffer search); both readings
+ * must agree. */
+static enum px_parse find(const char *data, size_t len, size_t max_line, size_t max_head,
+                          size_t *head_len, int *status)
+{
+    struct evbuffer *flat = evbuffer_new(), *chained = evbuffer_new();
+    size_t hl2;
+    int st2;
+
+    assert_non_null(flat);
+    assert_non_null(chained);
+    evbuffer_add(flat, data, len);
+    for (size_t i = 0, k = 0; i < len; k++) {
+        size_t n = 1 + k % 3 < len - i ? 1 + k % 3 : len - i;
+        evbuffer_add_reference(chained, data + i, n, NULL, NULL);
+        i += n;
+    }
+    enum px_parse r = find_in(flat, len, max_line, max_head, head_len, status);
+    enum px_parse r2 = find_in(chained, len, max_line, max_head, &hl2, &st2);
+    assert_int_equal(r, r2);
+    assert_int_equal(*status, st2);
+    assert_int_equal(*head_len, hl2);
     return r;
 }
 
@@ -386,6 +410,54 @@ static void test_parse_nul_in_value(void **state)
     assert_int_equal(px_h1_parse_request(&h, req, sizeof(req) - 1, 100, &st, &why), -1);
     assert_int_equal(st, 400);
     px_head_free(&h);
+}
+
+/* The control-byte scan looks at eight bytes at a time (issue 13): every
+ * forbidden byte at every offset of a long value, and of the start line, is
+ * still found, and HTAB, obs-text and plain text at those offsets are not. */
+static void test_parse_control_byte_every_offset(void **state)
+{
+    (void)state;
+    for (int c = 0; c < 256; c++) {
+        int bad_value = (c < 0x20 && c != '\t') || c == 0x7f;
+        if (c == '\r' || c == '\n')
+            continue; /* line ends: refused by the line scan, not this one */
+        for (size_t off = 0; off < 24; off++) {
+            /* built with memcpy: a NUL would end a printf %s */
+            static const char pre[] = "GET / HTTP/1.1\r\nHost: a\r\nX-V: ";
+            char req[128];
+            size_t n = sizeof(pre) - 1;
+            memcpy(req, pre, n);
+            memset(req + n, 'v', 31);
+            req[n + off] = (char)c;
+            memcpy(req + n + 31, "\r\n\r\n", 4);
+            n += 35;
+            struct px_head h;
+            int st = 0;
+            const char *why = NULL;
+            int r = px_h1_parse_request(&h, req, n, 100, &st, &why);
+            if (bad_value) {
+                assert_int_equal(r, -1);
+                assert_string_equal(why, "control character in a header value");
+            } else if (!(off == 0 && (c == ' ' || c == '\t'))) { /* leading blanks are trimmed */
+                assert_int_equal(r, 0);
+                assert_int_equal(px_head_get(&h, PX_STR("x-v"))->value.len, 31);
+            }
+            px_head_free(&h);
+            /* the start line: no control at all, HTAB included */
+            memcpy(req, "GET /", 5);
+            memset(req + 5, 'p', 24);
+            req[5 + off] = (char)c;
+            static const char post[] = " HTTP/1.1\r\nHost: a\r\n\r\n";
+            memcpy(req + 29, post, sizeof(post) - 1);
+            r = px_h1_parse_request(&h, req, 29 + sizeof(post) - 1, 100, &st, &why);
+            if (bad_value || c == '\t') {
+                assert_int_equal(r, -1);
+                assert_int_equal(st, 400);
+            }
+            px_head_free(&h);
+        }
+    }
 }
 
 static void test_parse_status_codes(void **state)
@@ -864,6 +936,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_find_head),
+        cmocka_unit_test(test_parse_control_byte_every_offset),
         cmocka_unit_test(test_find_head_414),
         cmocka_unit_test(test_find_head_431),
         cmocka_unit_test(test_find_head_bare_lf),
