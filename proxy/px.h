@@ -32,9 +32,18 @@ static inline int px_str_eq(struct px_str a, struct px_str b)
     return a.len == b.len && (a.len == 0 || memcmp(a.p, b.p, a.len) == 0);
 }
 
+/* ASCII case-insensitive equality (the C locale's strncasecmp), inline: it
+ * runs for every header name against every name we look for (issue 13). */
 static inline int px_str_ieq(struct px_str a, struct px_str b)
 {
-    return a.len == b.len && (a.len == 0 || strncasecmp(a.p, b.p, a.len) == 0);
+    if (a.len != b.len)
+        return 0;
+    for (size_t i = 0; i < a.len; i++) {
+        unsigned char x = (unsigned char)a.p[i], y = (unsigned char)b.p[i];
+        if (x != y && ((x | 0x20) != (y | 0x20) || (unsigned)((x | 0x20) - 'a') > 25))
+            return 0;
+    }
+    return 1;
 }
 
 /* Bounded appends to a fixed char buffer, for the few strings built per
