@@ -100,8 +100,8 @@ void px_fwd_add_cookie(struct px_hbuf *out, struct px_str v)
         px_hb_lit(out, "\r\n");
 }
 
-/* Appends the forwarded request head to out. */
-static void build_request(struct px_conn *c, struct evbuffer *dst)
+/* Appends the forwarded request head to dst, and to copy unless NULL. */
+static void build_request(struct px_conn *c, struct evbuffer *dst, struct evbuffer *copy)
 {
     struct px_hbuf hb, *out = &hb;
     const struct px_head *r = &c->req;
@@ -110,6 +110,7 @@ static void build_request(struct px_conn *c, struct evbuffer *dst)
     const struct px_hdr *xfh = NULL, *xff = NULL, *xfp = NULL;
 
     px_hb_init(out, dst);
+    out->copy = copy;
 
     px_hb_slice(out, r->method);
     px_hb_lit(out, " ");
@@ -376,15 +377,12 @@ void px_fwd_start(struct px_conn *c)
     if (connect_upstream(c, 1) != 0)
         return px_conn_fail(c, 502, NULL, "cannot connect to the runner");
     gettimeofday(&c->t_upstream, NULL);
-    if (c->replay == NULL) { /* the common case: straight into the socket's buffer */
-        build_request(c, bufferevent_get_output(c->up->bev));
-    } else {
-        struct evbuffer *head = evbuffer_new();
-        if (head == NULL)
-            return px_conn_close(c);
-        build_request(c, head);
-        up_write_buffer(c, head);
-        evbuffer_free(head);
+    /* Straight into the socket's buffer, and into the replay copy when a
+     * retry is possible (a head is far below PX_REPLAY_MAX). */
+    build_request(c, bufferevent_get_output(c->up->bev), c->replay);
+    if (c->replay != NULL && evbuffer_get_length(c->replay) > PX_REPLAY_MAX) {
+        evbuffer_free(c->replay); /* max_header_size set above it: no retry */
+        c->replay = NULL;
     }
     px_conn_set_state(c, PX_CONN_STREAM);
     if (!c->req_done)

@@ -24,14 +24,16 @@
 #define PX_HBUF_CAP 8192
 
 struct px_hbuf {
-    struct evbuffer *out; /* not owned: the bytes go there */
-    size_t len;           /* bytes in b[] not yet flushed */
+    struct evbuffer *out;  /* not owned: the bytes go there */
+    struct evbuffer *copy; /* not owned, or NULL: and a copy there (a retry's replay) */
+    size_t len;            /* bytes in b[] not yet flushed */
     char b[PX_HBUF_CAP];
 };
 
 static inline void px_hb_init(struct px_hbuf *h, struct evbuffer *out)
 {
     h->out = out;
+    h->copy = NULL;
     h->len = 0;
 }
 
@@ -39,8 +41,11 @@ static inline void px_hb_init(struct px_hbuf *h, struct evbuffer *out)
  * it directly, so the order stays). */
 static inline void px_hb_flush(struct px_hbuf *h)
 {
-    if (h->len)
+    if (h->len) {
         evbuffer_add(h->out, h->b, h->len);
+        if (h->copy != NULL)
+            evbuffer_add(h->copy, h->b, h->len);
+    }
     h->len = 0;
 }
 
@@ -50,6 +55,8 @@ static inline void px_hb_add(struct px_hbuf *h, const void *p, size_t n)
         px_hb_flush(h);
         if (n > PX_HBUF_CAP) { /* larger than the whole buffer: straight through */
             evbuffer_add(h->out, p, n);
+            if (h->copy != NULL)
+                evbuffer_add(h->copy, p, n);
             return;
         }
     }
