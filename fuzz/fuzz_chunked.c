@@ -15,14 +15,7 @@
 #include <stdlib.h>
 
 #include "proxy/h1.h"
-
-#define CHECK(x)                                                                                   \
-    do {                                                                                           \
-        if (!(x)) {                                                                                \
-            fprintf(stderr, "fuzz_chunked: %s:%d: %s\n", __FILE__, __LINE__, #x);                  \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "fuzz/check.h"
 
 struct run {
     enum px_parse r;

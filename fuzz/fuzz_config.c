@@ -15,14 +15,7 @@
 
 #include "proxy/px.h"
 #include "routing/store.h"
-
-#define CHECK(x)                                                                                   \
-    do {                                                                                           \
-        if (!(x)) {                                                                                \
-            fprintf(stderr, "fuzz_config: %s:%d: %s\n", __FILE__, __LINE__, #x);                   \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "fuzz/check.h"
 
 static int fd = -1;
 static char path[64];

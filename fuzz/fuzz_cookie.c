@@ -20,14 +20,7 @@
 #include "auth/digest.h"
 #include "auth/securecookie.h"
 #include "routing/route.h"
-
-#define CHECK(x)                                                                                   \
-    do {                                                                                           \
-        if (!(x)) {                                                                                \
-            fprintf(stderr, "fuzz_cookie: %s:%d: %s\n", __FILE__, __LINE__, #x);                   \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "fuzz/check.h"
 
 #define KEY "fuzz-cookie-secret"
 #define NOW 1781234567L

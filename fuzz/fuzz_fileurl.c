@@ -12,14 +12,7 @@
 #include <string.h>
 
 #include "auth/fileurl.h"
-
-#define CHECK(x)                                                                                   \
-    do {                                                                                           \
-        if (!(x)) {                                                                                \
-            fprintf(stderr, "fuzz_fileurl: %s:%d: %s\n", __FILE__, __LINE__, #x);                  \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "fuzz/check.h"
 
 #define KEY "testsigningkey1234567890abcdefgh"
 #define NOW 1781234567L

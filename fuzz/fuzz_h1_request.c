@@ -11,14 +11,7 @@
 #include <stdlib.h>
 
 #include "proxy/h1.h"
-
-#define CHECK(x)                                                                                   \
-    do {                                                                                           \
-        if (!(x)) {                                                                                \
-            fprintf(stderr, "fuzz_h1_request: %s:%d: %s\n", __FILE__, __LINE__, #x);               \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "fuzz/check.h"
 
 static int inside(const struct px_head *h, struct px_str s)
 {

@@ -9,14 +9,7 @@
 #include <stdlib.h>
 
 #include "proxy/h1.h"
-
-#define CHECK(x)                                                                                   \
-    do {                                                                                           \
-        if (!(x)) {                                                                                \
-            fprintf(stderr, "fuzz_h1_response: %s:%d: %s\n", __FILE__, __LINE__, #x);              \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "fuzz/check.h"
 
 static int inside(const struct px_head *h, struct px_str s)
 {

@@ -33,14 +33,7 @@
 #include "proxy/server.h"
 #include "proxy/upstream.h"
 #include "tls/h2.h"
-
-#define CHECK(x)                                                                                   \
-    do {                                                                                           \
-        if (!(x)) {                                                                                \
-            fprintf(stderr, "fuzz_h2: %s:%d: %s\n", __FILE__, __LINE__, #x);                       \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "fuzz/check.h"
 
 /* Routes that end in a local answer: a public sandbox (502 from the failed
  * connect, or the warning page for a browser), a private one (401, the auth

@@ -12,14 +12,7 @@
 #include <stdlib.h>
 
 #include "routing/route.h"
-
-#define CHECK(x)                                                                                   \
-    do {                                                                                           \
-        if (!(x)) {                                                                                \
-            fprintf(stderr, "fuzz_host: %s:%d: %s\n", __FILE__, __LINE__, #x);                     \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "fuzz/check.h"
 
 static char d0[] = "proxy.test", d1[] = "example.com";
 static char *const domains[] = {d0, d1};

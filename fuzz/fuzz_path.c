@@ -15,14 +15,7 @@
 #include <stdlib.h>
 
 #include "routing/route.h"
-
-#define CHECK(x)                                                                                   \
-    do {                                                                                           \
-        if (!(x)) {                                                                                \
-            fprintf(stderr, "fuzz_path: %s:%d: %s\n", __FILE__, __LINE__, #x);                     \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "fuzz/check.h"
 
 static int inside(struct px_str outer, struct px_str s)
 {
