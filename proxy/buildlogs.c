@@ -63,11 +63,11 @@ static void on_build_info(void *arg, const struct px_api_resp *r)
     const char *ref = NULL, *runner = NULL;
     char path[600];
 
-    c->api_call = NULL;
+    c->ex.api_call = NULL;
     if (r->err != NULL || r->status / 100 != 2)
         return api_failed(c, r);
     j = json_loadb(r->body, r->body_len, 0, &je);
-    if (c->build_kind == 's') { /* SandboxDto: buildInfo.snapshotRef, runnerId */
+    if (c->ex.build_kind == 's') { /* SandboxDto: buildInfo.snapshotRef, runnerId */
         bi = json_is_object(j) ? json_object_get(j, "buildInfo") : NULL;
         ref = json_is_object(bi) ? field(bi, "snapshotRef") : NULL;
         runner = json_is_object(j) ? field(j, "runnerId") : NULL;
@@ -75,11 +75,11 @@ static void on_build_info(void *arg, const struct px_api_resp *r)
         ref = json_is_object(j) ? field(j, "ref") : NULL;
         runner = json_is_object(j) ? field(j, "initialRunnerId") : NULL;
     }
-    if (ref == NULL || runner == NULL || (c->build_ref = strdup(ref)) == NULL) {
+    if (ref == NULL || runner == NULL || (c->ex.build_ref = strdup(ref)) == NULL) {
         json_decref(j);
         return px_conn_fail(c, 400, "NO_BUILD_INFO",
-                            c->build_kind == 's' ? "the sandbox has no build information"
-                                                 : "the snapshot has no build information");
+                            c->ex.build_kind == 's' ? "the sandbox has no build information"
+                                                    : "the snapshot has no build information");
     }
     struct evbuffer *p = evbuffer_new();
     if (p == NULL) {
@@ -92,7 +92,7 @@ static void on_build_info(void *arg, const struct px_api_resp *r)
     snprintf(path, sizeof(path), "%s", (const char *)evbuffer_pullup(p, -1));
     evbuffer_free(p);
     json_decref(j);
-    if ((c->api_call = px_api_request(c->srv, "GET", path, NULL, NULL, 0, on_runner, c)) == NULL)
+    if ((c->ex.api_call = px_api_request(c->srv, "GET", path, NULL, NULL, 0, on_runner, c)) == NULL)
         px_conn_fail(c, 503, "API_UNAVAILABLE", "the Daytona API is unavailable");
 }
 
@@ -105,7 +105,7 @@ static void on_runner(void *arg, const struct px_api_resp *r)
     char host[256], prefix[512];
     int tls, port;
 
-    c->api_call = NULL;
+    c->ex.api_call = NULL;
     if (r->err != NULL || r->status / 100 != 2)
         return api_failed(c, r);
     j = json_loadb(r->body, r->body_len, 0, &je);
@@ -113,10 +113,10 @@ static void on_runner(void *arg, const struct px_api_resp *r)
     key = json_is_object(j) ? field(j, "apiKey") : NULL;
     if (url == NULL || key == NULL ||
         px_api_parse_url(url, &tls, host, sizeof(host), &port, prefix, sizeof(prefix)) != 0 ||
-        (c->sb = px_sandbox_new("build-logs")) == NULL ||
-        px_sandbox_set(c->sb, "runner_url", url, &why) != 0 ||
-        px_sandbox_set(c->sb, "runner_key", key, &why) != 0 ||
-        px_sandbox_finish(c->sb, &why) != 0) {
+        (c->ex.sb = px_sandbox_new("build-logs")) == NULL ||
+        px_sandbox_set(c->ex.sb, "runner_url", url, &why) != 0 ||
+        px_sandbox_set(c->ex.sb, "runner_key", key, &why) != 0 ||
+        px_sandbox_finish(c->ex.sb, &why) != 0) {
         json_decref(j);
         return px_conn_fail(c, 503, "API_UNAVAILABLE",
                             "the Daytona API gave no usable runner for the build logs");
@@ -124,22 +124,22 @@ static void on_runner(void *arg, const struct px_api_resp *r)
     json_decref(j);
     /* {apiUrl}/snapshots/logs?{client query}&snapshotRef={ref} */
     struct evbuffer *t = evbuffer_new();
-    const char *q = memchr(c->path.p, '?', c->path.len);
+    const char *q = memchr(c->ex.path.p, '?', c->ex.path.len);
     if (t == NULL)
         return px_conn_close(c);
     evbuffer_add_printf(t, "%s/snapshots/logs?", prefix);
-    if (q != NULL && (size_t)(q + 1 - c->path.p) < c->path.len) {
-        evbuffer_add(t, q + 1, c->path.len - (size_t)(q + 1 - c->path.p));
+    if (q != NULL && (size_t)(q + 1 - c->ex.path.p) < c->ex.path.len) {
+        evbuffer_add(t, q + 1, c->ex.path.len - (size_t)(q + 1 - c->ex.path.p));
         evbuffer_add(t, "&", 1);
     }
     evbuffer_add(t, "snapshotRef=", 12);
-    px_url_encode(t, px_str_make(c->build_ref, strlen(c->build_ref)));
+    px_url_encode(t, px_str_make(c->ex.build_ref, strlen(c->ex.build_ref)));
     evbuffer_add(t, "", 1);
-    c->fwd_target = strdup((const char *)evbuffer_pullup(t, -1));
+    c->ex.fwd_target = strdup((const char *)evbuffer_pullup(t, -1));
     evbuffer_free(t);
-    if (c->fwd_target == NULL)
+    if (c->ex.fwd_target == NULL)
         return px_conn_close(c);
-    c->no_activity = 1; /* §8: these routes never record activity */
+    c->ex.no_activity = 1; /* §8: these routes never record activity */
     px_fwd_start(c);
 }
 
@@ -155,11 +155,11 @@ int px_build_logs(struct px_conn *c, struct px_str path)
     if (c->srv->cfg->api_url == NULL)
         return 0;
     if (p.len > 11 && !memcmp(p.p, "/sandboxes/", 11)) {
-        c->build_kind = 's';
+        c->ex.build_kind = 's';
         id = px_str_make(p.p + 11, p.len - 11);
         api_path = "/sandbox/";
     } else if (p.len > 11 && !memcmp(p.p, "/snapshots/", 11)) {
-        c->build_kind = 'n';
+        c->ex.build_kind = 'n';
         id = px_str_make(p.p + 11, p.len - 11);
         api_path = "/snapshots/";
     } else {
@@ -171,25 +171,25 @@ int px_build_logs(struct px_conn *c, struct px_str path)
     id.len -= sizeof(suffix) - 1;
     if (!px_str_is_label(id, 128)) /* Daytona's [\w-]+ */
         return 0;
-    snprintf(c->loghost, sizeof(c->loghost), "build-logs");
-    if (c->req.m != HTTP_GET) {
+    snprintf(c->ex.loghost, sizeof(c->ex.loghost), "build-logs");
+    if (c->ex.req.m != HTTP_GET) {
         px_conn_fail(c, 405, NULL, "build logs are read with GET");
         return 1;
     }
     /* The user's own bearer goes to the API, which decides (C8/C9); without
      * one, "Bearer " with an empty token, as Daytona sends. */
-    auth = px_head_get(&c->req, PX_STR("authorization"));
+    auth = px_head_get(&c->ex.req, PX_STR("authorization"));
     char bearer[1024] = "";
     if (auth != NULL && auth->value.len > 7 && !strncasecmp(auth->value.p, "bearer ", 7) &&
         auth->value.len - 7 < sizeof(bearer)) {
         memcpy(bearer, auth->value.p + 7, auth->value.len - 7);
         bearer[auth->value.len - 7] = '\0';
     }
-    c->drop_authorization = 1; /* the user's token is not the runner's business */
+    c->ex.drop_authorization = 1; /* the user's token is not the runner's business */
     snprintf(call, sizeof(call), "%s%.*s", api_path, (int)id.len, id.p);
-    c->api_call =
+    c->ex.api_call =
         px_api_request(c->srv, "GET", call, bearer, c->peer_ip, PX_API_USER, on_build_info, c);
-    if (c->api_call == NULL)
+    if (c->ex.api_call == NULL)
         px_conn_fail(c, 503, "API_UNAVAILABLE", "the Daytona API is unavailable");
     return 1;
 }

@@ -75,70 +75,41 @@ void px_conn_arm_timer(struct px_conn *c, int seconds)
 
 void px_conn_upstream_drop(struct px_conn *c)
 {
-    if (c->up != NULL) {
-        px_upstream_release(c->srv->pool, c->up, 0);
-        c->up = NULL;
+    if (c->ex.up != NULL) {
+        px_upstream_release(c->srv->pool, c->ex.up, 0);
+        c->ex.up = NULL;
     }
 }
 
+/* Releases what the exchange owns (in-flight lookups and calls are
+ * cancelled, the runner connection closed), then starts the next one from
+ * zero in one assignment. */
 static void exchange_reset(struct px_conn *c)
 {
-    if (c->auth != NULL) {
-        px_auth_cancel(c->auth);
-        c->auth = NULL;
-    }
-    if (c->dom_lk != NULL) {
-        px_lookup_cancel(c->dom_lk);
-        c->dom_lk = NULL;
-    }
-    if (c->warn_lk != NULL) {
-        px_lookup_cancel(c->warn_lk);
-        c->warn_lk = NULL;
-    }
-    px_api_cancel(c->api_call);
-    c->api_call = NULL;
-    px_oidc_cancel(c->oidc);
-    c->oidc = NULL;
-    free(c->build_ref);
-    free(c->fwd_target);
-    c->build_ref = c->fwd_target = NULL;
-    px_head_free(&c->req);
-    px_head_free(&c->resp);
-    px_chunked_reset(&c->req_ch);
-    px_chunked_reset(&c->resp_ch);
-    px_sandbox_free(c->sb);
-    c->sb = NULL;
-    if (c->replay != NULL) {
-        evbuffer_free(c->replay);
-        c->replay = NULL;
-    }
-    free(c->set_cookie);
-    c->set_cookie = NULL;
-    c->label = PX_STR_NULL;
-    c->have_req = 0;
-    c->loghost[0] = '\0';
-    /* Nothing of one request's Host may reach the next one's answer: a signed
-     * token label is a credential (issue 9). */
-    c->host[0] = '\0';
-    c->dom_sandbox[0] = '\0';
-    c->authority = PX_STR_NULL;
-    c->hinfo = (struct px_host){0};
-    c->toolbox_rest = c->query_token = PX_STR_NULL;
-    c->t_upstream = (struct timeval){0, 0};
-    c->path = PX_STR_NULL;
-    c->port = 0;
-    c->toolbox = c->drop_authorization = c->has_query_token = c->file_url = 0;
-    c->req_body = BODY_NONE;
-    c->req_left = 0;
-    c->req_done = 0;
-    c->retried = c->resp_seen = 0;
-    c->resp_st = RESP_HEAD;
-    c->resp_body = BODY_NONE;
-    c->resp_left = 0;
-    c->resp_chunk_out = c->up_reusable = 0;
-    c->status = 0;
-    c->bytes_out = c->req_bytes = c->progress_seen = 0;
-    c->no_activity = 0;
+    struct px_exchange *x = &c->ex;
+
+    px_conn_upstream_drop(c);
+    if (x->auth != NULL)
+        px_auth_cancel(x->auth);
+    if (x->dom_lk != NULL)
+        px_lookup_cancel(x->dom_lk);
+    if (x->warn_lk != NULL)
+        px_lookup_cancel(x->warn_lk);
+    px_api_cancel(x->api_call);
+    px_oidc_cancel(x->oidc);
+    free(x->build_ref);
+    free(x->fwd_target);
+    free(x->set_cookie);
+    px_head_free(&x->req);
+    px_head_free(&x->resp);
+    px_chunked_reset(&x->req_ch);
+    px_chunked_reset(&x->resp_ch);
+    px_sandbox_free(x->sb);
+    if (x->replay != NULL)
+        evbuffer_free(x->replay);
+    /* Nothing of one request's Host, timings or answer may reach the next
+     * one: a signed token label is a credential (issue 9). */
+    *x = (struct px_exchange){0};
 }
 
 void px_conn_destroy(struct px_conn *c)
@@ -175,11 +146,11 @@ void px_conn_destroy(struct px_conn *c)
  * connection goes. Safe at any depth. */
 void px_conn_abort(struct px_conn *c)
 {
-    if (c->status == 0)
-        c->status = 499;
-    c->keepalive = 0;
+    if (c->ex.status == 0)
+        c->ex.status = 499;
+    c->ex.keepalive = 0;
     px_conn_access_log(c);
-    c->have_req = 0;
+    c->ex.have_req = 0;
     px_conn_close(c);
 }
 
@@ -348,6 +319,8 @@ static void handoff_h2(struct px_conn *c)
 static double ms_since(const struct timeval *t)
 {
     struct timeval now;
+    if (t->tv_sec == 0) /* never set in this exchange */
+        return 0.0;
     gettimeofday(&now, NULL);
     return (double)(now.tv_sec - t->tv_sec) * 1e3 + (double)(now.tv_usec - t->tv_usec) / 1e3;
 }
@@ -358,12 +331,12 @@ void px_conn_access_log(struct px_conn *c)
     char ts[32];
     time_t now = time(NULL);
     struct tm tm;
-    struct px_str path = c->path;
+    struct px_str path = c->ex.path;
     const char *q;
 
-    if (c->status > 0 && c->status < 600)
-        px_metrics.responses[c->status / 100]++;
-    px_metrics.bytes_out += c->bytes_out;
+    if (c->ex.status > 0 && c->ex.status < 600)
+        px_metrics.responses[c->ex.status / 100]++;
+    px_metrics.bytes_out += c->ex.bytes_out;
     if (f == NULL)
         return;
     /* The query may hold DAYTONA_SANDBOX_AUTH_KEY or signatures: never log it. */
@@ -373,9 +346,9 @@ void px_conn_access_log(struct px_conn *c)
         path.len = 512;
     gmtime_r(&now, &tm);
     strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
-    fprintf(f, "%s ACCESS id=%s conn=%llu peer=%s %.*s host=%s path=", ts, c->reqid,
-            (unsigned long long)c->id, c->peer_ip, c->have_req ? (int)c->req.method.len : 1,
-            c->have_req ? c->req.method.p : "-", c->loghost[0] ? c->loghost : "-");
+    fprintf(f, "%s ACCESS id=%s conn=%llu peer=%s %.*s host=%s path=", ts, c->ex.reqid,
+            (unsigned long long)c->id, c->peer_ip, c->ex.have_req ? (int)c->ex.req.method.len : 1,
+            c->ex.have_req ? c->ex.req.method.p : "-", c->ex.loghost[0] ? c->ex.loghost : "-");
     for (size_t i = 0; i < path.len; i++) {
         unsigned char ch = (unsigned char)path.p[i];
         if (ch > 0x20 && ch < 0x7f && ch != '"')
@@ -383,9 +356,9 @@ void px_conn_access_log(struct px_conn *c)
         else
             fprintf(f, "%%%02X", ch);
     }
-    fprintf(f, " status=%d bytes=%llu upstream_ms=%.1f total_ms=%.1f\n", c->status,
-            (unsigned long long)c->bytes_out, c->t_upstream.tv_sec ? ms_since(&c->t_upstream) : 0.0,
-            ms_since(&c->t_start));
+    fprintf(f, " status=%d bytes=%llu upstream_ms=%.1f total_ms=%.1f\n", c->ex.status,
+            (unsigned long long)c->ex.bytes_out, ms_since(&c->ex.t_upstream),
+            ms_since(&c->ex.t_start));
 }
 
 /* ---- local responses ---- */
@@ -394,7 +367,7 @@ int px_conn_wants_html(const struct px_conn *c)
 {
     const struct px_hdr *a;
 
-    if (!c->have_req || (a = px_head_get(&c->req, PX_STR("accept"))) == NULL)
+    if (!c->ex.have_req || (a = px_head_get(&c->ex.req, PX_STR("accept"))) == NULL)
         return 0;
     for (size_t i = 0; i + 9 <= a->value.len; i++)
         if (!strncasecmp(a->value.p + i, "text/html", 9))
@@ -409,28 +382,28 @@ void px_conn_respond(struct px_conn *c, int status, const char *ctype, struct ev
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
     size_t blen = body ? evbuffer_get_length(body) : 0;
-    int minor = c->have_req ? c->req.http_minor : 1;
+    int minor = c->ex.have_req ? c->ex.req.http_minor : 1;
 
-    if (!c->req_done || c->srv->draining)
-        c->keepalive = 0;
-    c->status = status;
+    if (!c->ex.req_done || c->srv->draining)
+        c->ex.keepalive = 0;
+    c->ex.status = status;
     evbuffer_add_printf(out, "HTTP/1.%d %d %s\r\nServer: preview-proxy\r\nContent-Length: %zu\r\n",
                         minor, status, px_status_text(status), blen);
     if (ctype != NULL)
         evbuffer_add_printf(out, "Content-Type: %s\r\nCache-Control: no-store\r\n", ctype);
     if (extra_headers != NULL)
         evbuffer_add(out, extra_headers, strlen(extra_headers));
-    if (c->set_cookie != NULL)
-        evbuffer_add(out, c->set_cookie, strlen(c->set_cookie));
-    if (c->have_req) /* so that fetch() can read our errors too */
-        px_cors_headers(out, &c->req, PX_CORS_REQ(c->srv->cfg, c->label, c->sb));
-    if (!c->keepalive)
+    if (c->ex.set_cookie != NULL)
+        evbuffer_add(out, c->ex.set_cookie, strlen(c->ex.set_cookie));
+    if (c->ex.have_req) /* so that fetch() can read our errors too */
+        px_cors_headers(out, &c->ex.req, PX_CORS_REQ(c->srv->cfg, c->ex.label, c->ex.sb));
+    if (!c->ex.keepalive)
         evbuffer_add(out, "Connection: close\r\n", 19);
     else if (minor == 0)
         evbuffer_add(out, "Connection: keep-alive\r\n", 24);
     evbuffer_add(out, "\r\n", 2);
-    if (body != NULL && !(c->have_req && c->req.m == HTTP_HEAD)) {
-        c->bytes_out = blen;
+    if (body != NULL && !(c->ex.have_req && c->ex.req.m == HTTP_HEAD)) {
+        c->ex.bytes_out = blen;
         evbuffer_add_buffer(out, body);
     }
     px_conn_exchange_done(c);
@@ -441,30 +414,30 @@ void px_conn_respond_bare(struct px_conn *c, int status, const char *headers)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
 
-    if (!c->req_done || c->srv->draining)
-        c->keepalive = 0;
-    c->status = status;
+    if (!c->ex.req_done || c->srv->draining)
+        c->ex.keepalive = 0;
+    c->ex.status = status;
     evbuffer_add_printf(out, "HTTP/1.%d %d %s\r\nServer: preview-proxy\r\n%s%s\r\n",
-                        c->req.http_minor, status, px_status_text(status), headers,
-                        c->keepalive ? "" : "Connection: close\r\n");
+                        c->ex.req.http_minor, status, px_status_text(status), headers,
+                        c->ex.keepalive ? "" : "Connection: close\r\n");
     px_conn_exchange_done(c);
 }
 
 /* "pid-counter" in hex: unique per process lifetime (X-Request-Id, the log). */
 static void px_conn_new_reqid(struct px_conn *c)
 {
-    size_t n = px_cat_num(c->reqid, sizeof(c->reqid), 0, (unsigned)c->srv->pid, 1);
+    size_t n = px_cat_num(c->ex.reqid, sizeof(c->ex.reqid), 0, (unsigned)c->srv->pid, 1);
 
-    n = px_cat(c->reqid, sizeof(c->reqid), n, "-", 1);
-    px_cat_num(c->reqid, sizeof(c->reqid), n, ++c->srv->next_req_id, 1);
+    n = px_cat(c->ex.reqid, sizeof(c->ex.reqid), n, "-", 1);
+    px_cat_num(c->ex.reqid, sizeof(c->ex.reqid), n, ++c->srv->next_req_id, 1);
 }
 
 void px_conn_fail(struct px_conn *c, int status, const char *code, const char *message)
 {
     struct evbuffer *body = evbuffer_new();
     struct px_error e = {status, code, message};
-    struct px_str method = c->have_req ? c->req.method : PX_STR("-");
-    struct px_str path = c->path;
+    struct px_str method = c->ex.have_req ? c->ex.req.method : PX_STR("-");
+    struct px_str path = c->ex.path;
     const char *q, *ctype;
 
     if (path.len && (q = memchr(path.p, '?', path.len)) != NULL)
@@ -473,9 +446,9 @@ void px_conn_fail(struct px_conn *c, int status, const char *code, const char *m
         px_conn_close(c);
         return;
     }
-    if (c->reqid[0] == '\0')
+    if (c->ex.reqid[0] == '\0')
         px_conn_new_reqid(c);
-    ctype = px_error_body(c->srv->cfg, body, &e, method, path, c->reqid, px_conn_wants_html(c));
+    ctype = px_error_body(c->srv->cfg, body, &e, method, path, c->ex.reqid, px_conn_wants_html(c));
     if (status >= 500 && px_log_allow(10)) /* a dead runner must not flood the log */
         clog(c, PX_WARN, "%d %s", status, message ? message : px_status_text(status));
     /* A 503 is a backend (Redis, the Daytona API) that is away: say when to retry. */
@@ -486,8 +459,8 @@ void px_conn_fail(struct px_conn *c, int status, const char *code, const char *m
 /* A request we cannot even frame: answer and close, nothing is forwarded. */
 void px_conn_fail_close(struct px_conn *c, int status, const char *message)
 {
-    c->keepalive = 0;
-    c->req_done = 0;
+    c->ex.keepalive = 0;
+    c->ex.req_done = 0;
     px_conn_fail(c, status, NULL, message);
 }
 
@@ -495,17 +468,17 @@ void px_conn_fail_close(struct px_conn *c, int status, const char *message)
 
 void px_conn_loghost(struct px_conn *c, const struct px_host *h, int label_is_id)
 {
-    char *o = c->loghost;
-    size_t cap = sizeof(c->loghost), n;
+    char *o = c->ex.loghost;
+    size_t cap = sizeof(c->ex.loghost), n;
 
-    if (c->toolbox)
+    if (c->ex.toolbox)
         px_cat(o, cap, 0, "toolbox", 7);
     else if (h == NULL)
         px_cat(o, cap, 0, "-", 1);
-    else if (c->port == 0) /* base host */
+    else if (c->ex.port == 0) /* base host */
         px_cat(o, cap, 0, h->name.p, h->name.len > 60 ? 60 : h->name.len);
     else {
-        n = px_cat_num(o, cap, 0, c->port, 0);
+        n = px_cat_num(o, cap, 0, c->ex.port, 0);
         if (label_is_id) {
             n = px_cat(o, cap, n, "-", 1);
             px_cat(o, cap, n, h->label.p, h->label.len > 64 ? 64 : h->label.len);
@@ -555,32 +528,32 @@ static void parse_head(struct px_conn *c, size_t head_len)
     int status = 400;
     const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)head_len);
 
-    gettimeofday(&c->t_start, NULL);
+    gettimeofday(&c->ex.t_start, NULL);
     px_conn_new_reqid(c);
     if (data == NULL)
         return px_conn_close(c);
-    if (px_h1_parse_request(&c->req, data, head_len, c->srv->cfg->max_headers, &status, &why) !=
+    if (px_h1_parse_request(&c->ex.req, data, head_len, c->srv->cfg->max_headers, &status, &why) !=
         0) {
         evbuffer_drain(in, head_len);
-        px_head_free(&c->req);
+        px_head_free(&c->ex.req);
         clog(c, PX_INFO, "rejected request: %s", why);
         return px_conn_fail_close(c, status, why);
     }
-    c->have_req = 1;
+    c->ex.have_req = 1;
     evbuffer_drain(in, head_len);
     c->nreq++;
-    c->keepalive = c->req.keepalive && !c->srv->draining;
-    if (c->req.chunked) {
-        c->req_body = BODY_CHUNKED;
-    } else if (c->req.content_length > 0) {
-        c->req_body = BODY_LENGTH;
-        c->req_left = c->req.content_length;
+    c->ex.keepalive = c->ex.req.keepalive && !c->srv->draining;
+    if (c->ex.req.chunked) {
+        c->ex.req_body = BODY_CHUNKED;
+    } else if (c->ex.req.content_length > 0) {
+        c->ex.req_body = BODY_LENGTH;
+        c->ex.req_left = c->ex.req.content_length;
     } else {
-        c->req_body = BODY_NONE;
-        c->req_done = 1;
+        c->ex.req_body = BODY_NONE;
+        c->ex.req_done = 1;
     }
     if (c->srv->cfg->max_body_size > 0 &&
-        c->req.content_length > (int64_t)c->srv->cfg->max_body_size)
+        c->ex.req.content_length > (int64_t)c->srv->cfg->max_body_size)
         return px_conn_fail_close(c, 413, "request body larger than max_body_size");
     px_conn_set_state(c, PX_CONN_AUTH);
     px_route_request(c);
@@ -612,7 +585,7 @@ static void read_head(struct px_conn *c)
         /* The access log's total_ms counts from here when the head never
          * completes (a 408 on client_header_timeout): parse_head() sets it
          * again otherwise. Unset, it logged milliseconds since 1970. */
-        gettimeofday(&c->t_start, NULL);
+        gettimeofday(&c->ex.t_start, NULL);
     }
     switch (px_h1_find_head(in, cfg->max_request_line, cfg->max_header_size, &head_len, &status)) {
     case PX_PARSE_AGAIN: return;
@@ -642,7 +615,7 @@ void px_conn_exchange_done(struct px_conn *c)
 
     px_conn_access_log(c);
     px_conn_upstream_drop(c);
-    if (!c->keepalive) {
+    if (!c->ex.keepalive) {
         exchange_reset(c);
         return px_conn_linger(c);
     }
@@ -725,8 +698,9 @@ static void on_client_read(struct bufferevent *bev, void *arg)
 
     ENTER(c);
     /* Request bodies (uploads): bigger bites, as for responses in forward.c. */
-    if (c->state == PX_CONN_STREAM && !c->req_done && !c->tls && !c->h2_stream && c->up != NULL &&
-        evbuffer_get_length(bufferevent_get_output(c->up->bev)) < PX_HIGH_WATER)
+    if (c->state == PX_CONN_STREAM && !c->ex.req_done && !c->tls && !c->h2_stream &&
+        c->ex.up != NULL &&
+        evbuffer_get_length(bufferevent_get_output(c->ex.up->bev)) < PX_HIGH_WATER)
         px_bev_slurp(bev, PX_HIGH_WATER);
     px_conn_step(c);
     LEAVE(c);
@@ -745,10 +719,10 @@ static void on_client_write(struct bufferevent *bev, void *arg)
         break;
     case PX_CONN_STREAM:
         /* The client drained below the low mark: resume reading the runner. */
-        if (c->up != NULL) {
+        if (c->ex.up != NULL) {
             bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
-            bufferevent_enable(c->up->bev, EV_READ);
-            if (evbuffer_get_length(bufferevent_get_input(c->up->bev)))
+            bufferevent_enable(c->ex.up->bev, EV_READ);
+            if (evbuffer_get_length(bufferevent_get_input(c->ex.up->bev)))
                 px_fwd_on_response(c);
         }
         break;
@@ -793,18 +767,18 @@ static void on_client_event(struct bufferevent *bev, short what, void *arg)
                      body ? "client_body_timeout (request body stalled)"
                           : "send_timeout (client stopped reading)");
             px_conn_upstream_drop(c);
-            if (body && c->status == 0) {
+            if (body && c->ex.status == 0) {
                 px_conn_fail_close(c, 408, "the request body did not arrive in time");
                 break;
             }
             px_conn_abort(c);
             break;
         }
-        if ((what & BEV_EVENT_EOF) && c->req_done && !c->h2_stream) {
+        if ((what & BEV_EVENT_EOF) && c->ex.req_done && !c->h2_stream) {
             /* (An HTTP/2 stream's end means it was reset or its connection died:
              * nobody will read the answer, so it falls through to the abort.) */
             /* Half-close after a complete request: finish the response, then close. */
-            c->keepalive = 0;
+            c->ex.keepalive = 0;
             bufferevent_disable(c->bev, EV_READ);
             break;
         }
@@ -833,12 +807,13 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
          * while it moves, or while it waits on the runner (an idle SSE stream).
          * An exchange stalled on its client (a body that stopped coming, a
          * client that stopped reading) does not (issue 9). */
-        uint64_t progress = c->bytes_out + c->req_bytes;
+        uint64_t progress = c->ex.bytes_out + c->ex.req_bytes;
         int waits_on_client =
-            !c->req_done || evbuffer_get_length(bufferevent_get_output(c->bev)) > 0;
-        if (c->sb != NULL && !c->no_activity && (progress != c->progress_seen || !waits_on_client))
-            px_activity_touch(c->sb->id, c->srv->cfg->activity_interval);
-        c->progress_seen = progress;
+            !c->ex.req_done || evbuffer_get_length(bufferevent_get_output(c->bev)) > 0;
+        if (c->ex.sb != NULL && !c->ex.no_activity &&
+            (progress != c->ex.progress_seen || !waits_on_client))
+            px_activity_touch(c->ex.sb->id, c->srv->cfg->activity_interval);
+        c->ex.progress_seen = progress;
         px_conn_arm_timer(c, PX_ACTIVITY_REFRESH(c->srv->cfg->activity_interval));
         break;
     }
@@ -861,7 +836,7 @@ void px_conn_drain_all(struct px_server *srv)
         if (c->state == PX_CONN_IDLE)
             px_conn_close(c);
         else
-            c->keepalive = 0;
+            c->ex.keepalive = 0;
     }
     px_h2_drain_all(srv);
     if (srv->nconns == 0 && srv->nsplices == 0 && srv->nh2 == 0)

@@ -40,29 +40,11 @@ enum body_kind { BODY_NONE = 0, BODY_LENGTH, BODY_CHUNKED, BODY_EOF };
 
 enum resp_state { RESP_HEAD = 0, RESP_BODY, RESP_DONE };
 
-struct px_conn {
-    uint64_t id; /* for logs; never reused */
-    enum px_conn_state state;
-    struct px_server *srv;     /* borrowed; outlives us */
-    struct bufferevent *bev;   /* owned; frees the fd */
-    struct event *timer;       /* owned; keepalive / header timer */
-    struct px_peer *peer_slot; /* owned; the socket's count in peers.c (NULL for HTTP/2
-                                * streams and uncounted peers); moves with the socket */
-    char peer_ip[INET6_ADDRSTRLEN];
-    struct sockaddr_storage peer;
-    unsigned tls : 1;       /* the client reached us over TLS */
-    unsigned h2_stream : 1; /* an HTTP/2 stream bridged by tls/h2.c */
-    unsigned nreq;          /* requests seen on this connection */
-    unsigned peer_trusted : 1;
-    unsigned busy;               /* >0 while our frames are on the stack */
-    unsigned doomed : 1;         /* destroy as soon as busy == 0 */
-    unsigned lingering : 1;      /* CLOSING, output sent and FIN'd: discarding input */
-    unsigned linger_short : 1;   /* the head timed out: linger LINGER_AFTER_HEAD_TIMEOUT at most */
-    unsigned out_paused : 1;     /* IDLE with over PX_HIGH_WATER unsent: not reading (issue 9) */
-    time_t linger_until;         /* lingering ends by then at the latest */
-    struct px_conn *next, *prev; /* srv->conns */
-
-    /* The current exchange; reset by exchange_reset(). */
+/* One request and its response (issue 13): all the state that must not
+ * outlive an exchange on a keep-alive connection. A new exchange starts from
+ * (struct px_exchange){0}: nothing of the last one's Host, timings or
+ * credentials can leak into it. */
+struct px_exchange {
     struct px_head req; /* owned */
     int have_req;
     char reqid[24];
@@ -119,12 +101,39 @@ struct px_conn {
     uint64_t progress_seen;   /* bytes_out + req_bytes at the last activity tick */
 };
 
+struct px_conn {
+    uint64_t id; /* for logs; never reused */
+    enum px_conn_state state;
+    struct px_server *srv;     /* borrowed; outlives us */
+    struct bufferevent *bev;   /* owned; frees the fd */
+    struct event *timer;       /* owned; keepalive / header timer */
+    struct px_peer *peer_slot; /* owned; the socket's count in peers.c (NULL for HTTP/2
+                                * streams and uncounted peers); moves with the socket */
+    char peer_ip[INET6_ADDRSTRLEN];
+    struct sockaddr_storage peer;
+    unsigned tls : 1;       /* the client reached us over TLS */
+    unsigned h2_stream : 1; /* an HTTP/2 stream bridged by tls/h2.c */
+    unsigned nreq;          /* requests seen on this connection */
+    unsigned peer_trusted : 1;
+    unsigned busy;               /* >0 while our frames are on the stack */
+    unsigned doomed : 1;         /* destroy as soon as busy == 0 */
+    unsigned lingering : 1;      /* CLOSING, output sent and FIN'd: discarding input */
+    unsigned linger_short : 1;   /* the head timed out: linger LINGER_AFTER_HEAD_TIMEOUT at most */
+    unsigned out_paused : 1;     /* IDLE with over PX_HIGH_WATER unsent: not reading (issue 9) */
+    time_t linger_until;         /* lingering ends by then at the latest */
+    struct px_conn *next, *prev; /* srv->conns */
+
+    /* The current exchange: everything below is reset whole, in one
+     * assignment, by exchange_reset() once what it owns is released. */
+    struct px_exchange ex;
+};
+
 #define clog(c, lvl, ...)                                                                          \
     do {                                                                                           \
         if ((lvl) <= px_log_level) {                                                               \
             char ctx_[160];                                                                        \
             snprintf(ctx_, sizeof(ctx_), "conn=%llu st=%s host=%s", (unsigned long long)(c)->id,   \
-                     px_conn_state_name((c)->state), (c)->loghost[0] ? (c)->loghost : "-");        \
+                     px_conn_state_name((c)->state), (c)->ex.loghost[0] ? (c)->ex.loghost : "-");  \
             px_logf((lvl), ctx_, __VA_ARGS__);                                                     \
         }                                                                                          \
     } while (0)

@@ -104,9 +104,9 @@ void px_fwd_add_cookie(struct px_hbuf *out, struct px_str v)
 static void build_request(struct px_conn *c, struct evbuffer *dst, struct evbuffer *copy)
 {
     struct px_hbuf hb, *out = &hb;
-    const struct px_head *r = &c->req;
-    const struct px_sandbox *sb = c->sb;
-    struct px_str conn_value = PX_STR_NULL, target = c->path;
+    const struct px_head *r = &c->ex.req;
+    const struct px_sandbox *sb = c->ex.sb;
+    struct px_str conn_value = PX_STR_NULL, target = c->ex.path;
     const struct px_hdr *xfh = NULL, *xff = NULL, *xfp = NULL;
 
     px_hb_init(out, dst);
@@ -114,22 +114,22 @@ static void build_request(struct px_conn *c, struct evbuffer *dst, struct evbuff
 
     px_hb_slice(out, r->method);
     px_hb_lit(out, " ");
-    if (c->fwd_target != NULL) { /* built whole by its route (build logs) */
-        px_hb_str(out, c->fwd_target);
+    if (c->ex.fwd_target != NULL) { /* built whole by its route (build logs) */
+        px_hb_str(out, c->ex.fwd_target);
         target = PX_STR("");
-    } else if (c->toolbox) {
+    } else if (c->ex.toolbox) {
         px_hb_str(out, "/sandboxes/");
         px_hb_str(out, sb->id);
         px_hb_str(out, "/toolbox");
-        target = c->toolbox_rest;
+        target = c->ex.toolbox_rest;
     } else if (!sb->direct) {
         px_hb_str(out, "/sandboxes/");
         px_hb_str(out, sb->id);
         px_hb_str(out, "/toolbox/proxy/");
-        px_hb_u64(out, c->port);
+        px_hb_u64(out, c->ex.port);
     }
     const char *q = target.len ? memchr(target.p, '?', target.len) : NULL;
-    if (q != NULL && (c->has_query_token || c->file_url)) {
+    if (q != NULL && (c->ex.has_query_token || c->ex.file_url)) {
         /* Drop the consumed auth parameters (a signed file URL's signature and
          * expires, SPEC 4.7; its path is the runner's); every other byte stays
          * as received. */
@@ -143,7 +143,7 @@ static void build_request(struct px_conn *c, struct evbuffer *dst, struct evbuff
             char *buf[2] = {tmp, tmp + query.len + 1};
             int cur = 0;
             for (size_t i = 0; i < sizeof(consumed) / sizeof(consumed[0]); i++) {
-                if (i == 0 ? !c->has_query_token : !c->file_url)
+                if (i == 0 ? !c->ex.has_query_token : !c->ex.file_url)
                     continue;
                 query.len = px_query_strip(query, consumed[i], buf[cur], &found, NULL);
                 query.p = buf[cur];
@@ -159,11 +159,11 @@ static void build_request(struct px_conn *c, struct evbuffer *dst, struct evbuff
         px_hb_add(out, target.p, target.len);
     }
     px_hb_lit(out, " HTTP/1.1\r\n");
-    /* c->authority, not the Host field: for an absolute-form target the
+    /* c->ex.authority, not the Host field: for an absolute-form target the
      * target's authority is what was routed, and a proxy MUST send it as
      * the Host (RFC 9112 3.2.2). */
-    if (sb->direct && !c->toolbox)
-        add_field(out, "Host: ", c->authority);
+    if (sb->direct && !c->ex.toolbox)
+        add_field(out, "Host: ", c->ex.authority);
     else
         add_field(out, "Host: ", px_str_make(sb->runner_authority, strlen(sb->runner_authority)));
 
@@ -179,7 +179,7 @@ static void build_request(struct px_conn *c, struct evbuffer *dst, struct evbuff
         else if (px_str_ieq(f->name, PX_STR("x-forwarded-proto")))
             xfp = f;
         if (px_fwd_hop_by_hop(f->name, conn_value) ||
-            px_fwd_consumed(f->name, c->drop_authorization))
+            px_fwd_consumed(f->name, c->ex.drop_authorization))
             continue;
         if (px_str_ieq(f->name, PX_STR("cookie"))) {
             px_fwd_add_cookie(out, f->value);
@@ -189,14 +189,14 @@ static void build_request(struct px_conn *c, struct evbuffer *dst, struct evbuff
     }
     /* Replace semantics: whatever the client sent, the runner sees only ours.
      * Direct mode talks to sandbox code itself, which must never see the key. */
-    if (!sb->direct || c->toolbox)
+    if (!sb->direct || c->ex.toolbox)
         add_field(out, "X-Daytona-Authorization: Bearer ",
                   sb->runner_key ? px_str_make(sb->runner_key, strlen(sb->runner_key))
                                  : PX_STR_NULL);
     if (xfh != NULL) /* custom-domain front ends send the original host [compat] */
         add_field(out, "X-Forwarded-Host: ", xfh->value);
     else
-        add_field(out, "X-Forwarded-Host: ", c->authority);
+        add_field(out, "X-Forwarded-Host: ", c->ex.authority);
     if (xff != NULL && c->peer_trusted) {
         px_hb_lit(out, "X-Forwarded-For: ");
         px_hb_slice(out, xff->value);
@@ -210,14 +210,14 @@ static void build_request(struct px_conn *c, struct evbuffer *dst, struct evbuff
     else
         px_hb_str(out, c->srv->cfg->external_https || c->tls ? "X-Forwarded-Proto: https\r\n"
                                                              : "X-Forwarded-Proto: http\r\n");
-    add_field(out, "X-Request-Id: ", px_str_make(c->reqid, strlen(c->reqid)));
+    add_field(out, "X-Request-Id: ", px_str_make(c->ex.reqid, strlen(c->ex.reqid)));
     if (r->ws_upgrade)
         px_hb_lit(out, "Connection: Upgrade\r\nUpgrade: websocket\r\n");
-    if (c->req_body == BODY_LENGTH) {
+    if (c->ex.req_body == BODY_LENGTH) {
         px_hb_str(out, "Content-Length: ");
         px_hb_u64(out, (uint64_t)r->content_length);
         px_hb_lit(out, "\r\n");
-    } else if (c->req_body == BODY_CHUNKED)
+    } else if (c->ex.req_body == BODY_CHUNKED)
         px_hb_lit(out, "Transfer-Encoding: chunked\r\n");
     else if (r->content_length == 0)
         px_hb_lit(out, "Content-Length: 0\r\n");
@@ -238,12 +238,12 @@ static void up_timeouts(struct px_conn *c)
 {
     const struct px_config *cfg = c->srv->cfg;
     struct timeval rd = {
-        c->resp_st == RESP_HEAD ? cfg->response_header_timeout : cfg->ws_idle_timeout, 0};
-    struct timeval wr = {c->up->connected ? cfg->send_timeout : cfg->connect_timeout, 0};
-    int read_armed = c->resp_st != RESP_HEAD || c->req_done;
-    int write_armed = !c->up->connected || !c->req_done;
+        c->ex.resp_st == RESP_HEAD ? cfg->response_header_timeout : cfg->ws_idle_timeout, 0};
+    struct timeval wr = {c->ex.up->connected ? cfg->send_timeout : cfg->connect_timeout, 0};
+    int read_armed = c->ex.resp_st != RESP_HEAD || c->ex.req_done;
+    int write_armed = !c->ex.up->connected || !c->ex.req_done;
 
-    bufferevent_set_timeouts(c->up->bev, read_armed ? &rd : NULL, write_armed ? &wr : NULL);
+    bufferevent_set_timeouts(c->ex.up->bev, read_armed ? &rd : NULL, write_armed ? &wr : NULL);
 }
 
 /* The client side of a forwarded exchange: client_body_timeout between two
@@ -269,14 +269,14 @@ static int idempotent(enum http_method m)
 /* Writes bytes to the upstream, keeping a copy while a retry is still possible. */
 static void up_write_buffer(struct px_conn *c, struct evbuffer *data)
 {
-    struct evbuffer *out = bufferevent_get_output(c->up->bev);
+    struct evbuffer *out = bufferevent_get_output(c->ex.up->bev);
 
-    if (c->replay != NULL) {
-        if (evbuffer_get_length(c->replay) + evbuffer_get_length(data) > PX_REPLAY_MAX) {
-            evbuffer_free(c->replay);
-            c->replay = NULL;
+    if (c->ex.replay != NULL) {
+        if (evbuffer_get_length(c->ex.replay) + evbuffer_get_length(data) > PX_REPLAY_MAX) {
+            evbuffer_free(c->ex.replay);
+            c->ex.replay = NULL;
         } else {
-            evbuffer_add_buffer_reference(c->replay, data);
+            evbuffer_add_buffer_reference(c->ex.replay, data);
         }
     }
     evbuffer_add_buffer(out, data);
@@ -288,80 +288,80 @@ void px_fwd_pump_request(struct px_conn *c)
     struct evbuffer *in = bufferevent_get_input(c->bev);
     struct evbuffer *tmp;
 
-    if (c->req_done || c->up == NULL)
+    if (c->ex.req_done || c->ex.up == NULL)
         return;
     if ((tmp = evbuffer_new()) == NULL)
         return px_conn_close(c);
-    if (c->req_body == BODY_LENGTH) {
+    if (c->ex.req_body == BODY_LENGTH) {
         size_t avail = evbuffer_get_length(in);
-        size_t n = (int64_t)avail < c->req_left ? avail : (size_t)c->req_left;
+        size_t n = (int64_t)avail < c->ex.req_left ? avail : (size_t)c->ex.req_left;
         evbuffer_remove_buffer(in, tmp, n);
-        c->req_left -= (int64_t)n;
-        c->req_bytes += n;
-        if (c->req_left == 0)
-            c->req_done = 1;
-    } else if (c->req_body == BODY_CHUNKED) {
-        uint64_t t0 = c->req_ch.total;
-        enum px_parse r = px_chunked_feed(&c->req_ch, in, tmp);
-        c->req_bytes += c->req_ch.total - t0;
+        c->ex.req_left -= (int64_t)n;
+        c->ex.req_bytes += n;
+        if (c->ex.req_left == 0)
+            c->ex.req_done = 1;
+    } else if (c->ex.req_body == BODY_CHUNKED) {
+        uint64_t t0 = c->ex.req_ch.total;
+        enum px_parse r = px_chunked_feed(&c->ex.req_ch, in, tmp);
+        c->ex.req_bytes += c->ex.req_ch.total - t0;
         switch (r) {
-        case PX_PARSE_OK: c->req_done = 1; break;
+        case PX_PARSE_OK: c->ex.req_done = 1; break;
         case PX_PARSE_AGAIN: break;
         case PX_PARSE_BAD:
             evbuffer_free(tmp);
             clog(c, PX_INFO, "bad chunked request body");
             px_conn_upstream_drop(c);
-            if (c->status == 0)
+            if (c->ex.status == 0)
                 return px_conn_fail_close(c, 400, "malformed chunked body");
             return px_conn_close(c);
         }
     }
     size_t cap = c->srv->cfg->max_body_size;
-    if (cap > 0 && c->req_body == BODY_CHUNKED && c->req_ch.total > cap) {
+    if (cap > 0 && c->ex.req_body == BODY_CHUNKED && c->ex.req_ch.total > cap) {
         /* A chunked body has no length to check up front: cut it off here. */
         evbuffer_free(tmp);
         px_conn_upstream_drop(c);
-        if (c->status == 0)
+        if (c->ex.status == 0)
             return px_conn_fail_close(c, 413, "request body larger than max_body_size");
         return px_conn_close(c);
     }
     if (evbuffer_get_length(tmp) > 0)
         up_write_buffer(c, tmp);
     evbuffer_free(tmp);
-    if (c->req_done) {
+    if (c->ex.req_done) {
         /* SPEC 9: response_header_timeout counts from the end of the request. */
         up_timeouts(c);
-        if (c->req_body != BODY_NONE)
+        if (c->ex.req_body != BODY_NONE)
             client_body_timeout(c, 0);
         return;
     }
-    if (evbuffer_get_length(bufferevent_get_output(c->up->bev)) >= PX_HIGH_WATER) {
+    if (evbuffer_get_length(bufferevent_get_output(c->ex.up->bev)) >= PX_HIGH_WATER) {
         bufferevent_disable(c->bev, EV_READ);
-        bufferevent_setwatermark(c->up->bev, EV_WRITE, PX_HIGH_WATER / 2, 0);
+        bufferevent_setwatermark(c->ex.up->bev, EV_WRITE, PX_HIGH_WATER / 2, 0);
     }
 }
 
 static int connect_upstream(struct px_conn *c, int allow_pool)
 {
-    const struct px_sandbox *sb = c->sb;
-    int direct = sb->direct && !c->toolbox;
-    int port = direct ? (int)c->port : sb->runner_port;
+    const struct px_sandbox *sb = c->ex.sb;
+    int direct = sb->direct && !c->ex.toolbox;
+    int port = direct ? (int)c->ex.port : sb->runner_port;
     const char *host = direct && sb->addr != NULL ? sb->addr : sb->runner_host;
     struct timeval tv = {c->srv->cfg->connect_timeout, 0};
     int tls = sb->runner_tls && !direct;
 
-    c->up = allow_pool ? px_pool_take(c->srv->pool, host, port, tls) : NULL;
-    if (c->up == NULL) {
-        if ((c->up = px_upstream_connect(c->srv, host, port, tls)) == NULL)
+    c->ex.up = allow_pool ? px_pool_take(c->srv->pool, host, port, tls) : NULL;
+    if (c->ex.up == NULL) {
+        if ((c->ex.up = px_upstream_connect(c->srv, host, port, tls)) == NULL)
             return -1;
-        bufferevent_set_timeouts(c->up->bev, NULL, &tv); /* connect timeout */
-    } else if (!c->req_done) {
+        bufferevent_set_timeouts(c->ex.up->bev, NULL, &tv); /* connect timeout */
+    } else if (!c->ex.req_done) {
         up_timeouts(c); /* else px_fwd_pump_request() arms them in a moment */
     }
-    bufferevent_setcb(c->up->bev, on_up_read, on_up_write, on_up_event, c);
-    bufferevent_enable(c->up->bev, EV_READ | EV_WRITE);
-    if (c->up->reused && idempotent(c->req.m) && !c->req.ws_upgrade) {
-        if ((c->replay = evbuffer_new()) == NULL)
+    bufferevent_setcb(c->ex.up->bev, on_up_read, on_up_write, on_up_event, c);
+    bufferevent_enable(c->ex.up->bev, EV_READ | EV_WRITE);
+    if (c->ex.up->reused && idempotent(c->ex.req.m) && !c->ex.req.ws_upgrade) {
+        if ((c->ex.replay = evbuffer_new()) == NULL)
             return -1;
     }
     return 0;
@@ -371,21 +371,21 @@ void px_fwd_start(struct px_conn *c)
 {
     /* SPEC 9: a direct sandbox reaches only its own ports, never the runner's
      * API port (a path there would be served with the runner's authority). */
-    if (c->sb->direct && !c->toolbox && !px_sandbox_direct_port_ok(c->sb, c->port))
+    if (c->ex.sb->direct && !c->ex.toolbox && !px_sandbox_direct_port_ok(c->ex.sb, c->ex.port))
         return px_conn_fail(c, 403, "PORT_NOT_ALLOWED",
                             "this port of the sandbox cannot be reached through the proxy");
     if (connect_upstream(c, 1) != 0)
         return px_conn_fail(c, 502, NULL, "cannot connect to the runner");
-    gettimeofday(&c->t_upstream, NULL);
+    gettimeofday(&c->ex.t_upstream, NULL);
     /* Straight into the socket's buffer, and into the replay copy when a
      * retry is possible (a head is far below PX_REPLAY_MAX). */
-    build_request(c, bufferevent_get_output(c->up->bev), c->replay);
-    if (c->replay != NULL && evbuffer_get_length(c->replay) > PX_REPLAY_MAX) {
-        evbuffer_free(c->replay); /* max_header_size set above it: no retry */
-        c->replay = NULL;
+    build_request(c, bufferevent_get_output(c->ex.up->bev), c->ex.replay);
+    if (c->ex.replay != NULL && evbuffer_get_length(c->ex.replay) > PX_REPLAY_MAX) {
+        evbuffer_free(c->ex.replay); /* max_header_size set above it: no retry */
+        c->ex.replay = NULL;
     }
     px_conn_set_state(c, PX_CONN_STREAM);
-    if (!c->req_done)
+    if (!c->ex.req_done)
         client_body_timeout(c, 1);
     px_fwd_pump_request(c);
 }
@@ -393,19 +393,19 @@ void px_fwd_start(struct px_conn *c)
 /* The pooled connection was stale: one fresh attempt with the same bytes. */
 static int retry(struct px_conn *c)
 {
-    struct evbuffer *replay = c->replay;
+    struct evbuffer *replay = c->ex.replay;
 
-    if (replay == NULL || c->retried || c->resp_seen)
+    if (replay == NULL || c->ex.retried || c->ex.resp_seen)
         return -1;
     clog(c, PX_INFO, "retrying on a fresh connection after a stale pooled one failed");
-    c->replay = NULL;
+    c->ex.replay = NULL;
     px_conn_upstream_drop(c);
-    c->retried = 1;
+    c->ex.retried = 1;
     if (connect_upstream(c, 0) != 0) {
         evbuffer_free(replay);
         return -1;
     }
-    evbuffer_add_buffer(bufferevent_get_output(c->up->bev), replay);
+    evbuffer_add_buffer(bufferevent_get_output(c->ex.up->bev), replay);
     evbuffer_free(replay);
     up_timeouts(c);
     return 0;
@@ -435,10 +435,10 @@ int px_fwd_proxy_cookie(struct px_str set_cookie_value)
 static void add_response_head(struct px_conn *c, struct evbuffer *dst)
 {
     struct px_hbuf hb, *out = &hb;
-    const struct px_head *rs = &c->resp;
+    const struct px_head *rs = &c->ex.resp;
     struct px_str conn_value = PX_STR_NULL;
-    int minor = c->req.http_minor;
-    int cors = px_head_get(&c->req, PX_STR("origin")) != NULL && !px_cors_disabled(&c->req);
+    int minor = c->ex.req.http_minor;
+    int cors = px_head_get(&c->ex.req, PX_STR("origin")) != NULL && !px_cors_disabled(&c->ex.req);
 
     px_hb_init(out, dst);
 
@@ -461,10 +461,10 @@ static void add_response_head(struct px_conn *c, struct evbuffer *dst)
             continue; /* ours replace the sandbox's: never two Allow-Origin headers */
         if (px_str_ieq(f->name, PX_STR("set-cookie")) && px_fwd_proxy_cookie(f->value))
             continue;
-        if (c->toolbox && rs->status / 100 == 3 && px_str_ieq(f->name, PX_STR("location"))) {
+        if (c->ex.toolbox && rs->status / 100 == 3 && px_str_ieq(f->name, PX_STR("location"))) {
             /* [compat] keep redirects inside /toolbox/{id} */
             char pre[300];
-            int n = snprintf(pre, sizeof(pre), "/toolbox/%s", c->sb->id);
+            int n = snprintf(pre, sizeof(pre), "/toolbox/%s", c->ex.sb->id);
             if (f->value.len < (size_t)n || memcmp(f->value.p, pre, (size_t)n) != 0) {
                 px_hb_lit(out, "Location: ");
                 px_hb_add(out, pre, (size_t)n);
@@ -478,47 +478,47 @@ static void add_response_head(struct px_conn *c, struct evbuffer *dst)
     copy:
         px_hb_field(out, f->name, f->value);
     }
-    if (c->set_cookie != NULL)
-        px_hb_str(out, c->set_cookie);
+    if (c->ex.set_cookie != NULL)
+        px_hb_str(out, c->ex.set_cookie);
     if (cors) { /* rare enough to write straight into the evbuffer */
         px_hb_flush(out);
-        px_cors_headers(dst, &c->req, PX_CORS_REQ(c->srv->cfg, c->label, c->sb));
+        px_cors_headers(dst, &c->ex.req, PX_CORS_REQ(c->srv->cfg, c->ex.label, c->ex.sb));
     }
     if (rs->status == 101) {
         px_hb_lit(out, "\r\n");
         px_hb_flush(out);
         return;
     }
-    switch (c->resp_body) {
+    switch (c->ex.resp_body) {
     case BODY_LENGTH:
         px_hb_str(out, "Content-Length: ");
-        px_hb_u64(out, (uint64_t)c->resp_left);
+        px_hb_u64(out, (uint64_t)c->ex.resp_left);
         px_hb_lit(out, "\r\n");
         break;
     case BODY_CHUNKED:
         if (minor == 1)
             px_hb_lit(out, "Transfer-Encoding: chunked\r\n");
         else
-            c->keepalive = 0; /* HTTP/1.0 client: de-chunk and close to delimit */
+            c->ex.keepalive = 0; /* HTTP/1.0 client: de-chunk and close to delimit */
         break;
     case BODY_EOF:
         if (minor == 1) {
             px_hb_lit(out, "Transfer-Encoding: chunked\r\n");
-            c->resp_chunk_out = 1;
+            c->ex.resp_chunk_out = 1;
         } else {
-            c->keepalive = 0;
+            c->ex.keepalive = 0;
         }
         break;
     case BODY_NONE:
         if (rs->content_length >= 0) /* HEAD, 304: keep the representation's length */
             add_field_u64(out, "Content-Length: ", (uint64_t)rs->content_length);
-        else if (rs->status != 204 && rs->status != 304 && c->req.m != HTTP_HEAD)
+        else if (rs->status != 204 && rs->status != 304 && c->ex.req.m != HTTP_HEAD)
             px_hb_lit(out, "Content-Length: 0\r\n");
         break;
     }
-    if (!c->req_done || c->srv->draining)
-        c->keepalive = 0;
-    if (!c->keepalive)
+    if (!c->ex.req_done || c->srv->draining)
+        c->ex.keepalive = 0;
+    if (!c->ex.keepalive)
         px_hb_lit(out, "Connection: close\r\n");
     else if (minor == 0)
         px_hb_lit(out, "Connection: keep-alive\r\n");
@@ -529,7 +529,7 @@ static void add_response_head(struct px_conn *c, struct evbuffer *dst)
 /* Reads the response head. Returns 1 when the body phase may start. */
 static int read_response_head(struct px_conn *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->up->bev);
+    struct evbuffer *in = bufferevent_get_input(c->ex.up->bev);
     size_t head_len;
     int status;
     const char *why = "malformed response head";
@@ -541,40 +541,40 @@ static int read_response_head(struct px_conn *c)
         case PX_PARSE_OK: break;
         }
         const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)head_len);
-        px_head_free(&c->resp);
-        if (data == NULL || px_h1_parse_response(&c->resp, data, head_len, 1000, &why) != 0)
+        px_head_free(&c->ex.resp);
+        if (data == NULL || px_h1_parse_response(&c->ex.resp, data, head_len, 1000, &why) != 0)
             goto bad;
         evbuffer_drain(in, head_len);
-        if (c->resp.status == 101) {
-            if (!c->req.ws_upgrade)
+        if (c->ex.resp.status == 101) {
+            if (!c->ex.req.ws_upgrade)
                 goto bad;
             return 1;
         }
-        if (c->resp.status / 100 != 1)
+        if (c->ex.resp.status / 100 != 1)
             break;
         /* 1xx: relay 100 Continue to a client that asked for it; drop the rest. */
-        if (c->resp.status == 100 && c->req.expect_continue && c->req.http_minor == 1)
+        if (c->ex.resp.status == 100 && c->ex.req.expect_continue && c->ex.req.http_minor == 1)
             evbuffer_add(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
     }
-    c->up_reusable = c->resp.keepalive;
-    if (!px_h1_response_has_body(&c->resp, c->req.m)) {
-        c->resp_body = BODY_NONE;
-    } else if (c->resp.chunked) {
-        c->resp_body = BODY_CHUNKED;
-    } else if (c->resp.content_length >= 0) {
-        c->resp_body = c->resp.content_length > 0 ? BODY_LENGTH : BODY_NONE;
-        c->resp_left = c->resp.content_length;
-        if (c->resp.content_length == 0)
-            c->resp.content_length = 0;
+    c->ex.up_reusable = c->ex.resp.keepalive;
+    if (!px_h1_response_has_body(&c->ex.resp, c->ex.req.m)) {
+        c->ex.resp_body = BODY_NONE;
+    } else if (c->ex.resp.chunked) {
+        c->ex.resp_body = BODY_CHUNKED;
+    } else if (c->ex.resp.content_length >= 0) {
+        c->ex.resp_body = c->ex.resp.content_length > 0 ? BODY_LENGTH : BODY_NONE;
+        c->ex.resp_left = c->ex.resp.content_length;
+        if (c->ex.resp.content_length == 0)
+            c->ex.resp.content_length = 0;
     } else {
-        c->resp_body = BODY_EOF;
-        c->up_reusable = 0;
+        c->ex.resp_body = BODY_EOF;
+        c->ex.up_reusable = 0;
     }
     return 1;
 bad:
     clog(c, PX_WARN, "runner sent %s", why);
     px_conn_upstream_drop(c);
-    if (c->status == 0)
+    if (c->ex.status == 0)
         px_conn_fail(c, 502, NULL, "the runner sent an invalid response");
     else
         px_conn_close(c);
@@ -583,16 +583,17 @@ bad:
 
 static void response_done(struct px_conn *c)
 {
-    c->resp_st = RESP_DONE;
-    if (c->up != NULL) {
+    c->ex.resp_st = RESP_DONE;
+    if (c->ex.up != NULL) {
         /* A direct-mode app is sandbox code: one that sends a body after a
          * HEAD, 204 or 304 answer (a common framework bug, or on purpose) has
          * nothing to delimit it, and those bytes would be the next request's
          * answer. Such connections are not reused. */
-        int direct = c->sb->direct && !c->toolbox;
-        int reusable = c->up_reusable && c->req_done && !(direct && c->resp_body == BODY_NONE);
-        struct px_upstream *up = c->up;
-        c->up = NULL;
+        int direct = c->ex.sb->direct && !c->ex.toolbox;
+        int reusable =
+            c->ex.up_reusable && c->ex.req_done && !(direct && c->ex.resp_body == BODY_NONE);
+        struct px_upstream *up = c->ex.up;
+        c->ex.up = NULL;
         px_upstream_release(c->srv->pool, up, reusable);
     }
     px_conn_exchange_done(c);
@@ -601,30 +602,30 @@ static void response_done(struct px_conn *c)
 /* Moves response body bytes to the client. */
 static void pump_response(struct px_conn *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->up->bev);
+    struct evbuffer *in = bufferevent_get_input(c->ex.up->bev);
     struct evbuffer *out = bufferevent_get_output(c->bev);
 
-    switch (c->resp_body) {
+    switch (c->ex.resp_body) {
     case BODY_NONE: return response_done(c);
     case BODY_LENGTH: {
         size_t avail = evbuffer_get_length(in);
-        size_t n = (int64_t)avail < c->resp_left ? avail : (size_t)c->resp_left;
+        size_t n = (int64_t)avail < c->ex.resp_left ? avail : (size_t)c->ex.resp_left;
         evbuffer_remove_buffer(in, out, n);
-        c->resp_left -= (int64_t)n;
-        c->bytes_out += n;
-        if (c->resp_left == 0) {
+        c->ex.resp_left -= (int64_t)n;
+        c->ex.bytes_out += n;
+        if (c->ex.resp_left == 0) {
             if (evbuffer_get_length(in) > 0)
-                c->up_reusable = 0; /* the runner sent more than it announced */
+                c->ex.up_reusable = 0; /* the runner sent more than it announced */
             return response_done(c);
         }
         break;
     }
     case BODY_CHUNKED: {
-        uint64_t t0 = c->resp_ch.total;
+        uint64_t t0 = c->ex.resp_ch.total;
         /* An HTTP/1.0 client gets plain bytes, delimited by close. */
-        c->resp_ch.plain = c->req.http_minor == 0;
-        enum px_parse r = px_chunked_feed(&c->resp_ch, in, out);
-        c->bytes_out += c->resp_ch.total - t0;
+        c->ex.resp_ch.plain = c->ex.req.http_minor == 0;
+        enum px_parse r = px_chunked_feed(&c->ex.resp_ch, in, out);
+        c->ex.bytes_out += c->ex.resp_ch.total - t0;
         if (r == PX_PARSE_BAD) {
             clog(c, PX_WARN, "runner sent a malformed chunked body");
             px_conn_upstream_drop(c);
@@ -638,67 +639,68 @@ static void pump_response(struct px_conn *c)
         size_t n = evbuffer_get_length(in);
         if (n == 0)
             break;
-        if (c->resp_chunk_out)
+        if (c->ex.resp_chunk_out)
             evbuffer_add_printf(out, "%zx\r\n", n);
         evbuffer_remove_buffer(in, out, n);
-        if (c->resp_chunk_out)
+        if (c->ex.resp_chunk_out)
             evbuffer_add(out, "\r\n", 2);
-        c->bytes_out += n;
+        c->ex.bytes_out += n;
         break;
     }
     }
-    if (c->up != NULL && evbuffer_get_length(out) >= PX_HIGH_WATER) {
-        bufferevent_disable(c->up->bev, EV_READ);
+    if (c->ex.up != NULL && evbuffer_get_length(out) >= PX_HIGH_WATER) {
+        bufferevent_disable(c->ex.up->bev, EV_READ);
         bufferevent_setwatermark(c->bev, EV_WRITE, PX_HIGH_WATER / 2, 0);
     }
 }
 
 void px_fwd_on_response(struct px_conn *c)
 {
-    if (c->resp_st == RESP_HEAD) {
+    if (c->ex.resp_st == RESP_HEAD) {
         int r = read_response_head(c);
         if (r <= 0)
             return;
-        if (c->resp.status == 101)
+        if (c->ex.resp.status == 101)
             return start_tunnel(c);
-        if (c->resp.status == 503 && c->srv->cfg->api_url != NULL && c->fwd_target == NULL) {
+        if (c->ex.resp.status == 503 && c->srv->cfg->api_url != NULL && c->ex.fwd_target == NULL) {
             /* Daytona's runner says a stopped sandbox this way: wake it (API mode) */
-            const struct px_hdr *st = px_head_get(&c->resp, PX_STR("x-daytona-sandbox-state"));
+            const struct px_hdr *st = px_head_get(&c->ex.resp, PX_STR("x-daytona-sandbox-state"));
             if (st != NULL && px_str_ieq(st->value, PX_STR("stopped"))) {
                 px_conn_upstream_drop(c);
                 return px_wake_or_fail(c, 503, "the sandbox is stopped");
             }
         }
         add_response_head(c, bufferevent_get_output(c->bev));
-        c->status = c->resp.status;
-        c->resp_st = RESP_BODY;
+        c->ex.status = c->ex.resp.status;
+        c->ex.resp_st = RESP_BODY;
         /* Streaming bodies (SSE, downloads) may idle for long; bound them by the
          * long-lived connection timeout instead of the header timeout. */
         up_timeouts(c);
         px_conn_arm_timer(c, PX_ACTIVITY_REFRESH(c->srv->cfg->activity_interval));
     }
-    if (c->resp_st == RESP_BODY)
+    if (c->ex.resp_st == RESP_BODY)
         pump_response(c);
 }
 
 static void start_tunnel(struct px_conn *c)
 {
-    struct bufferevent *client = c->bev, *runner = c->up->bev;
-    const struct px_hdr *skip = px_head_get(&c->req, PX_STR("x-daytona-skip-last-activity-update"));
+    struct bufferevent *client = c->bev, *runner = c->ex.up->bev;
+    const struct px_hdr *skip =
+        px_head_get(&c->ex.req, PX_STR("x-daytona-skip-last-activity-update"));
     int activity = skip == NULL || !px_str_ieq(skip->value, PX_STR("true"));
-    int raw = !c->tls && !c->h2_stream && !c->up->tls; /* two plain sockets */
+    int raw = !c->tls && !c->h2_stream && !c->ex.up->tls; /* two plain sockets */
 
-    c->status = 101;
+    c->ex.status = 101;
     add_response_head(c, bufferevent_get_output(c->bev));
     px_conn_access_log(c);
-    c->have_req = 0;
+    c->ex.have_req = 0;
     /* Both sockets leave this connection, whose per-request state is freed:
      * an idle tunnel then costs only what ws/ keeps. */
     evtimer_del(c->timer);
     c->bev = NULL;
-    c->up->bev = NULL;
+    c->ex.up->bev = NULL;
     px_conn_upstream_drop(c);
-    px_splice_start(c->srv, client, runner, c->sb->id, activity, raw, c->peer_slot);
+    px_splice_start(c->srv, client, runner, c->ex.sb->id, activity, raw, c->peer_slot);
     c->peer_slot = NULL;
     px_conn_close(c);
 }
@@ -709,13 +711,13 @@ static void on_up_read(struct bufferevent *bev, void *arg)
     (void)bev;
 
     ENTER(c);
-    c->resp_seen = 1;
-    if (c->replay != NULL) { /* a byte came back: the request can no longer be retried */
-        evbuffer_free(c->replay);
-        c->replay = NULL;
+    c->ex.resp_seen = 1;
+    if (c->ex.replay != NULL) { /* a byte came back: the request can no longer be retried */
+        evbuffer_free(c->ex.replay);
+        c->ex.replay = NULL;
     }
     /* A body streams faster in 64 KiB bites than in libevent's 4 KiB ones. */
-    if (c->state == PX_CONN_STREAM && c->resp_st == RESP_BODY && !c->up->tls &&
+    if (c->state == PX_CONN_STREAM && c->ex.resp_st == RESP_BODY && !c->ex.up->tls &&
         evbuffer_get_length(bufferevent_get_output(c->bev)) < PX_HIGH_WATER)
         px_bev_slurp(bev, PX_HIGH_WATER);
     if (c->state == PX_CONN_STREAM)
@@ -731,7 +733,7 @@ static void on_up_write(struct bufferevent *bev, void *arg)
     ENTER(c);
     if (c->state == PX_CONN_STREAM) {
         /* The runner drained below the low mark: resume reading the client. */
-        bufferevent_setwatermark(c->up->bev, EV_WRITE, 0, 0);
+        bufferevent_setwatermark(c->ex.up->bev, EV_WRITE, 0, 0);
         bufferevent_enable(c->bev, EV_READ);
         if (evbuffer_get_length(bufferevent_get_input(c->bev)))
             px_fwd_pump_request(c);
@@ -742,9 +744,9 @@ static void on_up_write(struct bufferevent *bev, void *arg)
 /* SPEC 10: a stopped sandbox that wants waking, or one already starting. */
 static int sandbox_asleep(const struct px_conn *c)
 {
-    const char *st = c->sb->state ? c->sb->state : "started";
+    const char *st = c->ex.sb->state ? c->ex.sb->state : "started";
 
-    return !strcmp(st, "starting") || (c->sb->wake_http && !strcmp(st, "stopped"));
+    return !strcmp(st, "starting") || (c->ex.sb->wake_http && !strcmp(st, "stopped"));
 }
 
 void px_fwd_starting(struct px_conn *c)
@@ -753,15 +755,15 @@ void px_fwd_starting(struct px_conn *c)
 
     if (b == NULL)
         return px_conn_close(c);
-    if (!strcmp(c->sb->state ? c->sb->state : "", "stopped"))
-        px_activity_wake(c->sb->id);
+    if (!strcmp(c->ex.sb->state ? c->ex.sb->state : "", "stopped"))
+        px_activity_wake(c->ex.sb->id);
     if (px_conn_wants_html(c)) {
-        px_starting_page(b, c->reqid);
+        px_starting_page(b, c->ex.reqid);
         px_conn_respond(c, 503, "text/html; charset=utf-8", b, "Retry-After: 5\r\n");
     } else {
         struct px_error e = {503, "SANDBOX_STARTING", "the sandbox is starting; retry shortly"};
-        const char *ct =
-            px_error_body(c->srv->cfg, b, &e, c->req.method, px_path_only(c->path), c->reqid, 0);
+        const char *ct = px_error_body(c->srv->cfg, b, &e, c->ex.req.method,
+                                       px_path_only(c->ex.path), c->ex.reqid, 0);
         px_conn_respond(c, 503, ct, b, "Retry-After: 5\r\n");
     }
     evbuffer_free(b);
@@ -774,26 +776,26 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
 
     ENTER(c);
     if (what & BEV_EVENT_CONNECTED) {
-        c->up->connected = 1;
-        px_upstream_nodelay(c->up);
+        c->ex.up->connected = 1;
+        px_upstream_nodelay(c->ex.up);
         up_timeouts(c);
         goto out;
     }
     if (c->state != PX_CONN_STREAM)
         goto out;
-    if ((what & BEV_EVENT_EOF) && c->resp_st == RESP_BODY && c->resp_body == BODY_EOF) {
+    if ((what & BEV_EVENT_EOF) && c->ex.resp_st == RESP_BODY && c->ex.resp_body == BODY_EOF) {
         pump_response(c);
-        if (c->resp_chunk_out)
+        if (c->ex.resp_chunk_out)
             evbuffer_add(bufferevent_get_output(c->bev), "0\r\n\r\n", 5);
-        c->up_reusable = 0;
+        c->ex.up_reusable = 0;
         response_done(c);
         goto out;
     }
-    if (c->resp_st == RESP_HEAD) {
+    if (c->ex.resp_st == RESP_HEAD) {
         int timeout = (what & BEV_EVENT_TIMEOUT) != 0;
-        int connecting = !c->up->connected;
-        if (c->up->tls && connecting && !timeout) {
-            SSL *ssl = bufferevent_openssl_get_ssl(c->up->bev);
+        int connecting = !c->ex.up->connected;
+        if (c->ex.up->tls && connecting && !timeout) {
+            SSL *ssl = bufferevent_openssl_get_ssl(c->ex.up->bev);
             long vr = ssl != NULL ? SSL_get_verify_result(ssl) : X509_V_OK;
             if (vr != X509_V_OK) {
                 clog(c, PX_WARN, "runner TLS certificate verification failed: %s",
@@ -804,7 +806,7 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
                 goto out;
             }
         }
-        if (!timeout && c->up->reused && retry(c) == 0)
+        if (!timeout && c->ex.up->reused && retry(c) == 0)
             goto out;
         px_conn_upstream_drop(c);
         if (connecting && sandbox_asleep(c))

@@ -52,24 +52,24 @@ static void on_state(void *arg, const struct px_api_resp *r)
     json_error_t je;
     json_t *j = NULL;
 
-    c->api_call = NULL;
+    c->ex.api_call = NULL;
     if (r->err == NULL && r->status == 200) {
         j = json_loadb(r->body, r->body_len, 0, &je);
         json_t *s = json_is_object(j) ? json_object_get(j, "state") : NULL;
         state = json_is_string(s) ? json_string_value(s) : NULL;
     }
     if (state != NULL && !strcmp(state, "stopped")) {
-        uint64_t h = fnv(c->sb->id);
+        uint64_t h = fnv(c->ex.sb->id);
         time_t now = time(NULL);
         if (started[h % WAKE_SLOTS].hash != h || now - started[h % WAKE_SLOTS].last >= WAKE_DEDUP) {
             char path[320];
             started[h % WAKE_SLOTS].hash = h;
             started[h % WAKE_SLOTS].last = now;
-            snprintf(path, sizeof(path), "/sandbox/%s/start", c->sb->id);
-            px_log(PX_INFO, "asking the API to start sandbox %s (wake-on-request)", c->sb->id);
+            snprintf(path, sizeof(path), "/sandbox/%s/start", c->ex.sb->id);
+            px_log(PX_INFO, "asking the API to start sandbox %s (wake-on-request)", c->ex.sb->id);
             if (px_api_request(c->srv, "POST", path, NULL, NULL, PX_API_ONCE, on_start, NULL) ==
                 NULL)
-                px_log(PX_WARN, "api: cannot ask to start sandbox %s", c->sb->id);
+                px_log(PX_WARN, "api: cannot ask to start sandbox %s", c->ex.sb->id);
         }
         json_decref(j);
         return px_fwd_starting(c);
@@ -80,22 +80,22 @@ static void on_state(void *arg, const struct px_api_resp *r)
     }
     json_decref(j);
     if (state != NULL) {
-        uint64_t h = fnv(c->sb->id);
+        uint64_t h = fnv(c->ex.sb->id);
         awake[h % WAKE_SLOTS].hash = h;
         awake[h % WAKE_SLOTS].last = time(NULL);
     }
-    px_conn_fail(c, c->wake_status, NULL, c->wake_message);
+    px_conn_fail(c, c->ex.wake_status, NULL, c->ex.wake_message);
 }
 
 /* The runner was not reachable: wake the sandbox if the API says it sleeps,
  * else answer status with message (static). */
 void px_wake_or_fail(struct px_conn *c, int status, const char *message)
 {
-    const char *id = c->sb != NULL ? c->sb->id : NULL;
+    const char *id = c->ex.sb != NULL ? c->ex.sb->id : NULL;
     char path[320];
 
     /* the ID goes into the path as it is: only what needs no escaping */
-    if (id == NULL || c->srv->cfg->api_url == NULL || c->fwd_target != NULL ||
+    if (id == NULL || c->srv->cfg->api_url == NULL || c->ex.fwd_target != NULL ||
         !px_str_is_label(px_str_make(id, strlen(id)), 255))
         return px_conn_fail(c, status, NULL, message); /* not API mode, or build logs */
     uint64_t h = fnv(id);
@@ -106,10 +106,10 @@ void px_wake_or_fail(struct px_conn *c, int status, const char *message)
      * refreshing a sleeping sandbox must not become a stream of C8 calls). */
     if (started[h % WAKE_SLOTS].hash == h && now - started[h % WAKE_SLOTS].last < WAKE_DEDUP)
         return px_fwd_starting(c);
-    c->wake_status = status;
-    c->wake_message = message;
+    c->ex.wake_status = status;
+    c->ex.wake_message = message;
     snprintf(path, sizeof(path), "/sandbox/%s", id);
-    c->api_call = px_api_request(c->srv, "GET", path, NULL, NULL, 0, on_state, c);
-    if (c->api_call == NULL)
+    c->ex.api_call = px_api_request(c->srv, "GET", path, NULL, NULL, 0, on_state, c);
+    if (c->ex.api_call == NULL)
         px_conn_fail(c, status, NULL, message);
 }
