@@ -72,8 +72,8 @@ static enum px_parse parse_v1(const uint8_t *b, size_t len, struct px_pp_result 
         return len >= PX_PP_V1_MAX ? bad(out, "v1 line longer than 107 bytes") : PX_PARSE_AGAIN;
 
     /* Split what lies between "PROXY " and CRLF at single spaces. */
-    const uint8_t *f[6];
-    size_t flen[6], nf = 0, line_end = end - 2;
+    const uint8_t *f[6] = {NULL};
+    size_t flen[6] = {0}, nf = 0, line_end = end - 2;
     for (size_t i = 6; i <= line_end;) {
         size_t j = i;
         while (j < line_end && b[j] != ' ')
