@@ -22,6 +22,7 @@ import tlsfix
 from helpers import (PUB, RawConn, free_port, host, port_is_listening, request_bytes, stop_proc,
                      wait_until)
 from measure import record
+from redisfix import *  # noqa: F401,F403  (redis_server, rproxy)
 from tlsfix import *  # noqa: F401,F403  (pki)
 from tlsfix import H2Client, tls_lines
 
@@ -355,3 +356,24 @@ def test_behind_haproxy(proxy, runner, tmp_path, send):
     wait_until(lambda: len(access_lines(p, "/via-haproxy-127.0.0.4")) == 1,
                what="access log line")
     assert "peer=127.0.0.4 " in access_lines(p, "/via-haproxy-127.0.0.4")[0]
+
+
+# ------------------------------------------------- per-client miss budget --
+
+def test_lookup_client_budget_is_per_header_address(rproxy, runner):
+    """lookup_client_rate charges the client the header names: one client
+    behind the balancer that spends its budget on unknown labels gets 429, the
+    next client behind the same balancer still gets its own answer (401)."""
+    pp = free_port()
+    p = rproxy(settings={"trusted_proxies": "127.0.0.1/32", "lookup_client_rate": "1 4",
+                         "lookup_rate": "1000 1000"},
+               extra=[f"listen 127.0.0.1:{pp} proxy_protocol"])
+
+    def status(src, label):
+        with RawConn(pp) as c:
+            c.send(v1(src) + request_bytes("GET", "/", host(3000, label)))
+            return c.read_response().status
+    seen = [status("203.0.113.50", f"nosuch{i}") for i in range(12)]
+    assert seen[0] == 401 and 429 in seen, seen
+    assert status("203.0.113.51", "nosuchother") == 401
+    assert status("203.0.113.50", "nosuchlast") == 429
