@@ -255,3 +255,32 @@ H2 = [
 for i, h in enumerate(H2):
     put("h2", "seed-%02d" % i, bytes([0]) + h)
     put("h2", "seed-%02d-split" % i, bytes([1 + i % 4]) + h)
+
+# ---- PROXY protocol headers (HAProxy doc/proxy-protocol.txt; test_proxyproto.c) ----
+PP_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def pp2(ver_cmd, fam, body):
+    return PP_SIG + bytes([ver_cmd, fam]) + struct.pack(">H", len(body)) + body
+
+
+PP_V4 = bytes([192, 0, 2, 7, 10, 0, 0, 1]) + struct.pack(">HH", 56324, 443)
+PP_V6 = bytes(15) + b"\x01" + bytes(15) + b"\x02" + struct.pack(">HH", 1, 2)
+PP = [
+    b"PROXY TCP4 192.0.2.7 10.0.0.1 56324 443\r\nGET / HTTP/1.1\r\n\r\n",
+    b"PROXY TCP6 2001:db8::1 ::1 65535 80\r\n",
+    b"PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n",
+    b"PROXY UNKNOWN\r\n",
+    b"PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n",
+    b"PROXY TCP4 01.2.3.4 5.6.7.8 01 2\r\n",
+    pp2(0x21, 0x11, PP_V4) + b"GET / HTTP/1.1\r\n\r\n",
+    pp2(0x21, 0x21, PP_V6),
+    pp2(0x21, 0x11, PP_V4 + b"\x01\x00\x02h2\x04\x00\x00\xea\x00\x03vpc"),
+    pp2(0x20, 0x00, b""),
+    pp2(0x20, 0x31, bytes(216)),
+    pp2(0x21, 0x00, b""),
+    pp2(0x21, 0x12, PP_V4),
+    pp2(0x21, 0x11, PP_V4 + b"\x01\x00\x05h"),
+]
+for i, h in enumerate(PP):
+    put("proxyproto", "seed-%02d" % i, h)

@@ -326,13 +326,21 @@ static const char *apply(struct px_config *c, char **w, int n)
         return NULL;
     }
     if (!strcmp(d, "listen")) {
-        if (n < 2 || n > 3 || (n == 3 && strcmp(w[2], "tls")))
-            return "expects ADDR:PORT [tls]";
+        int tls = 0, pp = 0;
+        if (n < 2 || n > 4)
+            return "expects ADDR:PORT [tls] [proxy_protocol]";
+        for (int i = 2; i < n; i++) {
+            int *flag = !strcmp(w[i], "tls") ? &tls : !strcmp(w[i], "proxy_protocol") ? &pp : NULL;
+            if (flag == NULL || *flag)
+                return "expects ADDR:PORT [tls] [proxy_protocol]";
+            *flag = 1;
+        }
         if (c->nlisten == PX_MAX_LISTEN)
             return "too many listen directives";
         if (parse_addr(w[1], &c->listen[c->nlisten]) != 0)
             return "bad address (expected IP:PORT)";
-        c->listen[c->nlisten++].tls = n == 3;
+        c->listen[c->nlisten].tls = tls;
+        c->listen[c->nlisten++].proxy_protocol = pp;
         return NULL;
     }
     if (!strcmp(d, "metrics_listen")) {
@@ -744,6 +752,17 @@ struct px_config *px_config_load(const char *path, char *err, size_t errlen)
         parse_addr("0.0.0.0:4000", &c->listen[0]);
         c->nlisten = 1;
     }
+    for (int i = 0; i < c->nlisten; i++)
+        if (c->listen[i].proxy_protocol && c->ntrusted == 0) {
+            /* The header names the client; only trusted_proxies may send one
+             * (issue 14). Without any, the listener could take no connection
+             * at all: say so now rather than close every client later. */
+            snprintf(err, errlen,
+                     "%s: a proxy_protocol listener needs trusted_proxies (the balancers "
+                     "allowed to send the PROXY header)",
+                     path);
+            goto fail;
+        }
     for (int i = 0; i < c->nlisten; i++)
         if (c->listen[i].tls) {
             /* (Secure cookies and X-Forwarded-Proto follow each connection's own

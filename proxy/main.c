@@ -36,6 +36,7 @@
 #include "proxy/conn_priv.h"
 #include "proxy/metrics.h"
 #include "proxy/peers.h"
+#include "proxy/ppaccept.h"
 #include "proxy/api.h"
 #include "proxy/px.h"
 #include "proxy/server.h"
@@ -112,6 +113,7 @@ static FILE *open_access_log(const char *path)
 struct listener_arg {
     struct px_server *srv;
     int tls;
+    int proxy_protocol; /* sockets go to ppaccept.c for their PROXY header first */
 };
 static struct listener_arg listener_args[PX_MAX_LISTEN];
 
@@ -164,7 +166,9 @@ static unsigned long conn_limit(const struct px_server *srv)
  * drops below it. */
 static int at_limit(const struct px_server *srv)
 {
-    unsigned long lim = conn_limit(srv), n = srv->nconns + srv->nh2 + srv->nsplices;
+    /* (Sockets still waiting for a PROXY header count too: ppaccept.c.) */
+    unsigned long lim = conn_limit(srv),
+                  n = srv->nconns + srv->nh2 + srv->nsplices + px_ppaccept_pending();
 
     for (const struct px_conn *c = srv->conns; c != NULL && n >= lim; c = c->next)
         if (c->h2_stream)
@@ -293,9 +297,16 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     struct listener_arg *la = arg;
     struct px_peer *slot;
 
-    if (px_peer_take(la->srv, sa, &slot) != 0)
-        return refuse_peer(la, fd, sa);
-    px_conn_accept(la->srv, fd, sa, salen, la->tls, slot);
+    if (la->proxy_protocol) {
+        /* The peer is a balancer (trusted, never counted per IP); ppaccept.c
+         * reads the header and charges max_connections_per_ip to the client
+         * it names. */
+        px_ppaccept_start(la->srv, fd, sa, salen, la->tls);
+    } else {
+        if (px_peer_take(la->srv, sa, &slot) != 0)
+            return refuse_peer(la, fd, sa);
+        px_conn_accept(la->srv, fd, sa, salen, la->tls, slot);
+    }
     backoff_ms = 0;
     /* Disabling the listener from here makes libevent stop its accept loop. */
     if (at_limit(la->srv))
@@ -356,6 +367,7 @@ static int open_listeners(struct px_server *srv)
     for (int i = 0; i < cfg->nlisten; i++) {
         listener_args[i].srv = srv;
         listener_args[i].tls = cfg->listen[i].tls;
+        listener_args[i].proxy_protocol = cfg->listen[i].proxy_protocol;
         listeners[i] = evconnlistener_new_bind(srv->base, on_accept, &listener_args[i],
                                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
                                                    LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_EXEC,
@@ -403,6 +415,7 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
     px_log(PX_INFO, "signal %d: draining %lu connections (up to %d s)", (int)sig, srv->nconns,
            srv->cfg->shutdown_timeout);
     close_listeners();
+    px_ppaccept_close_all(); /* no request started on those yet */
     struct timeval tv = {srv->cfg->shutdown_timeout, 0};
     shutdown_timer = evtimer_new(srv->base, on_shutdown_deadline, srv);
     evtimer_add(shutdown_timer, &tv);
@@ -557,6 +570,7 @@ static int run_worker(struct px_config *cfg)
     if (event_base_dispatch(srv.base) < 0)
         rc = 1;
     px_log(PX_INFO, "worker %u exiting", srv.pid);
+    px_ppaccept_close_all();
     px_conn_close_all(&srv);
     close_listeners();
     if (metrics_listener != NULL)

@@ -120,6 +120,7 @@ struct px_listen_cfg {
     struct sockaddr_storage addr;
     socklen_t addrlen;
     unsigned tls : 1;
+    unsigned proxy_protocol : 1; /* each connection opens with a PROXY header (ppaccept.h) */
 };
 
 struct px_cidr {

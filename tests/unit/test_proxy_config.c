@@ -255,6 +255,34 @@ static void test_listen_forms(void **state)
     px_config_free(c);
 }
 
+/* `listen ADDR:PORT [tls] [proxy_protocol]` (issue 14): flags in either order,
+ * each once; a proxy_protocol listener needs trusted_proxies. */
+static void test_listen_proxy_protocol(void **state)
+{
+    (void)state;
+    char err[512];
+    struct px_config *c = load_ok("trusted_proxies 127.0.0.0/8\n"
+                                  "listen 4001 proxy_protocol\n"
+                                  "listen 4002 tls proxy_protocol\n"
+                                  "listen 4003 proxy_protocol tls\n"
+                                  "listen 4004\n"
+                                  "tls_cert /x/cert.pem /x/key.pem\n");
+    assert_int_equal(c->nlisten, 4);
+    assert_true(c->listen[0].proxy_protocol && !c->listen[0].tls);
+    assert_true(c->listen[1].proxy_protocol && c->listen[1].tls);
+    assert_true(c->listen[2].proxy_protocol && c->listen[2].tls);
+    assert_true(!c->listen[3].proxy_protocol && !c->listen[3].tls);
+    px_config_free(c);
+
+    load_bad("trusted_proxies 127.0.0.1\nlisten 4001 proxy_protocol proxy_protocol\n", 2);
+    load_bad("trusted_proxies 127.0.0.1\nlisten 4001 tls tls\n", 2);
+    load_bad("trusted_proxies 127.0.0.1\nlisten 4001 proxy\n", 2);
+    load_bad("trusted_proxies 127.0.0.1\nlisten 4001 tls proxy_protocol x\n", 2);
+    /* no trusted_proxies: refused as a whole, saying what is missing */
+    assert_null(load("listen 4001 proxy_protocol\n", err, sizeof(err)));
+    assert_non_null(strstr(err, "trusted_proxies"));
+}
+
 static void test_listen_bad(void **state)
 {
     (void)state;
@@ -687,6 +715,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_good_values, setup, teardown),
         cmocka_unit_test_setup_teardown(test_listen_forms, setup, teardown),
         cmocka_unit_test_setup_teardown(test_listen_bad, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_listen_proxy_protocol, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_and_bad_lines, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_numbers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_parse_size, setup, teardown),
