@@ -128,6 +128,7 @@ static void exchange_reset(struct px_conn *c)
     c->path = PX_STR_NULL;
     c->port = 0;
     c->toolbox = c->drop_authorization = c->has_query_token = c->file_url = 0;
+    c->route_kind = PX_RK_OTHER;
     c->req_body = BODY_NONE;
     c->req_left = 0;
     c->req_done = 0;
@@ -281,6 +282,7 @@ void px_conn_attach(struct px_server *srv, struct bufferevent *bev, const struct
     px_metrics.accepted++;
     c->tls = (flags & PX_CONN_TLS) != 0;
     c->h2_stream = (flags & PX_CONN_H2_STREAM) != 0;
+    px_metrics.h2_streams += c->h2_stream;
     memcpy(&c->peer, sa,
            sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
     if (sa->sa_family == AF_INET)
@@ -348,8 +350,7 @@ void px_conn_access_log(struct px_conn *c)
     struct px_str path = c->path;
     const char *q;
 
-    if (c->status > 0 && c->status < 600)
-        px_metrics.responses[c->status / 100]++;
+    px_metrics_request(c->route_kind, c->status);
     px_metrics.bytes_out += c->bytes_out;
     if (f == NULL)
         return;
