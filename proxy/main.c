@@ -474,7 +474,7 @@ static void on_usr2(evutil_socket_t sig, short what, void *arg)
         /* The new process gets stdin/out/err and the listening sockets, nothing
          * else: an inherited runner or Redis socket would stay open after we
          * close it (no EOF for the peer). Most of ours are O_CLOEXEC already. */
-        int keep[PX_MAX_LISTEN];
+        int keep[PX_MAX_LISTEN] = {0};
         for (int i = 0; i < nlisteners; i++) {
             keep[i] = (int)evconnlistener_get_fd(listeners[i]);
             fcntl(keep[i], F_SETFD, 0);
