@@ -350,3 +350,27 @@ def test_backlog_at_sigterm_is_not_reset(proxy, runner, mode_b):
 @pytest.fixture(params=MODES)
 def mode_b(request):
     return request.param
+
+
+def test_drain_answers_a_connection_accepted_before_its_request(proxy, runner):
+    """A client that connected just before SIGTERM and sends its request after
+    it is answered (with Connection: close), not closed: for it the connection
+    was never idle, and a new connection's request is not retried by clients."""
+    from helpers import free_port, RawConn, request_bytes
+    import requests
+    mport = free_port()
+    a = proxy(settings={"shutdown_timeout": str(DRAIN)}, extra=[f"metrics_listen 127.0.0.1:{mport}"])
+
+    def open_http():
+        t = requests.get(f"http://127.0.0.1:{mport}/metrics", timeout=5).text
+        return int(float(re.search(r'open_connections\{kind="http"\} (\S+)', t).group(1)))
+    wait_until(lambda: open_http() == 0, timeout=5, what="start-up connection gone")
+    with RawConn(a.port, timeout=10) as c:
+        wait_until(lambda: open_http() == 1, timeout=5, what="the connection accepted")
+        os.kill(a.proc.pid, signal.SIGTERM)
+        wait_until(lambda: "draining" in a.log(), timeout=5, what="A draining")
+        c.send(request_bytes("GET", "/late", host(3000, PUB)))
+        r = c.read_response()
+        assert r.status == 200 and r.header("connection") == "close", r
+    a.proc.wait(DRAIN + 5)
+    assert a.proc.returncode == 0
