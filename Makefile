@@ -5,7 +5,7 @@ APT_PKGS := build-essential pkg-config libevent-dev libssl-dev libnghttp2-dev li
             libhttp-parser-dev python3 redis-server curl
 TEST_PKGS := libcmocka-dev wrk nginx-light haproxy nghttp2-client openssl python3-pytest \
             python3-requests python3-websockets python3-h2 cppcheck clang-format \
-            lintian logrotate dpkg-dev systemd man-db
+            lintian logrotate dpkg-dev systemd man-db prometheus
 # libFuzzer: Debian's clang and its compiler-rt (fuzz/README.md)
 FUZZ_PKGS := clang-14 libclang-rt-14-dev
 CC      ?= cc

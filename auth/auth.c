@@ -157,6 +157,7 @@ static void file_standalone(struct px_auth *a)
         return file_no_key(a);
     if (file_verdict(a, px_fileurl_verify(&a->in.file, px_str_make(key, strlen(key)))))
         return;
+    a->out.via = PX_AUTH_VIA_FILE_URL;
     allow(a, &a->sb);
 }
 
@@ -330,8 +331,10 @@ static void api_after_tokens(struct px_auth *a)
         a->tried_cookie = 1;
         /* Either format (auth/cookie.h): a Daytona-format cookie names no port */
         if (px_cookie_verify(in->cfg->cookie_secret, in->label, in->port, value, in->now, a->id,
-                             sizeof(a->id)) == 0)
+                             sizeof(a->id)) == 0) {
+            a->out.via = PX_AUTH_VIA_COOKIE;
             return api_granted_id(a, a->id);
+        }
     }
     if (in->toolbox || !can_be_token(in->label)) { /* signed tokens name preview hosts only */
         a->step = ST_FAIL;
@@ -383,8 +386,10 @@ static void api_step(struct px_auth *a)
             a->step = ST_API_SIGNING;
             return lookup(a, PX_LK_API_SIGNING, in->label);
         }
-        if (a->api_yes && !px_port_reserved(in->port) && !in->toolbox)
+        if (a->api_yes && !px_port_reserved(in->port) && !in->toolbox) {
+            a->out.via = PX_AUTH_VIA_PUBLIC;
             return api_granted(a, in->label);
+        }
         struct px_str t = bearer(in->req);
         char key[700];
         size_t klen;
@@ -400,6 +405,7 @@ static void api_step(struct px_auth *a)
     case ST_API_ACCESS: {
         if (a->step == ST_API_ACCESS && a->api_yes) {
             a->out.used_authorization = 1; /* ours: not forwarded */
+            a->out.via = PX_AUTH_VIA_API_KEY;
             return api_granted(a, in->label);
         }
         a->api_yes = 0;
@@ -409,13 +415,16 @@ static void api_step(struct px_auth *a)
         __attribute__((fallthrough)); /* no header token: the query one */
     }
     case ST_API_TOKEN:
-        if (a->step == ST_API_TOKEN && a->api_yes)
+        if (a->step == ST_API_TOKEN && a->api_yes) {
+            a->out.via = PX_AUTH_VIA_TOKEN_HEADER;
             return api_granted(a, in->label);
+        }
         if (in->has_query_token && api_token(a, in->query_token, ST_API_QUERY))
             return;
         return api_after_tokens(a);
     case ST_API_QUERY:
         if (a->api_yes) {
+            a->out.via = PX_AUTH_VIA_TOKEN_QUERY;
             api_granted(a, in->label);
             if (a->step == ST_API_RUNNER) /* the page's assets come without the parameter */
                 set_cookie(a, a->resolved);
@@ -425,6 +434,7 @@ static void api_step(struct px_auth *a)
     case ST_API_SIGNED:
         if (a->id[0] != '\0') {
             set_cookie(a, a->id);
+            a->out.via = PX_AUTH_VIA_SIGNED_URL;
             return api_granted_id(a, a->id);
         }
         a->step = ST_FAIL;
@@ -445,6 +455,7 @@ static void api_step(struct px_auth *a)
         }
         if (file_verdict(a, v))
             return;
+        a->out.via = PX_AUTH_VIA_FILE_URL;
         return api_granted(a, in->label);
     }
     case ST_API_RUNNER:
@@ -479,8 +490,10 @@ static void step(struct px_auth *a)
     case ST_PUBLIC:
         if (in->file_url)
             return file_standalone(a);
-        if (a->sb != NULL && a->sb->is_public && !px_port_reserved(in->port) && !in->toolbox)
+        if (a->sb != NULL && a->sb->is_public && !px_port_reserved(in->port) && !in->toolbox) {
+            a->out.via = PX_AUTH_VIA_PUBLIC;
             return allow(a, &a->sb);
+        }
         a->step = ST_BEARER;
         if (bearer(in->req).len > 0) {
             char hex[65];
@@ -498,6 +511,7 @@ static void step(struct px_auth *a)
         if (a->key_found && a->sb != NULL && a->sb->org != NULL && a->sb->org[0] != '\0' &&
             !strcmp(a->org, a->sb->org)) {
             a->out.used_authorization = 1;
+            a->out.via = PX_AUTH_VIA_API_KEY;
             return allow(a, &a->sb);
         }
         a->step = ST_TOKEN;
@@ -506,6 +520,7 @@ static void step(struct px_auth *a)
         const struct px_hdr *h = px_head_get(in->req, PX_STR("x-daytona-preview-token"));
         if (h != NULL) {
             a->tried_token = 1;
+            a->out.via = PX_AUTH_VIA_TOKEN_HEADER;
             if (token_matches(a->sb, h->value))
                 return allow(a, &a->sb);
         }
@@ -515,6 +530,7 @@ static void step(struct px_auth *a)
                 /* A browser that opened ?DAYTONA_SANDBOX_AUTH_KEY=... loads its assets
                  * without it: the cookie carries the authentication on. */
                 set_cookie(a, a->sb->id);
+                a->out.via = PX_AUTH_VIA_TOKEN_QUERY;
                 return allow(a, &a->sb);
             }
         }
@@ -531,6 +547,7 @@ static void step(struct px_auth *a)
         if (px_cookie_verify(in->cfg->cookie_secret, in->label, in->port, value, in->now, a->id,
                              sizeof(a->id)) != 0)
             goto no_cookie;
+        a->out.via = PX_AUTH_VIA_COOKIE;
         if (px_str_eq(px_str_make(a->id, strlen(a->id)), in->label)) {
             if (a->sb != NULL)
                 return allow(a, &a->sb);
@@ -565,6 +582,7 @@ static void step(struct px_auth *a)
             return;
         }
         if (a->id[0] != '\0') { /* the lookup came back */
+            a->out.via = PX_AUTH_VIA_SIGNED_URL;
             a->step = ST_SIGNED_SANDBOX;
             return lookup(a, PX_LK_SANDBOX, px_str_make(a->id, strlen(a->id)));
         }

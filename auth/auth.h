@@ -33,8 +33,21 @@ struct px_auth_in {
     unsigned check_label : 1;
 };
 
+/* Which credential admitted a request (for metrics; never logged with its value). */
+enum px_auth_via {
+    PX_AUTH_VIA_NONE = 0,
+    PX_AUTH_VIA_PUBLIC,       /* a public sandbox, no credential */
+    PX_AUTH_VIA_API_KEY,      /* Authorization: Bearer (an API key or the user's token) */
+    PX_AUTH_VIA_TOKEN_HEADER, /* X-Daytona-Preview-Token */
+    PX_AUTH_VIA_TOKEN_QUERY,  /* DAYTONA_SANDBOX_AUTH_KEY */
+    PX_AUTH_VIA_COOKIE,       /* daytona-sandbox-auth-{label} (also after an OIDC login) */
+    PX_AUTH_VIA_SIGNED_URL,   /* the host label is a signed preview token */
+    PX_AUTH_VIA_FILE_URL,     /* a signed toolbox file URL (SPEC 4.7) */
+};
+
 struct px_auth_out {
     int status;            /* 0 allowed, else 400 (file URL)/401/403/404/429/503 */
+    enum px_auth_via via;  /* when allowed: which step admitted */
     const char *code;      /* static; for the error body */
     const char *message;   /* static; safe to show */
     struct px_sandbox *sb; /* owned by the receiver once the callback runs; NULL on refusal */

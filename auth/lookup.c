@@ -65,6 +65,7 @@
 #include "auth/redis.h"
 #include "proxy/api.h"
 #include "proxy/browser.h"
+#include "proxy/metrics.h"
 #include "routing/route.h"
 #include "routing/store.h"
 
@@ -629,8 +630,10 @@ static void on_fetch(void *arg, redisReply *r, const char *err)
     const char *key = strchr(e->key, ':') + 1;
     const char *why;
 
-    if (err != NULL)
+    if (err != NULL) {
+        px_metrics_redis_error(err);
         return deliver(e, err);
+    }
     switch (e->kind) {
     case PX_LK_SANDBOX:
         if (r->type != REDIS_REPLY_ARRAY || r->elements == 0)
@@ -853,6 +856,7 @@ static void on_api(void *arg, const struct px_api_resp *r)
     int final4xx = r->status >= 400 && r->status <= 499 && r->status != 408 && r->status != 429;
 
     e->api = NULL;
+    px_metrics.api_errors += r->err != NULL || r->status >= 500;
     if (r->err != NULL)
         return deliver(e, px_err_api_down);
     if (e->kind == PX_LK_API_ACCESS && r->status == 429)
@@ -955,6 +959,8 @@ static void on_daytona_cache(void *arg, redisReply *r, const char *err)
 {
     struct entry *e = arg;
 
+    if (err != NULL)
+        px_metrics_redis_error(err);
     if (err == NULL && r->type == REDIS_REPLY_STRING && r->len <= DAYTONA_MAX_VALUE &&
         daytona_load(e, r->str, r->len) == 0) {
         L.stats.hits_daytona++;

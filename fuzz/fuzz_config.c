@@ -23,10 +23,14 @@ static char path[64];
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     static const char *const env[] = {
-        "TOOLBOX_ONLY_MODE", "PREVIEW_WARNING_ENABLED", "SHUTDOWN_TIMEOUT_SEC", "COOKIE_DOMAIN",
-        "DAYTONA_API_URL",   "API_CLIENT_TIMEOUT_SEC",  "REDIS_USERNAME",       "REDIS_PASSWORD",
-        "PROXY_API_KEY",     "PROXY_PROTOCOL",          "REDIS_HOST",           "REDIS_PORT",
-        "TLS_CERT_FILE",     "TLS_KEY_FILE",            "PROXY_PORT",           "ENABLE_TLS",
+        "TOOLBOX_ONLY_MODE",    "PREVIEW_WARNING_ENABLED",
+        "SHUTDOWN_TIMEOUT_SEC", "COOKIE_DOMAIN",
+        "DAYTONA_API_URL",      "API_CLIENT_TIMEOUT_SEC",
+        "REDIS_USERNAME",       "REDIS_PASSWORD",
+        "PROXY_API_KEY",        "PROXY_PROTOCOL",
+        "REDIS_HOST",           "REDIS_PORT",
+        "TLS_CERT_FILE",        "TLS_KEY_FILE",
+        "PROXY_PORT",           "ENABLE_TLS",
     };
     (void)argc;
     (void)argv;

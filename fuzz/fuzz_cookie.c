@@ -131,8 +131,8 @@ static void round_trip(struct px_str label, unsigned port, struct px_str id, int
     CHECK(px_cookie_verify(KEY, label, port, val, last + 1, got, sizeof(got)) == -1);
     /* another label never opens */
     char other[80];
-    int ol = snprintf(other, sizeof(other), "%.*sx", (int)(label.len < 70 ? label.len : 70),
-                      label.p);
+    int ol =
+        snprintf(other, sizeof(other), "%.*sx", (int)(label.len < 70 ? label.len : 70), label.p);
     if (!px_str_eq(px_str_make(other, (size_t)ol), label))
         CHECK(px_cookie_verify(KEY, px_str_make(other, (size_t)ol), port, val, NOW, got,
                                sizeof(got)) == -1);
@@ -157,12 +157,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct px_str label = px_str_make(lb, ll), value = px_str_make(vb, vl);
 
     switch (mode) {
-    case 0:
-        verify_any(label, port, value, NOW + dt);
-        break;
-    case 1:
-        sealed(label, (const uint8_t *)vb, vl, NOW + dt, NOW, port);
-        break;
+    case 0: verify_any(label, port, value, NOW + dt); break;
+    case 1: sealed(label, (const uint8_t *)vb, vl, NOW + dt, NOW, port); break;
     case 2:
         if (px_str_is_label(label, 63) && printable_id(vb, vl) && vl < 200) {
             round_trip(label, port, value, PX_COOKIE_FMT_V1);

@@ -76,9 +76,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (int k = 0; k < 2; k++) {
         switch (px_h1_find_head(in, lim[k][0], lim[k][1], &head_len, &status)) {
         case PX_PARSE_AGAIN: break;
-        case PX_PARSE_BAD:
-            CHECK(status == 400 || status == 414 || status == 431);
-            break;
+        case PX_PARSE_BAD: CHECK(status == 400 || status == 414 || status == 431); break;
         case PX_PARSE_OK: {
             CHECK(head_len >= 4 && head_len <= size && head_len <= lim[k][1]);
             const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)head_len);

@@ -28,8 +28,7 @@ static void check_parse(const char *data, size_t len)
     }
     CHECK(h.len == len && inside(&h, h.reason));
     for (int i = 0; i < h.nhdrs; i++)
-        CHECK(inside(&h, h.hdrs[i].name) && h.hdrs[i].name.len > 0 &&
-              inside(&h, h.hdrs[i].value));
+        CHECK(inside(&h, h.hdrs[i].name) && h.hdrs[i].name.len > 0 && inside(&h, h.hdrs[i].value));
     CHECK(h.http_major == 1);
     CHECK(h.status >= 100 && h.status <= 599);
     CHECK(!(h.chunked && h.content_length >= 0));

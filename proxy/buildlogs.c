@@ -172,6 +172,7 @@ int px_build_logs(struct px_conn *c, struct px_str path)
     if (!px_str_is_label(id, 128)) /* Daytona's [\w-]+ */
         return 0;
     snprintf(c->ex.loghost, sizeof(c->ex.loghost), "build-logs");
+    c->ex.route_kind = PX_RK_BUILD_LOGS;
     if (c->ex.req.m != HTTP_GET) {
         px_conn_fail(c, 405, NULL, "build logs are read with GET");
         return 1;

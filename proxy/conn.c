@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -266,6 +267,7 @@ void px_conn_attach(struct px_server *srv, struct bufferevent *bev, const struct
     px_metrics.accepted++;
     c->tls = (flags & PX_CONN_TLS) != 0;
     c->h2_stream = (flags & PX_CONN_H2_STREAM) != 0;
+    px_metrics.h2_streams += c->h2_stream;
     memcpy(&c->peer, sa,
            sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
     if (sa->sa_family == AF_INET)
@@ -334,8 +336,7 @@ void px_conn_access_log(struct px_conn *c)
     struct px_str path = c->ex.path;
     const char *q;
 
-    if (c->ex.status > 0 && c->ex.status < 600)
-        px_metrics.responses[c->ex.status / 100]++;
+    px_metrics_request(c->ex.route_kind, c->ex.status);
     px_metrics.bytes_out += c->ex.bytes_out;
     if (f == NULL)
         return;
@@ -826,6 +827,21 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- drain ---- */
 
+/* Has the client sent bytes we have not read or handled yet? */
+static int pending_input(struct px_conn *c)
+{
+    int n = 0;
+
+    return evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 ||
+           (ioctl(bufferevent_getfd(c->bev), FIONREAD, &n) == 0 && n > 0);
+}
+
+/* Idle keep-alive connections close now: a client that reuses one gets EOF
+ * before sending or before any answer, which HTTP clients retry (RFC 9112
+ * 9.3.1). A connection not yet used, or with a request already on its way, is
+ * not idle for its client: closing it would fail a request that cannot be
+ * retried safely (a fresh connection, or an RST that loses the request). It
+ * gets its answer with Connection: close, within client_header_timeout. */
 void px_conn_drain_all(struct px_server *srv)
 {
     struct px_conn *c = srv->conns, *next;
@@ -833,7 +849,8 @@ void px_conn_drain_all(struct px_server *srv)
     srv->draining = 1;
     for (; c != NULL; c = next) {
         next = c->next;
-        if (c->state == PX_CONN_IDLE)
+        if (c->state == PX_CONN_IDLE && c->bev != NULL &&
+            (c->h2_stream || (c->nreq > 0 && !pending_input(c))))
             px_conn_close(c);
         else
             c->ex.keepalive = 0;

@@ -13,6 +13,7 @@
 #include <event2/event.h>
 
 #include "proxy/h1.h"
+#include "proxy/metrics.h"
 #include "proxy/px.h"
 #include "proxy/server.h"
 #include "routing/route.h"
@@ -69,6 +70,7 @@ struct px_exchange {
     struct px_host hinfo;         /* the parsed Host; slices into host */
     struct px_sandbox *sb;        /* owned; the resolved sandbox */
     unsigned port;                /* preview port */
+    unsigned char route_kind;     /* enum px_route_kind (metrics.h); route.c sets it */
     unsigned toolbox : 1;
     unsigned drop_authorization : 1;
     struct px_str toolbox_rest; /* slice of req.buf */

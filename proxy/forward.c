@@ -660,6 +660,7 @@ void px_fwd_on_response(struct px_conn *c)
         int r = read_response_head(c);
         if (r <= 0)
             return;
+        px_metrics_upstream_head(&c->ex.t_upstream);
         if (c->ex.resp.status == 101)
             return start_tunnel(c);
         if (c->ex.resp.status == 503 && c->srv->cfg->api_url != NULL && c->ex.fwd_target == NULL) {

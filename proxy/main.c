@@ -360,19 +360,89 @@ static void warn_fd_cap(const struct px_server *srv)
                srv->fd_cap);
 }
 
+/* ---- binary upgrade: handing the listening sockets over (SIGUSR2) ----
+ *
+ * A second instance that binds the same port with SO_REUSEPORT gets its own
+ * listening socket and its own accept queue; when the old one closes its
+ * socket, the kernel resets every connection still waiting in that queue (and
+ * the handshakes in progress on it). So an upgrade passes the sockets
+ * themselves, as nginx's binary upgrade does: on SIGUSR2 the process forks and
+ * execs its own binary (the path it was started from, which a package upgrade
+ * has replaced) with the listening descriptors open and their numbers in
+ * PREVIEW_PROXY_LISTEN_FDS. The new process uses an inherited socket for each
+ * `listen` whose address matches and binds the rest. Both processes then
+ * accept from the same queues; SIGTERM to the old one closes only its copies,
+ * so nothing queued is lost. Only with `workers 1` (the master holds no
+ * sockets to pass); with more workers SIGUSR2 is refused with a warning. */
+#define LISTEN_FDS_ENV "PREVIEW_PROXY_LISTEN_FDS"
+
+static int inherited[PX_MAX_LISTEN]; /* listening sockets from the old process, -1 once used */
+static int ninherited;
+static char self_exe[4096]; /* our binary, resolved at start (a package upgrade replaces it) */
+static char **self_argv;
+
+/* Takes the sockets named in LISTEN_FDS_ENV; anything that is not a listening
+ * TCP socket is ignored. Before any other descriptor is opened. */
+static void take_inherited(void)
+{
+    const char *v = getenv(LISTEN_FDS_ENV);
+    char *end;
+
+    for (; v != NULL && *v != '\0' && ninherited < PX_MAX_LISTEN; v = *end ? end + 1 : end) {
+        long fd = strtol(v, &end, 10);
+        int on = 0;
+        socklen_t len = sizeof(on);
+        if (end == v || (*end != ',' && *end != '\0'))
+            break;
+        if (fd < 3 || fd > 65535 ||
+            getsockopt((int)fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) != 0 || !on)
+            continue;
+        fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+        inherited[ninherited++] = (int)fd;
+    }
+    unsetenv(LISTEN_FDS_ENV);
+}
+
+/* An inherited socket bound to sa, or -1. */
+static int inherited_fd(const struct sockaddr *sa, socklen_t salen)
+{
+    for (int i = 0; i < ninherited; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        if (inherited[i] < 0 || getsockname(inherited[i], (struct sockaddr *)&ss, &len) != 0)
+            continue;
+        if (len == salen && !memcmp(&ss, sa, salen)) {
+            int fd = inherited[i];
+            inherited[i] = -1;
+            return fd;
+        }
+    }
+    return -1;
+}
+
 static int open_listeners(struct px_server *srv)
 {
     const struct px_config *cfg = srv->cfg;
+    int kept = 0;
 
     for (int i = 0; i < cfg->nlisten; i++) {
+        const struct sockaddr *sa = (const struct sockaddr *)&cfg->listen[i].addr;
+        int fd = inherited_fd(sa, (socklen_t)cfg->listen[i].addrlen);
         listener_args[i].srv = srv;
         listener_args[i].tls = cfg->listen[i].tls;
         listener_args[i].proxy_protocol = cfg->listen[i].proxy_protocol;
-        listeners[i] = evconnlistener_new_bind(srv->base, on_accept, &listener_args[i],
-                                               LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
-                                                   LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_EXEC,
-                                               1024, (const struct sockaddr *)&cfg->listen[i].addr,
-                                               (int)cfg->listen[i].addrlen);
+        if (fd >= 0 && evutil_make_socket_nonblocking(fd) == 0) {
+            /* backlog 0: already listening, keep its queue as it is */
+            listeners[i] = evconnlistener_new(srv->base, on_accept, &listener_args[i],
+                                              LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, fd);
+            kept += listeners[i] != NULL;
+        } else {
+            listeners[i] =
+                evconnlistener_new_bind(srv->base, on_accept, &listener_args[i],
+                                        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
+                                            LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_EXEC,
+                                        1024, sa, (int)cfg->listen[i].addrlen);
+        }
         if (listeners[i] == NULL) {
             px_log(PX_ERR, "cannot listen on listener %d: %s", i, strerror(errno));
             return -1;
@@ -380,7 +450,79 @@ static int open_listeners(struct px_server *srv)
         evconnlistener_set_error_cb(listeners[i], on_accept_error);
         nlisteners++;
     }
+    for (int i = 0; i < ninherited; i++) /* listeners the new configuration dropped */
+        if (inherited[i] >= 0)
+            close(inherited[i]);
+    if (ninherited > 0)
+        px_log(PX_INFO,
+               "binary upgrade: %d of %d listening sockets taken over from the old process", kept,
+               ninherited);
+    ninherited = 0;
     return 0;
+}
+
+/* SIGUSR2: start the new binary beside us with our listening sockets. */
+static void on_usr2(evutil_socket_t sig, short what, void *arg)
+{
+    struct px_server *srv = arg;
+    char list[PX_MAX_LISTEN * 12] = "";
+    size_t n = 0;
+    (void)sig;
+    (void)what;
+
+    if (report_fd != -1 || srv->draining || nlisteners == 0 || self_exe[0] == '\0') {
+        px_log(PX_WARN, "SIGUSR2: no binary upgrade (%s)",
+               report_fd != -1 ? "it needs workers 1"
+               : srv->draining ? "draining"
+               : self_exe[0]   ? "no listeners"
+                               : "own path unknown");
+        return;
+    }
+    for (int i = 0; i < nlisteners; i++)
+        n += (size_t)snprintf(list + n, sizeof(list) - n, "%s%d", i ? "," : "",
+                              (int)evconnlistener_get_fd(listeners[i]));
+    pid_t p = fork();
+    if (p == 0) {
+        /* The new process gets stdin/out/err and the listening sockets, nothing
+         * else: an inherited runner or Redis socket would stay open after we
+         * close it (no EOF for the peer). Most of ours are O_CLOEXEC already. */
+        int keep[PX_MAX_LISTEN] = {0};
+        for (int i = 0; i < nlisteners; i++) {
+            keep[i] = (int)evconnlistener_get_fd(listeners[i]);
+            fcntl(keep[i], F_SETFD, 0);
+        }
+        long max = sysconf(_SC_OPEN_MAX);
+        DIR *d = opendir("/proc/self/fd");
+        struct dirent *e;
+        int dfd = d != NULL ? dirfd(d) : -1;
+        while (d != NULL && (e = readdir(d)) != NULL) {
+            int fd = atoi(e->d_name), kept = fd < 3 || fd == dfd;
+            for (int i = 0; i < nlisteners && !kept; i++)
+                kept = fd == keep[i];
+            if (!kept && e->d_name[0] != '.')
+                fcntl(fd, F_SETFD, FD_CLOEXEC); /* closed by execv, not under readdir */
+        }
+        if (d != NULL)
+            closedir(d);
+        else
+            for (int fd = 3; fd < max && fd < 65536; fd++)
+                fcntl(fd, F_SETFD, FD_CLOEXEC);
+        for (int i = 0; i < nlisteners; i++)
+            fcntl(keep[i], F_SETFD, 0);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        setenv(LISTEN_FDS_ENV, list, 1);
+        execv(self_exe, self_argv);
+        _exit(127);
+    }
+    if (p < 0)
+        px_log(PX_WARN, "SIGUSR2: fork: %s", strerror(errno));
+    else
+        px_log(PX_INFO,
+               "SIGUSR2: started %s as pid %d with listening sockets %s; SIGTERM pid %u once "
+               "it serves",
+               self_exe, (int)p, list, srv->pid);
 }
 
 static void close_listeners(void)
@@ -494,7 +636,7 @@ static void on_usr1(evutil_socket_t sig, short what, void *arg)
 static int run_worker(struct px_config *cfg)
 {
     struct px_server srv = {0};
-    struct event *sigs[4]; /* SIGTERM, SIGINT, SIGHUP, SIGUSR1 */
+    struct event *sigs[5]; /* SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2 */
     int rc = 0;
 
     signal(SIGPIPE, SIG_IGN);
@@ -554,7 +696,8 @@ static int run_worker(struct px_config *cfg)
     sigs[1] = evsignal_new(srv.base, SIGINT, on_term, &srv);
     sigs[2] = evsignal_new(srv.base, SIGHUP, on_hup, &srv);
     sigs[3] = evsignal_new(srv.base, SIGUSR1, on_usr1, &srv);
-    for (int i = 0; i < 4; i++)
+    sigs[4] = evsignal_new(srv.base, SIGUSR2, on_usr2, &srv);
+    for (int i = 0; i < 5; i++)
         evsignal_add(sigs[i], NULL);
     /* Signals sent while this worker started were held (run_master); from here
      * the loop handles them. */
@@ -578,7 +721,7 @@ static int run_worker(struct px_config *cfg)
     metrics_listener = NULL;
     event_free(accept_timer);
     accept_timer = NULL;
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         event_free(sigs[i]);
     if (shutdown_timer != NULL)
         event_free(shutdown_timer);
@@ -773,8 +916,14 @@ int main(int argc, char **argv)
         return 0;
     }
     px_log_level = cfg->log_level;
-    /* Until a handler is installed, a logrotate SIGUSR1 must not kill us. */
+    /* Until a handler is installed, a logrotate SIGUSR1 must not kill us, nor
+     * a SIGUSR2 (binary upgrade) a master, which has none. */
     signal(SIGUSR1, SIG_IGN);
+    signal(SIGUSR2, SIG_IGN);
+    take_inherited();
+    self_argv = argv;
+    ssize_t n = readlink("/proc/self/exe", self_exe, sizeof(self_exe) - 1);
+    self_exe[n > 0 && !strstr(self_exe, " (deleted)") ? n : 0] = '\0';
     if (px_log_open_error(cfg->error_log) != 0) {
         fprintf(stderr, "preview-proxy: cannot open error_log %s: %s\n", cfg->error_log,
                 strerror(errno));

@@ -128,6 +128,7 @@ static void preview_flow(struct px_conn *c, unsigned port, struct px_str label)
     struct px_host lh = {.port = port, .label = label};
 
     c->ex.port = port;
+    c->ex.route_kind = PX_RK_PREVIEW;
     px_conn_loghost(c, &lh, 0);
     if (cfg->toolbox_only && port != 2280)
         return px_conn_fail(c, 404, NULL, "only the toolbox port is served here");
@@ -142,6 +143,7 @@ static void preview_flow(struct px_conn *c, unsigned port, struct px_str label)
             return px_conn_close(c);
         px_cors_preflight_headers(h, &c->ex.req, PX_CORS_REQ(cfg, label, c->ex.sb));
         evbuffer_add(h, "", 1);
+        c->ex.route_kind = PX_RK_PREFLIGHT;
         c->ex.status = 204;
         px_conn_respond_bare(c, 204, (const char *)evbuffer_pullup(h, -1));
         evbuffer_free(h);
@@ -159,6 +161,7 @@ static void base_routes(struct px_conn *c)
     c->ex.port = 0;
     if (px_str_eq(po, PX_STR("/health")) && (r->m == HTTP_GET || r->m == HTTP_HEAD)) {
         struct evbuffer *b = evbuffer_new();
+        c->ex.route_kind = PX_RK_HEALTH;
         if (b == NULL)
             return px_conn_close(c);
         evbuffer_add_printf(b, "{\"status\":\"ok\",\"version\":\"%s\"}", PX_VERSION);
@@ -173,6 +176,7 @@ static void base_routes(struct px_conn *c)
                                      c->ex.host,  c->ex.path,
                                      PX_STR_NULL, c->srv->cfg->external_https || c->tls,
                                      c->peer_ip};
+            c->ex.route_kind = PX_RK_CALLBACK;
             c->ex.oidc = px_oidc_callback(c->srv, &in, on_oidc, c);
             return;
         }
@@ -181,6 +185,7 @@ static void base_routes(struct px_conn *c)
         return;
     if (px_path_toolbox(po, &id, &c->ex.toolbox_rest) == 0) {
         c->ex.toolbox = 1;
+        c->ex.route_kind = PX_RK_TOOLBOX;
         c->ex.port = 2280;
         c->ex.toolbox_rest =
             px_str_make(c->ex.toolbox_rest.p, p.len - (size_t)(c->ex.toolbox_rest.p - p.p));
@@ -209,6 +214,7 @@ static void accept_warning(struct px_conn *c)
     struct px_str redirect = PX_STR_NULL;
     char target[2048], hdrs[512];
 
+    c->ex.route_kind = PX_RK_ACCEPT;
     px_query_get(px_target_query(c->ex.path), PX_STR("redirect"), &redirect);
     size_t tl = px_safe_redirect(redirect, c->ex.authority, target, sizeof(target));
     size_t hl = strcspn(c->ex.host, ":");
@@ -251,6 +257,7 @@ static void show_warning(struct px_conn *c)
             evbuffer_free(url);
         return px_conn_close(c);
     }
+    c->ex.route_kind = PX_RK_WARNING;
     evbuffer_add_printf(url, "%s://%.*s", c->srv->cfg->external_https || c->tls ? "https" : "http",
                         (int)c->ex.authority.len, c->ex.authority.p);
     evbuffer_add(url, c->ex.path.p, c->ex.path.len);
@@ -285,6 +292,7 @@ static void on_auth(void *arg, struct px_auth_out *out)
     struct px_conn *c = arg;
 
     c->ex.auth = NULL;
+    px_metrics_auth(out->status, out->via);
     if (out->status != 0) {
         struct px_oidc_settings os;
         px_sandbox_free(out->sb);
@@ -347,6 +355,7 @@ static void start_login(struct px_conn *c)
                              c->ex.path,  c->ex.label, c->srv->cfg->external_https || c->tls,
                              c->peer_ip};
 
+    c->ex.route_kind = PX_RK_LOGIN;
     c->ex.oidc = px_oidc_login(c->srv, &in, on_oidc, c);
 }
 
@@ -357,6 +366,8 @@ static void on_oidc(void *arg, const struct px_oidc_answer *a)
     struct evbuffer *h, *body;
 
     c->ex.oidc = NULL;
+    if (c->ex.route_kind == PX_RK_CALLBACK)
+        px_metrics_oidc(a->location != NULL, a->status);
     if (a->set_cookie != NULL) {
         free(c->ex.set_cookie);
         c->ex.set_cookie = strdup(a->set_cookie);

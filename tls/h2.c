@@ -25,6 +25,7 @@
 
 #include "auth/cookie.h"
 #include "proxy/h1.h"
+#include "proxy/metrics.h"
 #include "proxy/peers.h"
 #include "tls/h2.h"
 #include "tls/tls.h"
@@ -914,6 +915,7 @@ void px_h2_start(struct px_server *srv, struct bufferevent *bev, const struct so
         srv->h2s->prev = h;
     srv->h2s = h;
     srv->nh2++;
+    px_metrics.h2_connections++;
     h->kick = event_new(srv->base, -1, 0, on_kick, h);
     h->tick = event_new(srv->base, -1, EV_PERSIST, on_tick, h);
     if (h->kick == NULL || h->tick == NULL) {
