@@ -142,16 +142,20 @@ void px_conn_destroy(struct px_conn *c)
         event_base_loopexit(srv->base, NULL);
 }
 
-/* Ends an exchange that cannot finish (client gone, a timeout, the runner lost
- * mid-body): one access log line (499 when nothing was answered), then the
- * connection goes. Safe at any depth. */
-void px_conn_abort(struct px_conn *c)
+/* The one way to end an exchange that cannot finish (REVIEW change 2): the
+ * runner connection goes; with a status and nothing sent yet, the client gets
+ * that error (px_conn_fail: kept alive only if its request body was read
+ * whole); otherwise the access log says what was sent (499 for nothing) and
+ * the connection closes. c may be gone on return. */
+void px_conn_abort(struct px_conn *c, int status, const char *why)
 {
+    px_conn_upstream_drop(c);
+    if (status != 0 && c->ex.status == 0)
+        return px_conn_fail(c, status, NULL, why);
     if (c->ex.status == 0)
         c->ex.status = 499;
     c->ex.keepalive = 0;
     px_conn_access_log(c);
-    c->ex.have_req = 0;
     px_conn_close(c);
 }
 
@@ -336,6 +340,9 @@ void px_conn_access_log(struct px_conn *c)
     struct px_str path = c->ex.path;
     const char *q;
 
+    if (c->ex.logged) /* one line per exchange, whichever way it ends */
+        return;
+    c->ex.logged = 1;
     px_metrics_request(c->ex.route_kind, c->ex.status);
     px_metrics.bytes_out += c->ex.bytes_out;
     if (f == NULL)
@@ -767,12 +774,7 @@ static void on_client_event(struct bufferevent *bev, short what, void *arg)
                 clog(c, PX_INFO, "%s: closing",
                      body ? "client_body_timeout (request body stalled)"
                           : "send_timeout (client stopped reading)");
-            px_conn_upstream_drop(c);
-            if (body && c->ex.status == 0) {
-                px_conn_fail_close(c, 408, "the request body did not arrive in time");
-                break;
-            }
-            px_conn_abort(c);
+            px_conn_abort(c, body ? 408 : 0, "the request body did not arrive in time");
             break;
         }
         if ((what & BEV_EVENT_EOF) && c->ex.req_done && !c->h2_stream) {
@@ -784,7 +786,7 @@ static void on_client_event(struct bufferevent *bev, short what, void *arg)
             break;
         }
         clog(c, PX_DEBUG, "client went away mid-exchange");
-        px_conn_abort(c);
+        px_conn_abort(c, 0, NULL);
         break;
     }
     LEAVE(c);

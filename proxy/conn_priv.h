@@ -48,6 +48,7 @@ enum resp_state { RESP_HEAD = 0, RESP_BODY, RESP_DONE };
 struct px_exchange {
     struct px_head req; /* owned */
     int have_req;
+    unsigned logged : 1; /* its access log line is written (px_conn_access_log) */
     char reqid[24];
     struct timeval t_start, t_upstream;
     char loghost[80];        /* redacted host for the access log */
@@ -140,32 +141,71 @@ struct px_conn {
         }                                                                                          \
     } while (0)
 
-/* conn.c */
+/* conn.c
+ *
+ * How an exchange ends (REVIEW change 2). "c may be gone" means the caller
+ * returns at once without touching c (the `return f(c);` idiom, STYLE 8):
+ *   px_conn_exchange_done  the response is complete: log, then keep-alive or linger
+ *   px_conn_respond/_fail  a local answer; ends the exchange through exchange_done
+ *   px_conn_fail_close     the request cannot be framed: answer, then close
+ *   px_conn_abort          anything else that cannot finish
+ *   px_conn_close          the connection goes, without a log line (tunnels,
+ *                          a head that never came, after abort) */
+
+/* For logs: the state's name. */
 const char *px_conn_state_name(enum px_conn_state st);
+/* Changes state (logged at debug); arms nothing. */
 void px_conn_set_state(struct px_conn *c, enum px_conn_state next);
+/* (Re)arms the connection timer (timer_cb acts on the state it finds). */
 void px_conn_arm_timer(struct px_conn *c, int seconds);
+/* Closes the runner connection of the exchange, if any (never pooled: a
+ * connection released here is mid-exchange). c survives. */
 void px_conn_upstream_drop(struct px_conn *c);
+/* Frees the connection now. Only when no callback of c is on the stack:
+ * everything else calls px_conn_close(). */
 void px_conn_destroy(struct px_conn *c);
-/* Safe at any depth (STYLE 8): destroys now, or when the callbacks unwind. */
+/* Safe at any depth (STYLE 8): destroys now, or when the callbacks unwind.
+ * No log line. c may be gone. */
 void px_conn_close(struct px_conn *c);
-/* Stop reading, flush what we wrote, then destroy. */
+/* Stops reading, flushes what was written, shuts the write side and discards
+ * input for a bounded time, then destroys (RFC 9112 9.6). c survives until
+ * then; the timer is re-armed. */
 void px_conn_linger(struct px_conn *c);
-/* An exchange that cannot finish: access log (499 if unanswered), then close. */
-void px_conn_abort(struct px_conn *c);
+/* Ends an exchange that cannot finish: drops the runner connection; with a
+ * status and nothing sent yet answers that error (px_conn_fail, keep-alive
+ * only if the request body was read whole), else logs once (499 if nothing
+ * was sent) and closes. c may be gone. */
+void px_conn_abort(struct px_conn *c, int status, const char *why);
+/* Writes the exchange's access log line and counts it in the metrics, once
+ * per exchange (ex.logged). c survives. */
 void px_conn_access_log(struct px_conn *c);
+/* Does the client prefer HTML (a browser) for our own error answers? */
 int px_conn_wants_html(const struct px_conn *c);
-/* A complete response of our own; the connection is kept only if the request
- * body was read whole and the client wants it kept. */
+/* A complete response of our own, body copied (may be NULL), extra_headers
+ * whole CRLF-terminated lines or NULL; ends the exchange. The connection is
+ * kept only if the request body was read whole and the client wants it kept.
+ * c may be gone. */
 void px_conn_respond(struct px_conn *c, int status, const char *ctype, struct evbuffer *body,
                      const char *extra_headers);
-/* A response without a body or Content-Length (204). */
+/* A response without a body or Content-Length (204); as px_conn_respond. */
 void px_conn_respond_bare(struct px_conn *c, int status, const char *headers);
+/* The JSON or HTML error answer (SPEC 10) with an optional code and message;
+ * 5xx are logged (rate-limited). As px_conn_respond. c may be gone. */
 void px_conn_fail(struct px_conn *c, int status, const char *code, const char *message);
-/* A request we cannot even frame: answer and close, nothing is forwarded. */
+/* A request we cannot even frame: answer and close, nothing is forwarded.
+ * c may be gone. */
 void px_conn_fail_close(struct px_conn *c, int status, const char *message);
+/* Sets ex.loghost, the redacted host for logs: a signed-token label never
+ * appears (SPEC 11); label_is_id says the label is a sandbox ID. */
 void px_conn_loghost(struct px_conn *c, const struct px_host *h, int label_is_id);
+/* The response is complete: access log, runner connection released, the
+ * exchange reset; then IDLE with the keep-alive timer, or linger. The caller
+ * loops (LEAVE) for a pipelined request. c survives. */
 void px_conn_exchange_done(struct px_conn *c);
+/* Moves the connection on with what its input holds, by state; loops over
+ * pipelined requests answered locally (at most 64 per call). c may be gone. */
 void px_conn_step(struct px_conn *c);
+/* p without its query. */
 struct px_str px_path_only(struct px_str p);
 
 /* buildlogs.c: API mode's GET /sandboxes|snapshots/{id}/build-logs (DAYTONA-API.md
@@ -181,8 +221,15 @@ void px_wake_or_fail(struct px_conn *c, int status, const char *message);
 void px_route_request(struct px_conn *c);
 
 /* forward.c */
+/* The exchange is routed and authorized (ex.sb set): connects (or takes a
+ * pooled connection), sends the head, enters STREAM. On failure answers 403
+ * or 502 itself. c may be gone. */
 void px_fwd_start(struct px_conn *c);
+/* Moves request body bytes from the client to the runner, with backpressure
+ * both ways; ends the exchange on a bad or oversized body. c may be gone. */
 void px_fwd_pump_request(struct px_conn *c);
+/* Runner bytes arrived: reads the response head, then pumps the body to the
+ * client; ends the exchange when the response is complete. c may be gone. */
 void px_fwd_on_response(struct px_conn *c);
 /* 503 "the sandbox is starting" (page or JSON), Retry-After: 5 (SPEC 10). */
 void px_fwd_starting(struct px_conn *c);

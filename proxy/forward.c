@@ -310,20 +310,14 @@ void px_fwd_pump_request(struct px_conn *c)
         case PX_PARSE_BAD:
             evbuffer_free(tmp);
             clog(c, PX_INFO, "bad chunked request body");
-            px_conn_upstream_drop(c);
-            if (c->ex.status == 0)
-                return px_conn_fail_close(c, 400, "malformed chunked body");
-            return px_conn_close(c);
+            return px_conn_abort(c, 400, "malformed chunked body");
         }
     }
     size_t cap = c->srv->cfg->max_body_size;
     if (cap > 0 && c->ex.req_body == BODY_CHUNKED && c->ex.req_ch.total > cap) {
         /* A chunked body has no length to check up front: cut it off here. */
         evbuffer_free(tmp);
-        px_conn_upstream_drop(c);
-        if (c->ex.status == 0)
-            return px_conn_fail_close(c, 413, "request body larger than max_body_size");
-        return px_conn_close(c);
+        return px_conn_abort(c, 413, "request body larger than max_body_size");
     }
     if (evbuffer_get_length(tmp) > 0)
         up_write_buffer(c, tmp);
@@ -573,11 +567,7 @@ static int read_response_head(struct px_conn *c)
     return 1;
 bad:
     clog(c, PX_WARN, "runner sent %s", why);
-    px_conn_upstream_drop(c);
-    if (c->ex.status == 0)
-        px_conn_fail(c, 502, NULL, "the runner sent an invalid response");
-    else
-        px_conn_close(c);
+    px_conn_abort(c, 502, "the runner sent an invalid response");
     return -1;
 }
 
@@ -694,7 +684,6 @@ static void start_tunnel(struct px_conn *c)
     c->ex.status = 101;
     add_response_head(c, bufferevent_get_output(c->bev));
     px_conn_access_log(c);
-    c->ex.have_req = 0;
     /* Both sockets leave this connection, whose per-request state is freed:
      * an idle tunnel then costs only what ws/ keeps. */
     evtimer_del(c->timer);
@@ -824,8 +813,7 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
     }
     /* Mid-body failure: the status line is out, so all we can do is close. */
     clog(c, PX_INFO, "runner connection ended mid-response");
-    px_conn_upstream_drop(c);
-    px_conn_abort(c);
+    px_conn_abort(c, 0, NULL);
 out:
     LEAVE(c);
 }

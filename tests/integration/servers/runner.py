@@ -329,6 +329,13 @@ def handle_request(conn, nreq, method, target, version, headers):
         STATE.signal(q.get("name", "no-read")).wait(60)
         return False
 
+    if path == "/answer-first":
+        # answers before reading the request body and leaves the answer
+        # unfinished (10 bytes announced, 5 sent) until told to stop
+        conn.send(status_line(200).encode() + b"Content-Length: 10\r\n\r\nhalf-")
+        STATE.signal(q.get("name", "answer-first")).wait(30)
+        return False
+
     expect = (hdr(headers, "expect") or "").lower()
     if expect == "100-continue":
         conn.send(status_line(100).encode() + b"\r\n")
