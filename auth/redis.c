@@ -109,6 +109,13 @@ static void link_drop(struct link *l)
     redisAsyncFree(ac); /* pending commands fail with px_err_redis_down */
 }
 
+/* Sentinel mode: the address a sentinel gave did not work out. */
+static void link_failed(struct link *l)
+{
+    if (l->r->sentinel != NULL)
+        px_sentinel_failed(l->r->sentinel);
+}
+
 static void link_ready(struct link *l)
 {
     l->up = 1;
@@ -151,6 +158,7 @@ static void on_role(redisAsyncContext *ac, void *reply, void *arg)
         px_log(PX_WARN, "redis: %s:%d is not the primary; asking the sentinels again", l->addr.ip,
                l->addr.port);
         link_drop(l); /* hiredis frees it when this callback returns */
+        link_failed(l);
         schedule_retry(l);
         return;
     }
@@ -171,6 +179,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
         ((redisAsyncContext *)ac)->data = NULL;
         l->ac = NULL;
         evtimer_del(l->deadline);
+        link_failed(l);
         schedule_retry(l);
         return;
     }
@@ -202,6 +211,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
 
     px_log(PX_WARN, "redis: %s link not ready within %d ms", link_name(l), CONNECT_TIMEOUT_MS);
     link_drop(l);
+    link_failed(l);
     schedule_retry(l);
 }
 
@@ -219,6 +229,7 @@ static void link_open(struct link *l, const char *host, int port)
         px_log(PX_WARN, "redis: cannot start a connection: %s", ac ? ac->errstr : "out of memory");
         if (ac != NULL)
             redisAsyncFree(ac);
+        link_failed(l);
         schedule_retry(l);
         return;
     }
@@ -300,8 +311,8 @@ static void on_primary(void *arg, const struct px_sentinel_addr *a, int announce
 
     if (announced) {
         failovers++;
-        px_log(PX_WARN, "redis: sentinels switched master %s to %s:%d", r->cfg->redis_master,
-               a->ip, a->port);
+        px_log(PX_WARN, "redis: sentinels switched master %s to %s:%d (failover %lu)",
+               r->cfg->redis_master, a->ip, a->port, failovers);
     }
     link_move(&r->cmd, a, announced);
     link_move(&r->sub, a, announced);

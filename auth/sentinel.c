@@ -221,6 +221,11 @@ struct px_sentinel_ask *px_sentinel_ask(struct px_sentinel *s, px_sentinel_found
     return a;
 }
 
+void px_sentinel_failed(struct px_sentinel *s)
+{
+    s->good = (s->good + 1) % s->cfg->nsentinels;
+}
+
 void px_sentinel_cancel(struct px_sentinel_ask *a)
 {
     if (a == NULL)

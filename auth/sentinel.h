@@ -35,6 +35,11 @@ void px_sentinel_free(struct px_sentinel *s);
  * is cancelled first. Returns NULL when out of memory (cb will not run). */
 struct px_sentinel_ask *px_sentinel_ask(struct px_sentinel *s, px_sentinel_found_cb cb,
                                         void *arg);
+/* The address an ask reported did not work (refused, timed out, or ROLE is
+ * not master): the next ask starts with another sentinel, so one that names a
+ * wrong address cannot keep us from asking the others. */
+void px_sentinel_failed(struct px_sentinel *s);
+
 /* Stops an ask whose cb has not run; cb never runs. NULL is fine. */
 void px_sentinel_cancel(struct px_sentinel_ask *a);
 
