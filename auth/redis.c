@@ -33,13 +33,13 @@ static unsigned long failovers;
  * sentinel mode ROLE is asked on the link, and only "master" makes it up (a
  * demoted primary must not be used). Up: ac is set, up is 1. */
 struct link {
-    struct px_redis *r;             /* borrowed: the owner */
-    redisAsyncContext *ac;          /* owned by hiredis once connected; NULL while down */
-    struct event *retry;            /* owned; reconnect timer */
-    struct event *deadline;         /* owned; connect (+ ROLE) deadline */
-    struct px_sentinel_ask *ask;    /* owned; sentinel mode: asking for the primary */
-    struct px_sentinel_addr addr;   /* sentinel mode: where ac goes */
-    struct px_sentinel_addr next;   /* sentinel mode: announced primary, used once */
+    struct px_redis *r;           /* borrowed: the owner */
+    redisAsyncContext *ac;        /* owned by hiredis once connected; NULL while down */
+    struct event *retry;          /* owned; reconnect timer */
+    struct event *deadline;       /* owned; connect (+ ROLE) deadline */
+    struct px_sentinel_ask *ask;  /* owned; sentinel mode: asking for the primary */
+    struct px_sentinel_addr addr; /* sentinel mode: where ac goes */
+    struct px_sentinel_addr next; /* sentinel mode: announced primary, used once */
     int backoff_ms;
     unsigned up : 1;
     unsigned sub : 1;      /* the subscriber link */

@@ -247,8 +247,8 @@ static void sub_retry(struct px_sentinel *s)
     set_timer(s->sub_timer, s->sub_backoff_ms);
     /* Back off only once every sentinel has been tried. */
     if (s->sub_idx == 0)
-        s->sub_backoff_ms = s->sub_backoff_ms * 2 > SUB_BACKOFF_MAX_MS ? SUB_BACKOFF_MAX_MS
-                                                                       : s->sub_backoff_ms * 2;
+        s->sub_backoff_ms =
+            s->sub_backoff_ms * 2 > SUB_BACKOFF_MAX_MS ? SUB_BACKOFF_MAX_MS : s->sub_backoff_ms * 2;
 }
 
 static void on_check(void *arg, const struct px_sentinel_addr *a, const char *err)
@@ -283,8 +283,8 @@ static void on_sub_message(redisAsyncContext *ac, void *reply, void *privdata)
     }
     if (strcmp(rp->element[0]->str, "message") || rp->element[2]->type != REDIS_REPLY_STRING)
         return;
-    switch (px_sentinel_parse_switch(rp->element[2]->str, rp->element[2]->len,
-                                     s->cfg->redis_master, &addr)) {
+    switch (px_sentinel_parse_switch(rp->element[2]->str, rp->element[2]->len, s->cfg->redis_master,
+                                     &addr)) {
     case 0: s->on_primary(s->arg, &addr, 1); break;
     case 1: break; /* another master */
     default: px_log(PX_WARN, "sentinel: ignoring a malformed +switch-master message"); break;

@@ -19,12 +19,10 @@ struct px_sentinel;
 struct px_sentinel_ask;
 
 /* a is NULL when err is set (no sentinel gave a usable address). */
-typedef void (*px_sentinel_found_cb)(void *arg, const struct px_sentinel_addr *a,
-                                     const char *err);
+typedef void (*px_sentinel_found_cb)(void *arg, const struct px_sentinel_addr *a, const char *err);
 /* The primary is (now) at a. announced: a +switch-master message said so; else
  * the sentinels were asked after a (re)subscription and it may be unchanged. */
-typedef void (*px_sentinel_primary_cb)(void *arg, const struct px_sentinel_addr *a,
-                                       int announced);
+typedef void (*px_sentinel_primary_cb)(void *arg, const struct px_sentinel_addr *a, int announced);
 
 /* cfg (borrowed, outlives the result) has nsentinels > 0 and redis_master. */
 struct px_sentinel *px_sentinel_new(struct event_base *base, const struct px_config *cfg,
@@ -33,8 +31,7 @@ void px_sentinel_free(struct px_sentinel *s);
 
 /* Starts asking. cb runs exactly once, never inside this call, unless the ask
  * is cancelled first. Returns NULL when out of memory (cb will not run). */
-struct px_sentinel_ask *px_sentinel_ask(struct px_sentinel *s, px_sentinel_found_cb cb,
-                                        void *arg);
+struct px_sentinel_ask *px_sentinel_ask(struct px_sentinel *s, px_sentinel_found_cb cb, void *arg);
 /* The address an ask reported did not work (refused, timed out, or ROLE is
  * not master): the next ask starts with another sentinel, so one that names a
  * wrong address cannot keep us from asking the others. */

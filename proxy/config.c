@@ -801,8 +801,9 @@ struct px_config *px_config_load(const char *path, char *err, size_t errlen)
     }
     if ((v = getenv("REDIS_SENTINELS")) != NULL && *v != '\0' &&
         (v = getenv("REDIS_HOST")) != NULL && *v != '\0') {
-        snprintf(err, errlen, "environment: REDIS_SENTINELS and REDIS_HOST exclude each other: "
-                              "unset one");
+        snprintf(err, errlen,
+                 "environment: REDIS_SENTINELS and REDIS_HOST exclude each other: "
+                 "unset one");
         goto fail;
     }
     if ((why = apply_env(c)) != NULL) {
@@ -810,13 +811,15 @@ struct px_config *px_config_load(const char *path, char *err, size_t errlen)
         goto fail;
     }
     if (c->nsentinels > 0 && c->redis_master == NULL) {
-        snprintf(err, errlen, "REDIS_SENTINELS needs REDIS_MASTER_NAME (the sentinels' name for "
-                              "the primary)");
+        snprintf(err, errlen,
+                 "REDIS_SENTINELS needs REDIS_MASTER_NAME (the sentinels' name for "
+                 "the primary)");
         goto fail;
     }
     if (c->nsentinels == 0 && c->redis_master != NULL) {
-        snprintf(err, errlen, "REDIS_MASTER_NAME is set but no sentinels are (REDIS_SENTINELS or "
-                              "redis_sentinel)");
+        snprintf(err, errlen,
+                 "REDIS_MASTER_NAME is set but no sentinels are (REDIS_SENTINELS or "
+                 "redis_sentinel)");
         goto fail;
     }
     if (c->nlisten == 0) { /* SPEC 12: PROXY_PORT defaults to 4000 */

@@ -57,7 +57,7 @@ struct ctl {
     /* --sentinel / REDIS_SENTINELS: the primary of master is asked for first */
     struct px_sentinel_addr sentinels[PX_MAX_SENTINELS];
     int nsentinels;
-    const char *master; /* borrowed from argv/env; --master / REDIS_MASTER_NAME */
+    const char *master;              /* borrowed from argv/env; --master / REDIS_MASTER_NAME */
     struct px_sentinel_addr primary; /* what a sentinel named; host points here */
     redisContext *rc;                /* owned; NULL until ctl_connect() */
     char hostbuf[HOST_MAX + 1];
@@ -1438,8 +1438,7 @@ static int dispatch(struct ctl *c, int argc, char **argv, const char **noun, con
         if (c->master == NULL)
             return fail(c, CTL_USAGE, "--sentinel needs --master NAME (or REDIS_MASTER_NAME)");
         if (!px_sentinel_valid_name(c->master, strlen(c->master)))
-            return fail(c, CTL_USAGE, "bad --master '%s': 1 to 64 of A-Z a-z 0-9 . _ -",
-                        c->master);
+            return fail(c, CTL_USAGE, "bad --master '%s': 1 to 64 of A-Z a-z 0-9 . _ -", c->master);
     }
     if (optind >= argc)
         return fail(c, CTL_USAGE, "missing command");
