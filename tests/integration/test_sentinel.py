@@ -154,6 +154,50 @@ def test_failover_gap_503s_and_invalidation(proxy, cluster, runner):
     assert status(px, warm, "tok-warm-NEW-S3CRET") == 200
 
 
+def test_manual_failover_moves_both_links(proxy, cluster, runner):
+    """SENTINEL FAILOVER demotes a live primary: +switch-master must move both
+    links off it (the old node keeps running, as a replica)."""
+    add(cluster, "sbx-sen-m", "tok-m-S3CRET", runner)
+    px = sproxy(proxy, cluster)
+    old, new = cluster.primary.port, cluster.replica.port
+    subscribed_on(cluster, old)
+    assert status(px, "sbx-sen-m", "tok-m-S3CRET") == 200
+    p = subprocess.run(["redis-cli", "-p", str(cluster.sentinels[1].port), "SENTINEL",
+                        "FAILOVER", MASTER], capture_output=True, text=True, timeout=10)
+    assert p.stdout.strip() == "OK", p.stdout + p.stderr
+    wait_until(lambda: "(failover 1)" in px.log(), timeout=15, what="+switch-master followed")
+    wait_until(lambda: cluster.numsub(new) >= 1 and cluster.numsub(old) == 0, timeout=10,
+               what="subscriber moved to the new primary")
+    wait_until(lambda: "redis: command link up (primary 127.0.0.1:%d)" % new in px.log(),
+               timeout=10, what="command link on the new primary")
+    # a change written on the new primary is seen at once (not a stale replica read)
+    p = ctl(cluster, "sandbox", "set", "sbx-sen-m", "auth_token=tok-m2-S3CRET")
+    assert p.returncode == 0, p.stderr
+    assert poll_latency(lambda: status(px, "sbx-sen-m", "tok-m2-S3CRET") == 200, timeout=5) < 1
+    assert status(px, "sbx-sen-m", "tok-m-S3CRET") == 401
+
+
+def test_follows_switch_after_losing_its_sentinel(proxy, cluster, runner):
+    """The sentinel the proxy listens to dies; it listens on another one and
+    still follows the failover."""
+    add(cluster, "sbx-sen-l", "tok-l-S3CRET", runner)
+    px = sproxy(proxy, cluster)
+    subscribed_on(cluster, cluster.primary.port)
+    s0, s1 = cluster.sentinels[0], cluster.sentinels[1]
+    wait_until(lambda: f"sentinel 127.0.0.1:{s0.port}: following +switch-master" in px.log(),
+               timeout=10, what="subscribed on the first sentinel")
+    s0.kill()
+    wait_until(lambda: f"sentinel 127.0.0.1:{s1.port}: following +switch-master" in px.log(),
+               timeout=10, what="subscribed on the next sentinel")
+    t_kill = cluster.failover_by_kill()
+    lat = poll_latency(lambda: status(px, "sbx-sen-l", "tok-l-S3CRET") == 200, timeout=20,
+                       interval=0.05)
+    print(f"\nfailover with one sentinel down: first 200 after {lat} s")
+    assert lat is not None and time.monotonic() - t_kill < FAILOVER_BOUND_S + 5
+    wait_until(lambda: "(failover 1)" in px.log(), timeout=10, what="+switch-master followed")
+    subscribed_on(cluster, cluster.replica.port)
+
+
 # ------------------------------------------------------------ hostile sentinels --
 
 class FakeSentinel:
