@@ -40,6 +40,7 @@ struct link {
     struct px_sentinel_ask *ask;  /* owned; sentinel mode: asking for the primary */
     struct px_sentinel_addr addr; /* sentinel mode: where ac goes */
     struct px_sentinel_addr next; /* sentinel mode: announced primary, used once */
+    int from;                     /* sentinel mode: index of the sentinel that named addr, or -1 */
     int backoff_ms;
     unsigned up : 1;
     unsigned sub : 1;      /* the subscriber link */
@@ -113,7 +114,7 @@ static void link_drop(struct link *l)
 static void link_failed(struct link *l)
 {
     if (l->r->sentinel != NULL)
-        px_sentinel_failed(l->r->sentinel);
+        px_sentinel_failed(l->r->sentinel, l->from);
 }
 
 static void link_ready(struct link *l)
@@ -255,11 +256,12 @@ static void link_open(struct link *l, const char *host, int port)
         redisAsyncCommand(ac, on_sub_message, l, "SUBSCRIBE %s", l->r->channel);
 }
 
-static void on_found(void *arg, const struct px_sentinel_addr *a, const char *err)
+static void on_found(void *arg, const struct px_sentinel_addr *a, int from, const char *err)
 {
     struct link *l = arg;
 
     l->ask = NULL;
+    l->from = from;
     if (err != NULL) {
         schedule_retry(l);
         return;
@@ -277,6 +279,7 @@ static void link_connect(struct link *l)
     } else if (l->has_next) { /* announced by +switch-master: ROLE still checks it */
         l->has_next = 0;
         l->addr = l->next;
+        l->from = -1;
         link_open(l, l->addr.ip, l->addr.port);
     } else if ((l->ask = px_sentinel_ask(l->r->sentinel, on_found, l)) == NULL) {
         schedule_retry(l);

@@ -93,14 +93,14 @@ static redisAsyncContext *connect_to(struct px_sentinel *s, int i, void *data)
 
 static void ask_next(struct px_sentinel_ask *a);
 
-static void ask_finish(struct px_sentinel_ask *a, const struct px_sentinel_addr *addr)
+static void ask_finish(struct px_sentinel_ask *a, const struct px_sentinel_addr *addr, int from)
 {
     px_sentinel_found_cb cb = a->cb;
     void *arg = a->arg;
 
     drop(&a->ac);
     px_sentinel_cancel(a); /* frees a; the callback may start another ask */
-    cb(arg, addr, addr != NULL ? NULL : px_err_redis_down);
+    cb(arg, addr, from, addr != NULL ? NULL : px_err_redis_down);
 }
 
 /* The sentinel being asked. */
@@ -153,7 +153,7 @@ static void on_ask_reply(redisAsyncContext *ac, void *reply, void *privdata)
         a->s->good = (int)(sa - a->s->cfg->sentinels);
         px_log(PX_DEBUG, "sentinel %s:%d: master %s is at %s:%d", sa->ip, sa->port,
                a->s->cfg->redis_master, addr.ip, addr.port);
-        ask_finish(a, &addr);
+        ask_finish(a, &addr, a->s->good);
         return;
     }
     /* Names nothing usable (nil for an unknown master, an error, a hostname):
@@ -186,7 +186,7 @@ static void ask_next(struct px_sentinel_ask *a)
     }
     px_log(PX_WARN, "sentinel: none of %d sentinels named a primary for master %s",
            s->cfg->nsentinels, s->cfg->redis_master);
-    ask_finish(a, NULL);
+    ask_finish(a, NULL, -1);
 }
 
 static void on_ask_timer(evutil_socket_t fd, short what, void *arg)
@@ -221,9 +221,12 @@ struct px_sentinel_ask *px_sentinel_ask(struct px_sentinel *s, px_sentinel_found
     return a;
 }
 
-void px_sentinel_failed(struct px_sentinel *s)
+void px_sentinel_failed(struct px_sentinel *s, int from)
 {
-    s->good = (s->good + 1) % s->cfg->nsentinels;
+    /* Relative to the sentinel that named the address, so that both links
+     * failing at the same address move on by one, not two. */
+    if (from >= 0 && s->good == from)
+        s->good = (from + 1) % s->cfg->nsentinels;
 }
 
 void px_sentinel_cancel(struct px_sentinel_ask *a)
@@ -251,9 +254,10 @@ static void sub_retry(struct px_sentinel *s)
             s->sub_backoff_ms * 2 > SUB_BACKOFF_MAX_MS ? SUB_BACKOFF_MAX_MS : s->sub_backoff_ms * 2;
 }
 
-static void on_check(void *arg, const struct px_sentinel_addr *a, const char *err)
+static void on_check(void *arg, const struct px_sentinel_addr *a, int from, const char *err)
 {
     struct px_sentinel *s = arg;
+    (void)from;
 
     s->check = NULL;
     if (err == NULL)
@@ -291,6 +295,29 @@ static void on_sub_message(redisAsyncContext *ac, void *reply, void *privdata)
     }
 }
 
+/* Only a peer whose ROLE says "sentinel" is subscribed on: hiredis 0.14 aborts
+ * the process (assert) on a malformed reply once a context is in pub/sub mode,
+ * so something else listening on a sentinel's port must be turned away first. */
+static void on_sub_role(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct px_sentinel *s = ac->data;
+    const redisReply *rp = reply, *role;
+    (void)privdata;
+
+    if (s == NULL || s->sub != ac || rp == NULL) /* dropped, or lost: the disconnect retries */
+        return;
+    role = rp->type == REDIS_REPLY_ARRAY && rp->elements >= 1 ? rp->element[0] : NULL;
+    if (role == NULL || role->type != REDIS_REPLY_STRING || role->len != 8 ||
+        memcmp(role->str, "sentinel", 8) != 0) {
+        px_log(PX_WARN, "sentinel %s:%d: not a sentinel (ROLE); trying the next one",
+               s->cfg->sentinels[s->sub_idx].ip, s->cfg->sentinels[s->sub_idx].port);
+        sub_retry(s); /* hiredis frees the context when this callback returns */
+        return;
+    }
+    if (redisAsyncCommand(ac, on_sub_message, NULL, "SUBSCRIBE +switch-master") != REDIS_OK)
+        sub_retry(s);
+}
+
 static void on_sub_connect(const redisAsyncContext *ac, int status)
 {
     struct px_sentinel *s = ac->data;
@@ -325,7 +352,7 @@ static void sub_start(struct px_sentinel *s)
     }
     redisAsyncSetConnectCallback(s->sub, on_sub_connect);
     redisAsyncSetDisconnectCallback(s->sub, on_sub_disconnect);
-    if (redisAsyncCommand(s->sub, on_sub_message, NULL, "SUBSCRIBE +switch-master") != REDIS_OK) {
+    if (redisAsyncCommand(s->sub, on_sub_role, NULL, "ROLE") != REDIS_OK) {
         sub_retry(s);
         return;
     }

@@ -18,8 +18,10 @@
 struct px_sentinel;
 struct px_sentinel_ask;
 
-/* a is NULL when err is set (no sentinel gave a usable address). */
-typedef void (*px_sentinel_found_cb)(void *arg, const struct px_sentinel_addr *a, const char *err);
+/* a is NULL when err is set (no sentinel gave a usable address); from is the
+ * index of the sentinel that named a (for px_sentinel_failed()). */
+typedef void (*px_sentinel_found_cb)(void *arg, const struct px_sentinel_addr *a, int from,
+                                     const char *err);
 /* The primary is (now) at a. announced: a +switch-master message said so; else
  * the sentinels were asked after a (re)subscription and it may be unchanged. */
 typedef void (*px_sentinel_primary_cb)(void *arg, const struct px_sentinel_addr *a, int announced);
@@ -35,7 +37,7 @@ struct px_sentinel_ask *px_sentinel_ask(struct px_sentinel *s, px_sentinel_found
 /* The address an ask reported did not work (refused, timed out, or ROLE is
  * not master): the next ask starts with another sentinel, so one that names a
  * wrong address cannot keep us from asking the others. */
-void px_sentinel_failed(struct px_sentinel *s);
+void px_sentinel_failed(struct px_sentinel *s, int from);
 
 /* Stops an ask whose cb has not run; cb never runs. NULL is fine. */
 void px_sentinel_cancel(struct px_sentinel_ask *a);

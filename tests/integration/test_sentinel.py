@@ -290,6 +290,12 @@ def test_hostile_and_unreachable_sentinels(proxy, cluster, runner):
         assert lat is not None, px.log()[-3000:]
         subscribed_on(cluster, cluster.primary.port)
         assert "no usable address for master" in px.log()
+        # the +switch-master feed is only opened on a peer whose ROLE is sentinel
+        # (hiredis 0.14 aborts on a malformed pub/sub reply)
+        wait_until(lambda: "not a sentinel (ROLE)" in px.log(), timeout=10,
+                   what="garbage peer refused for the subscription")
+        wait_until(lambda: "following +switch-master" in px.log(), timeout=20,
+                   what="subscribed on the real sentinel")
         # the rest of the bad ones, in front of a good one
         sentinels = bad[5:] + [cluster.addrs()[1]]
         px2 = sproxy(proxy, cluster, sentinels=sentinels)
