@@ -5,7 +5,7 @@ APT_PKGS := build-essential pkg-config libevent-dev libssl-dev libnghttp2-dev li
             libhttp-parser-dev python3 redis-server curl
 TEST_PKGS := libcmocka-dev wrk nginx-light haproxy nghttp2-client openssl python3-pytest \
             python3-requests python3-websockets python3-h2 cppcheck clang-format \
-            lintian logrotate dpkg-dev systemd man-db prometheus
+            lintian logrotate dpkg-dev systemd man-db prometheus redis-sentinel
 # libFuzzer: Debian's clang and its compiler-rt (fuzz/README.md)
 FUZZ_PKGS := clang-14 libclang-rt-14-dev
 CC      ?= cc
@@ -31,7 +31,7 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser
 PROXY_SRC := proxy/main.c proxy/config.c proxy/log.c proxy/conn.c proxy/route.c proxy/forward.c proxy/h1.c proxy/upstream.c proxy/api.c proxy/buildlogs.c proxy/wake.c \
              proxy/errors.c proxy/browser.c proxy/metrics.c proxy/peers.c proxy/proxyproto.c proxy/ppaccept.c \
              routing/host.c routing/path.c routing/store.c auth/auth.c \
-             auth/cookie.c auth/securecookie.c auth/digest.c auth/fileurl.c auth/lookup.c auth/redis.c auth/activity.c ws/splice.c tls/ctx.c tls/h2.c
+             auth/cookie.c auth/securecookie.c auth/digest.c auth/fileurl.c auth/lookup.c auth/redis.c auth/sentinel.c auth/sentinel_parse.c auth/activity.c ws/splice.c tls/ctx.c tls/h2.c
 PROXY_SRC += auth/oidc.c
 PROXY_OBJ := $(PROXY_SRC:%.c=$(BUILD)/obj/%.o)
 LIB_OBJ   := $(filter-out $(BUILD)/obj/proxy/main.o,$(PROXY_OBJ))
@@ -51,7 +51,8 @@ $(BUILD)/preview-proxy: $(PROXY_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
 # --as-needed: proxyctl uses a few of PKG_LIBS, and its package Depends on those only.
-$(BUILD)/proxyctl: $(BUILD)/obj/tools/proxyctl.o $(BUILD)/obj/auth/digest.o $(BUILD)/obj/auth/fileurl.o
+$(BUILD)/proxyctl: $(BUILD)/obj/tools/proxyctl.o $(BUILD)/obj/auth/digest.o $(BUILD)/obj/auth/fileurl.o \
+                   $(BUILD)/obj/auth/sentinel_parse.o
 	$(CC) $(LDFLAGS) -Wl,--as-needed -o $@ $^ $(PKG_LIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJ)

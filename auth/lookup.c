@@ -342,7 +342,7 @@ int px_lookup_init(struct event_base *base, const struct px_config *cfg)
     if ((L.sweep = event_new(base, -1, EV_PERSIST, on_sweep, NULL)) == NULL)
         return -1;
     evtimer_add(L.sweep, &tv);
-    if (cfg->redis_host == NULL)
+    if (cfg->redis_host == NULL && cfg->nsentinels == 0)
         return 0;
     L.redis = px_redis_new(base, cfg, "proxy:invalidate", on_message, on_resync, NULL);
     return L.redis != NULL ? 0 : -1;

@@ -2,7 +2,9 @@
  *
  * hiredis 0.14 has no command timeouts, so each command carries its own timer
  * (STYLE 6). While the link is down commands fail at once with
- * px_err_redis_down; the link reconnects with backoff by itself. */
+ * px_err_redis_down; the link reconnects with backoff by itself. With
+ * redis_sentinel the primary is found and followed through the sentinels
+ * (auth/sentinel.h). */
 #ifndef PX_REDIS_H
 #define PX_REDIS_H
 
@@ -33,6 +35,11 @@ int px_redis_cmd(struct px_redis *r, px_redis_cb cb, void *arg, int argc, const 
 /* Fire and forget. */
 void px_redis_send(struct px_redis *r, int argc, const char **argv, const size_t *argvlen);
 
+/* The command link is up (in sentinel mode: on a node whose ROLE is master). */
 int px_redis_up(const struct px_redis *r);
+
+/* +switch-master messages for our master name this process has seen (for the
+ * metrics; 0 without redis_sentinel). */
+unsigned long px_redis_failovers(void);
 
 #endif

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth/sentinel_parse.h"
 #include "proxy/api.h"
 #include "proxy/px.h"
 #include "routing/store.h"
@@ -206,6 +207,7 @@ void px_config_free(struct px_config *c)
     free(c->redis_host);
     free(c->redis_username);
     free(c->redis_password);
+    free(c->redis_master);
     free(c->cookie_secret);
     free(c->cookie_domain);
     free(c->api_url);
@@ -268,6 +270,30 @@ static const char *parse_rate(char **w, int n, int burst_factor, double *rate_ou
 }
 
 /* Applies one directive. Returns NULL on success, else the reason. */
+/* redis_sentinel ADDR:PORT... NAME, and REDIS_SENTINELS: replaces the list. */
+static const char *set_sentinels(struct px_config *c, char **addrs, int naddrs)
+{
+    if (naddrs > PX_MAX_SENTINELS)
+        return "too many sentinels (at most 8)";
+    for (int i = 0; i < naddrs; i++)
+        if (px_sentinel_parse_addr(addrs[i], strlen(addrs[i]), &c->sentinels[i]) != 0)
+            return "a sentinel address must be IP:PORT or [IPv6]:PORT (IP literals only: name "
+                   "lookups would block)";
+    c->nsentinels = naddrs;
+    return NULL;
+}
+
+static const char *set_master(struct px_config *c, const char *name)
+{
+    struct px_sentinel_addr tmp;
+
+    if (px_sentinel_parse_addr(name, strlen(name), &tmp) == 0)
+        return "the last word must be the master name (as in sentinel.conf), after the addresses";
+    if (!px_sentinel_valid_name(name, strlen(name)))
+        return "bad master name: 1 to 64 of A-Z a-z 0-9 . _ -";
+    return set_string(&c->redis_master, name) ? "out of memory" : NULL;
+}
+
 static const char *apply(struct px_config *c, char **w, int n)
 {
     const char *d = w[0], *why;
@@ -415,6 +441,12 @@ static const char *apply(struct px_config *c, char **w, int n)
         if (inet_pton(AF_INET, w[1], &tmp) != 1 && inet_pton(AF_INET6, w[1], &tmp) != 1)
             return "redis host must be an IP literal (name lookups would block)";
         return set_string(&c->redis_host, w[1]) ? "out of memory" : NULL;
+    }
+    if (!strcmp(d, "redis_sentinel")) {
+        if (n < 3)
+            return "expects ADDR:PORT [ADDR:PORT...] MASTER_NAME";
+        const char *bad = set_master(c, w[n - 1]);
+        return bad != NULL ? bad : set_sentinels(c, w + 1, n - 2);
     }
 #define STR_DIRECTIVE(name, field)                                                                 \
     if (!strcmp(d, name)) {                                                                        \
@@ -655,6 +687,30 @@ static const char *apply_env(struct px_config *c)
         w[1] = buf;
         if (apply(c, w, 2) != NULL)
             return "REDIS_HOST/REDIS_PORT";
+        c->nsentinels = 0; /* the environment's Redis replaces the file's */
+        free(c->redis_master);
+        c->redis_master = NULL;
+    }
+    if ((v = getenv("REDIS_SENTINELS")) != NULL && *v != '\0') {
+        char *addrs[PX_MAX_SENTINELS + 1];
+        int n = 0;
+        if (strlen(v) >= sizeof(buf))
+            return "REDIS_SENTINELS";
+        snprintf(buf, sizeof(buf), "%s", v);
+        for (char *save = NULL, *t = strtok_r(buf, ",", &save); t != NULL;
+             t = strtok_r(NULL, ",", &save)) {
+            if (n == PX_MAX_SENTINELS + 1)
+                return "REDIS_SENTINELS";
+            addrs[n++] = t;
+        }
+        if (n == 0 || set_sentinels(c, addrs, n) != NULL)
+            return "REDIS_SENTINELS";
+        free(c->redis_host); /* the environment's Redis replaces the file's */
+        c->redis_host = NULL;
+    }
+    if ((v = getenv("REDIS_MASTER_NAME")) != NULL && *v != '\0') {
+        if (set_master(c, v) != NULL)
+            return "REDIS_MASTER_NAME";
     }
     if ((v = getenv("TLS_CERT_FILE")) != NULL && *v != '\0') {
         const char *key = getenv("TLS_KEY_FILE");
@@ -697,7 +753,7 @@ struct px_config *px_config_load(const char *path, char *err, size_t errlen)
     FILE *f;
     char line[8192];
     int lineno = 0;
-    const char *why;
+    const char *why, *v;
 
     if (c == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -744,8 +800,34 @@ struct px_config *px_config_load(const char *path, char *err, size_t errlen)
     }
     fclose(f);
     f = NULL;
+    /* Two ways to one Redis in one place is a mistake to point out, not to
+     * settle by a rule the operator has to know. (The environment replaces the
+     * file's choice, as for every other setting.) */
+    if (c->redis_host != NULL && c->nsentinels > 0) {
+        snprintf(err, errlen, "%s: redis and redis_sentinel exclude each other: keep one", path);
+        goto fail;
+    }
+    if ((v = getenv("REDIS_SENTINELS")) != NULL && *v != '\0' &&
+        (v = getenv("REDIS_HOST")) != NULL && *v != '\0') {
+        snprintf(err, errlen,
+                 "environment: REDIS_SENTINELS and REDIS_HOST exclude each other: "
+                 "unset one");
+        goto fail;
+    }
     if ((why = apply_env(c)) != NULL) {
         snprintf(err, errlen, "environment variable %s has a bad value", why);
+        goto fail;
+    }
+    if (c->nsentinels > 0 && c->redis_master == NULL) {
+        snprintf(err, errlen,
+                 "REDIS_SENTINELS needs REDIS_MASTER_NAME (the sentinels' name for "
+                 "the primary)");
+        goto fail;
+    }
+    if (c->nsentinels == 0 && c->redis_master != NULL) {
+        snprintf(err, errlen,
+                 "REDIS_MASTER_NAME is set but no sentinels are (REDIS_SENTINELS or "
+                 "redis_sentinel)");
         goto fail;
     }
     if (c->nlisten == 0) { /* SPEC 12: PROXY_PORT defaults to 4000 */

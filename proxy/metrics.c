@@ -11,6 +11,7 @@
 
 #include "auth/auth.h"
 #include "auth/lookup.h"
+#include "auth/redis.h"
 #include "proxy/conn_priv.h"
 #include "proxy/metrics.h"
 #include "proxy/peers.h"
@@ -224,8 +225,8 @@ static void render(struct px_server *srv, struct evbuffer *b)
         "preview_proxy_api_errors_total %llu\n",
         ls->hits, ls->misses, ls->coalesced, ls->refused,
         (unsigned long long)px_metrics.redis_errors[0],
-        (unsigned long long)px_metrics.redis_errors[1],
-        (unsigned long long)px_metrics.redis_failovers, (unsigned long long)px_metrics.api_errors);
+        (unsigned long long)px_metrics.redis_errors[1], (unsigned long long)px_redis_failovers(),
+        (unsigned long long)px_metrics.api_errors);
     /* main.c pauses accepting at max_connections and after accept() fails. */
     evbuffer_add_printf(b,
                         "# HELP preview_proxy_accept_paused Whether accepting is paused, by "

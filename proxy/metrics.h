@@ -63,7 +63,6 @@ struct px_metrics {
     uint64_t websockets;              /* WebSocket tunnels opened */
     uint64_t h2_streams;              /* HTTP/2 streams opened */
     uint64_t h2_connections;          /* HTTP/2 connections opened */
-    uint64_t redis_failovers;         /* Sentinel switched the primary (auth/redis.c) */
 };
 
 extern struct px_metrics px_metrics; /* per process */

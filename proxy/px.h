@@ -131,6 +131,15 @@ struct px_cidr {
 
 struct px_sandbox; /* routing/store.h */
 
+/* A Redis Sentinel's or a primary's address: an IP literal (never a name:
+ * redisAsyncConnect() would resolve it with a blocking call). */
+#define PX_SENTINEL_IP_MAX 46 /* INET6_ADDRSTRLEN */
+#define PX_MAX_SENTINELS 8
+struct px_sentinel_addr {
+    char ip[PX_SENTINEL_IP_MAX]; /* IPv4 or IPv6 literal, no brackets, NUL-terminated */
+    int port;
+};
+
 /* A custom domain record: `domain HOST SANDBOX PORT` (SPEC 2, 5). */
 struct px_domain {
     char *host;    /* owned, lowercased */
@@ -184,6 +193,11 @@ struct px_config {
     int redis_port;
     char *redis_username, *redis_password;
     int redis_db;
+    /* redis_sentinel (auth/sentinel.c): when nsentinels > 0 the primary of
+     * redis_master is discovered through these, and redis_host is NULL. */
+    struct px_sentinel_addr sentinels[PX_MAX_SENTINELS];
+    int nsentinels;
+    char *redis_master; /* owned; the sentinels' master name */
     char *cookie_secret;
     char *cookie_domain;
     int cookie_format; /* PX_COOKIE_FMT_V1 or _DAYTONA after load */

@@ -25,6 +25,7 @@
 
 #include "auth/digest.h"
 #include "auth/fileurl.h"
+#include "auth/sentinel_parse.h"
 
 #define CHANNEL "proxy:invalidate"
 #define ID_MAX 128
@@ -53,7 +54,12 @@ struct ctl {
     const char *user;     /* borrowed from argv/env; NULL: AUTH with password only */
     const char *password; /* borrowed from argv/env; NULL: no AUTH */
     long db;              /* -1: keep the server's default database */
-    redisContext *rc;     /* owned; NULL until ctl_connect() */
+    /* --sentinel / REDIS_SENTINELS: the primary of master is asked for first */
+    struct px_sentinel_addr sentinels[PX_MAX_SENTINELS];
+    int nsentinels;
+    const char *master;              /* borrowed from argv/env; --master / REDIS_MASTER_NAME */
+    struct px_sentinel_addr primary; /* what a sentinel named; host points here */
+    redisContext *rc;                /* owned; NULL until ctl_connect() */
     char hostbuf[HOST_MAX + 1];
     char err[512]; /* why the command failed; printed once, by main() */
 };
@@ -285,7 +291,7 @@ static int sha256_hex(struct ctl *c, const char *s, char out[65])
 
 /* --------------------------------------------------------------------- redis -- */
 
-static int ctl_connect(struct ctl *c)
+static int connect_redis(struct ctl *c)
 {
     struct timeval connect_tv = {5, 0}, io_tv = {10, 0};
     redisReply *r;
@@ -337,6 +343,75 @@ static int ctl_connect(struct ctl *c)
         freeReplyObject(r);
     }
     return CTL_OK;
+}
+
+/* Asks sentinel i for the primary of c->master; 0 with c->primary set, or -1. */
+static int ask_sentinel(struct ctl *c, int i)
+{
+    const struct px_sentinel_addr *sa = &c->sentinels[i];
+    struct timeval connect_tv = {2, 0}, io_tv = {2, 0};
+    const char *argv[] = {"SENTINEL", "get-master-addr-by-name", c->master};
+    redisContext *sc = redisConnectWithTimeout(sa->ip, sa->port, connect_tv);
+    redisReply *r = NULL;
+    int rc = -1;
+
+    if (sc == NULL || sc->err != 0 || redisSetTimeout(sc, io_tv) != REDIS_OK) {
+        fail(c, CTL_FAIL, "sentinel %s:%d: %s", sa->ip, sa->port, sc ? sc->errstr : "no memory");
+    } else if ((r = redisCommandArgv(sc, 3, argv, NULL)) == NULL) {
+        fail(c, CTL_FAIL, "sentinel %s:%d: %s", sa->ip, sa->port, sc->errstr);
+    } else if (px_sentinel_parse_master(r, &c->primary) != 0) {
+        /* hostile or unknown: say so without echoing the bytes */
+        fail(c, CTL_FAIL, "sentinel %s:%d: no usable address for master %s", sa->ip, sa->port,
+             c->master);
+    } else {
+        rc = 0;
+    }
+    if (r != NULL)
+        freeReplyObject(r);
+    if (sc != NULL)
+        redisFree(sc);
+    return rc;
+}
+
+/* ROLE on the connected node says master (a demoted primary must not be written). */
+static int check_role(struct ctl *c)
+{
+    const char *argv[] = {"ROLE"};
+    redisReply *r = redisCommandArgv(c->rc, 1, argv, NULL);
+    int ok;
+
+    if (r == NULL)
+        return fail(c, CTL_FAIL, "redis %s:%d: %s", c->host, c->port, c->rc->errstr);
+    ok = px_sentinel_is_master(r);
+    freeReplyObject(r);
+    if (!ok)
+        return fail(c, CTL_FAIL, "redis %s:%d: not the primary (ROLE)", c->host, c->port);
+    return CTL_OK;
+}
+
+/* Connects to Redis: directly, or to the primary the sentinels name, asking
+ * them in turn until one names a node whose ROLE is master. */
+static int ctl_connect(struct ctl *c)
+{
+    char last[sizeof(c->err)];
+
+    if (c->nsentinels == 0)
+        return connect_redis(c);
+    for (int i = 0; i < c->nsentinels; i++) {
+        if (ask_sentinel(c, i) == 0) {
+            c->host = c->primary.ip;
+            c->port = c->primary.port;
+            c->path = NULL;
+            if (connect_redis(c) == CTL_OK && check_role(c) == CTL_OK)
+                return CTL_OK;
+            if (c->rc != NULL)
+                redisFree(c->rc);
+            c->rc = NULL;
+        }
+        snprintf(last, sizeof(last), "%s", c->err);
+    }
+    return fail(c, CTL_FAIL, "no sentinel named a usable primary for master %s (last: %s)",
+                c->master, last);
 }
 
 /* Runs one command; NULL-terminated arguments. Returns the reply (caller frees) or NULL with
@@ -1195,6 +1270,9 @@ static const char global_usage[] =
     "    --password P     (default $REDIS_PASSWORD)\n"
     "    --user U         (default $REDIS_USERNAME)\n"
     "    --db N           (SELECT N after connecting)\n"
+    "    --sentinel IP:PORT[,IP:PORT...] --master NAME\n"
+    "                     find the primary through Redis Sentinel (default\n"
+    "                     $REDIS_SENTINELS and $REDIS_MASTER_NAME; not with --redis)\n"
     "Exit status: 0 done, 1 Redis error or no such record, 2 bad arguments.\n";
 
 static void verb_usage(FILE *f, const struct verb *v)
@@ -1255,6 +1333,26 @@ static int parse_redis(struct ctl *c, const char *s)
     return CTL_OK;
 }
 
+/* --sentinel / REDIS_SENTINELS: comma-separated IP:PORT or [IPv6]:PORT. */
+static int parse_sentinels(struct ctl *c, const char *s)
+{
+    c->nsentinels = 0;
+    while (*s != '\0') {
+        size_t len = strcspn(s, ",");
+        if (c->nsentinels == PX_MAX_SENTINELS)
+            return fail(c, CTL_USAGE, "too many sentinels (at most %d)", PX_MAX_SENTINELS);
+        if (px_sentinel_parse_addr(s, len, &c->sentinels[c->nsentinels++]) != 0)
+            return fail(c, CTL_USAGE, "bad sentinel '%.*s': expected IP:PORT (IP literals only)",
+                        (int)(len > 64 ? 64 : len), s);
+        s += len;
+        if (*s == ',')
+            s++;
+    }
+    if (c->nsentinels == 0)
+        return fail(c, CTL_USAGE, "--sentinel needs at least one IP:PORT");
+    return CTL_OK;
+}
+
 static const char *env(const char *name)
 {
     const char *v = getenv(name);
@@ -1271,6 +1369,8 @@ static int dispatch(struct ctl *c, int argc, char **argv, const char **noun, con
         {"password", required_argument, NULL, 'P'},
         {"user", required_argument, NULL, 'U'},
         {"db", required_argument, NULL, 'n'},
+        {"sentinel", required_argument, NULL, 'S'},
+        {"master", required_argument, NULL, 'M'},
         HELP_OPTION,
         END_OPTION,
     };
@@ -1294,6 +1394,9 @@ static int dispatch(struct ctl *c, int argc, char **argv, const char **noun, con
     }
     c->user = env("REDIS_USERNAME");
     c->password = env("REDIS_PASSWORD");
+    const char *sentinels = env("REDIS_SENTINELS");
+    int redis_given = 0, sentinel_given = 0;
+    c->master = env("REDIS_MASTER_NAME");
 
     opt_reset();
     /* '+': stop at NOUN, so the verb's own options are left for the verb. */
@@ -1302,7 +1405,13 @@ static int dispatch(struct ctl *c, int argc, char **argv, const char **noun, con
         case 'r':
             if ((rc = parse_redis(c, optarg)) != CTL_OK)
                 return rc;
+            redis_given = 1;
             break;
+        case 'S':
+            sentinels = optarg;
+            sentinel_given = 1;
+            break;
+        case 'M': c->master = optarg; break;
         case 'P': c->password = optarg; break;
         case 'U': c->user = optarg; break;
         case 'n':
@@ -1316,6 +1425,21 @@ static int dispatch(struct ctl *c, int argc, char **argv, const char **noun, con
     }
     if (c->user != NULL && c->password == NULL)
         return fail(c, CTL_USAGE, "a Redis user needs a password (--password or REDIS_PASSWORD)");
+    /* An option replaces the environment; two ways to Redis at one level are refused. */
+    if (redis_given && sentinel_given)
+        return fail(c, CTL_USAGE, "--redis and --sentinel exclude each other");
+    if (redis_given)
+        sentinels = NULL;
+    else if (!sentinel_given && sentinels != NULL && env("REDIS_HOST") != NULL)
+        return fail(c, CTL_USAGE, "REDIS_SENTINELS and REDIS_HOST exclude each other");
+    if (sentinels != NULL) {
+        if ((rc = parse_sentinels(c, sentinels)) != CTL_OK)
+            return rc;
+        if (c->master == NULL)
+            return fail(c, CTL_USAGE, "--sentinel needs --master NAME (or REDIS_MASTER_NAME)");
+        if (!px_sentinel_valid_name(c->master, strlen(c->master)))
+            return fail(c, CTL_USAGE, "bad --master '%s': 1 to 64 of A-Z a-z 0-9 . _ -", c->master);
+    }
     if (optind >= argc)
         return fail(c, CTL_USAGE, "missing command");
     if (!noun_known(argv[optind]))

@@ -272,7 +272,7 @@ def proxy(proxy_bin, runner, tmp_path, dead_port):
              if k not in ("PROXY_PORT", "TOOLBOX_ONLY_MODE", "SHUTDOWN_TIMEOUT_SEC",
                           "REDIS_HOST", "REDIS_PORT", "DAYTONA_API_URL", "PROXY_API_KEY",
                           "PREVIEW_WARNING_ENABLED", "ENABLE_TLS", "OIDC_CLIENT_ID",
-                          "OIDC_DOMAIN")}
+                          "OIDC_DOMAIN", "REDIS_SENTINELS", "REDIS_MASTER_NAME")}
         e.setdefault("ASAN_OPTIONS", "abort_on_error=0:detect_leaks=1")
         e.update(env or {})
         p = Proxy(proxy_bin, str(conf), str(tmp_path / f"proxy{n}.stderr"), port, e)

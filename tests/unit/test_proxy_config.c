@@ -26,6 +26,7 @@ static const char *const env_vars[] = {
     "SHUTDOWN_TIMEOUT_SEC", "API_CLIENT_TIMEOUT_SEC",
     "OIDC_CLIENT_ID",       "OIDC_CLIENT_SECRET",
     "OIDC_DOMAIN",          "OIDC_AUDIENCE",
+    "REDIS_SENTINELS",      "REDIS_MASTER_NAME",
 };
 
 static char conf_path[64];
@@ -708,6 +709,71 @@ static void test_trusted_proxies(void **state)
         load_bad(bad[i], 1);
 }
 
+/* redis_sentinel (issue 14): the list, the master name, and which source wins. */
+static void test_redis_sentinel(void **state)
+{
+    (void)state;
+    struct px_config *c =
+        load_ok("redis_sentinel 10.0.0.1:26379 [fd00::1]:26380 10.0.0.3:1 mymaster\n");
+    assert_int_equal(c->nsentinels, 3);
+    assert_string_equal(c->sentinels[0].ip, "10.0.0.1");
+    assert_int_equal(c->sentinels[0].port, 26379);
+    assert_string_equal(c->sentinels[1].ip, "fd00::1");
+    assert_string_equal(c->redis_master, "mymaster");
+    assert_null(c->redis_host);
+    px_config_free(c);
+
+    load_bad("redis_sentinel 10.0.0.1:26379\n", 1);
+    load_bad("redis_sentinel 10.0.0.1:26379 10.0.0.2:26379\n", 1);
+    load_bad("redis_sentinel s1.example:26379 m\n", 1);
+    load_bad("redis_sentinel 1.1.1.1:1 1.1.1.2:1 1.1.1.3:1 1.1.1.4:1 1.1.1.5:1 1.1.1.6:1 "
+             "1.1.1.7:1 1.1.1.8:1 1.1.1.9:1 m\n",
+             1);
+
+    char err[512];
+    c = load("redis 127.0.0.1:6379\nredis_sentinel 10.0.0.1:26379 m\n", err, sizeof(err));
+    assert_null(c);
+    assert_non_null(strstr(err, "exclude each other"));
+
+    /* the environment replaces the file's Redis, whichever kind */
+    setenv("REDIS_SENTINELS", "10.0.0.9:5000,10.0.0.8:5001", 1);
+    setenv("REDIS_MASTER_NAME", "envmaster", 1);
+    c = load_ok("redis 127.0.0.1:6379\n");
+    assert_null(c->redis_host);
+    assert_int_equal(c->nsentinels, 2);
+    assert_int_equal(c->sentinels[1].port, 5001);
+    assert_string_equal(c->redis_master, "envmaster");
+    px_config_free(c);
+    clear_env();
+    setenv("REDIS_HOST", "127.0.0.5", 1);
+    c = load_ok("redis_sentinel 10.0.0.1:26379 m\n");
+    assert_string_equal(c->redis_host, "127.0.0.5");
+    assert_int_equal(c->nsentinels, 0);
+    assert_null(c->redis_master);
+    px_config_free(c);
+    clear_env();
+    setenv("REDIS_MASTER_NAME", "other", 1); /* renames the file's master */
+    c = load_ok("redis_sentinel 10.0.0.1:26379 m\n");
+    assert_string_equal(c->redis_master, "other");
+    px_config_free(c);
+    clear_env();
+    static const char *const bad_env[][2] = {
+        {"REDIS_SENTINELS", "10.0.0.1:1"},     /* no master name */
+        {"REDIS_MASTER_NAME", "m"},            /* no sentinels */
+        {"REDIS_SENTINELS", ","},              /* empty list */
+        {"REDIS_SENTINELS", "10.0.0.1:1,bad"}, /* not an IP */
+    };
+    for (size_t i = 0; i < sizeof(bad_env) / sizeof(bad_env[0]); i++) {
+        clear_env();
+        setenv(bad_env[i][0], bad_env[i][1], 1);
+        if (strcmp(bad_env[i][0], "REDIS_MASTER_NAME") != 0 && i != 0)
+            setenv("REDIS_MASTER_NAME", "m", 1);
+        c = load("listen 127.0.0.1:1\n", err, sizeof(err));
+        if (c != NULL)
+            fail_msg("accepted %s=%s", bad_env[i][0], bad_env[i][1]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -727,6 +793,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_env_proxy_port_keeps_tls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_trusted_proxies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cookie_format, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redis_sentinel, setup, teardown),
     };
     return cmocka_run_group_tests_name("proxy/config", tests, NULL, NULL);
 }
