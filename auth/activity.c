@@ -12,8 +12,9 @@
 
 #include "proxy/api.h"
 #include "proxy/server.h"
-#include "routing/route.h"
+#include "routing/host.h"
 
+#include "auth/keys.h"
 #include "auth/activity.h"
 #include "auth/lookup.h"
 #include "auth/redis.h"
@@ -75,7 +76,7 @@ static void on_guard(void *arg, redisReply *r, const char *err)
             send_c7(p->id);
     } else if (err == NULL && r->type == REDIS_REPLY_STATUS && redis != NULL) {
         char score[32];
-        const char *argv[4] = {"ZADD", "proxy:last-activity", score, p->id};
+        const char *argv[4] = {"ZADD", PX_KEY_LAST_ACTIVITY, score, p->id};
         size_t len[4] = {4, 19, 0, strlen(p->id)};
         len[2] = (size_t)snprintf(score, sizeof(score), "%lld", (long long)p->now);
         px_redis_send(redis, 4, argv, len);
@@ -107,7 +108,7 @@ void px_activity_touch(const char *sandbox_id, int interval)
         return;
     strcpy(p->id, sandbox_id);
     p->now = now;
-    int n = snprintf(key, sizeof(key), "proxy:sandbox-last-activity-update:%s", sandbox_id);
+    int n = snprintf(key, sizeof(key), PX_KEY_ACTIVITY_UPDATE "%s", sandbox_id);
     char ex[16];
     int exn = snprintf(ex, sizeof(ex), "%d", interval);
     /* In API mode the value is Daytona's envelope: its proxies read the key too. */
@@ -140,7 +141,7 @@ void px_activity_wake(const char *sandbox_id)
     wake_slots[h % WAKE_SLOTS].last = now;
     px_log(PX_INFO, "asking to start sandbox %s (wake-on-request)", sandbox_id);
     if (redis != NULL) {
-        const char *argv[3] = {"PUBLISH", "proxy:wake", sandbox_id};
+        const char *argv[3] = {"PUBLISH", PX_CHANNEL_WAKE, sandbox_id};
         size_t len[3] = {7, 10, strlen(sandbox_id)};
         px_redis_send(redis, 3, argv, len);
     }

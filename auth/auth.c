@@ -22,7 +22,7 @@
 #include "auth/cookie.h"
 #include "auth/digest.h"
 #include "auth/lookup.h"
-#include "routing/route.h"
+#include "routing/host.h"
 #include "routing/store.h"
 
 enum step {

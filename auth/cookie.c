@@ -11,7 +11,6 @@
 #include "auth/cookie.h"
 #include "auth/digest.h"
 #include "auth/securecookie.h"
-#include "routing/route.h"
 
 size_t px_base64url(const unsigned char *in, size_t n, char *out)
 {

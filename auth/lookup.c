@@ -61,12 +61,13 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 
+#include "auth/keys.h"
 #include "auth/lookup.h"
 #include "auth/redis.h"
 #include "proxy/api.h"
 #include "proxy/browser.h"
 #include "proxy/metrics.h"
-#include "routing/route.h"
+#include "routing/host.h"
 #include "routing/store.h"
 
 #define NBUCKETS 4096
@@ -294,7 +295,7 @@ void px_lookup_invalidate(struct px_str msg)
         drop_matching(NULL, 0, 1);
         return;
     }
-    if (msg.len > 8 && !memcmp(msg.p, "sandbox:", 8)) {
+    if (msg.len > 8 && !memcmp(msg.p, PX_KEY_SANDBOX, 8)) {
         n = snprintf(key, sizeof(key), "%d:%.*s", PX_LK_SANDBOX, (int)msg.len - 8, msg.p + 8);
         drop_key(key, (size_t)n);
     } else if (msg.len > 6 && !memcmp(msg.p, "token:", 6)) {
@@ -344,7 +345,7 @@ int px_lookup_init(struct event_base *base, const struct px_config *cfg)
     evtimer_add(L.sweep, &tv);
     if (cfg->redis_host == NULL && cfg->nsentinels == 0)
         return 0;
-    L.redis = px_redis_new(base, cfg, "proxy:invalidate", on_message, on_resync, NULL);
+    L.redis = px_redis_new(base, cfg, PX_CHANNEL_INVALIDATE, on_message, on_resync, NULL);
     return L.redis != NULL ? 0 : -1;
 }
 
@@ -754,17 +755,16 @@ static int daytona_key(const struct entry *e, char *buf, size_t cap)
     int n;
 
     switch (e->kind) {
-    case PX_LK_API_PUBLIC: prefix = "proxy:sandbox-public:"; break;
+    case PX_LK_API_PUBLIC: prefix = PX_KEY_API_PUBLIC; break;
     case PX_LK_API_TOKEN:
-    case PX_LK_API_ACCESS: prefix = "proxy:sandbox-auth-key-valid:"; break; /* "{label}:{cred}" */
-    case PX_LK_API_RUNNER: prefix = "proxy:sandbox-runner-info:"; break;
-    case PX_LK_API_SIGNING: prefix = "proxy:sandbox-signing-key:"; break;
+    case PX_LK_API_ACCESS: prefix = PX_KEY_API_ACCESS; break; /* "{label}:{cred}" */
+    case PX_LK_API_RUNNER: prefix = PX_KEY_API_RUNNER; break;
+    case PX_LK_API_SIGNING: prefix = PX_KEY_API_SIGNING; break;
     case PX_LK_API_WARNING: { /* ours is "{port}:{label}", Daytona's "{label}:{port}" */
         const char *colon = strchr(key, ':');
         if (colon == NULL)
             return 0;
-        n = snprintf(buf, cap, "proxy:sandbox-preview-warning:%s:%.*s", colon + 1,
-                     (int)(colon - key), key);
+        n = snprintf(buf, cap, PX_KEY_API_WARNING "%s:%.*s", colon + 1, (int)(colon - key), key);
         return n > 0 && (size_t)n < cap ? n : 0;
     }
     default: return 0;
@@ -1074,26 +1074,24 @@ static void start_fetch(struct entry *e, struct px_str key)
     switch (e->kind) {
     case PX_LK_SANDBOX:
         argv[0] = "HGETALL";
-        n = snprintf(rkey, sizeof(rkey), "sandbox:%.*s", (int)key.len, key.p);
+        n = snprintf(rkey, sizeof(rkey), PX_KEY_SANDBOX "%.*s", (int)key.len, key.p);
         break;
     case PX_LK_SIGNED:
         argv[0] = "GET";
-        n = snprintf(rkey, sizeof(rkey), "sandbox:signed-preview-url-token:%.*s", (int)key.len,
-                     key.p);
+        n = snprintf(rkey, sizeof(rkey), PX_KEY_SIGNED_TOKEN "%.*s", (int)key.len, key.p);
         break;
     case PX_LK_APIKEY:
         argv[0] = "HGETALL";
-        n = snprintf(rkey, sizeof(rkey), "proxy:api-key:%.*s", (int)key.len, key.p);
+        n = snprintf(rkey, sizeof(rkey), PX_KEY_API_KEY "%.*s", (int)key.len, key.p);
         break;
     case PX_LK_REVOKED:
         argv[0] = "EXISTS";
-        n = snprintf(rkey, sizeof(rkey), "sandbox:signed-preview-url-revoked:%.*s", (int)key.len,
-                     key.p);
+        n = snprintf(rkey, sizeof(rkey), PX_KEY_SIGNED_REVOKED "%.*s", (int)key.len, key.p);
         break;
     case PX_LK_DOMAIN:
     default:
         argv[0] = "HGETALL";
-        n = snprintf(rkey, sizeof(rkey), "proxy:custom-domain:%.*s", (int)key.len, key.p);
+        n = snprintf(rkey, sizeof(rkey), PX_KEY_CUSTOM_DOMAIN "%.*s", (int)key.len, key.p);
         break;
     }
     argv[1] = rkey;

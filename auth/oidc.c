@@ -29,7 +29,8 @@
 #include "proxy/api.h"
 #include "proxy/browser.h"
 #include "proxy/server.h"
-#include "routing/route.h"
+#include "routing/host.h"
+#include "routing/path.h"
 #include "routing/store.h"
 
 #define MAX_STATE 4096  /* the state query value we accept, bytes */

@@ -10,7 +10,8 @@
 # and the kernel's work are not counted.
 #
 # Cases: ka1k (keep-alive, 1 KiB), close1k (a new connection per request,
-# Connection: close), ka1m (keep-alive, 1 MiB). Servers: proxy (file config,
+# Connection: close), ka1m (keep-alive, 1 MiB), h2c (HTTP/2 prior knowledge,
+# one connection, 10 streams at a time, 1 KiB; h2load). Servers: proxy (file config,
 # public direct sandbox, access_log off, workers 1) and nginx (one process,
 # access_log off, the same headers set as bench/run.sh's nginx target,
 # upstream keepalive 128). The upstream nginx runs natively.
@@ -24,7 +25,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PROXY_BIN=${BENCH_PROXY:-$ROOT/build/preview-proxy}
 N1=${CG_N1:-500}
 N2=${CG_N2:-4500}
-read -r -a CASES <<<"${CG_CASES:-ka1k close1k ka1m}"
+read -r -a CASES <<<"${CG_CASES:-ka1k close1k ka1m h2c}"
 read -r -a SERVERS <<<"${CG_SERVERS:-proxy nginx}"
 RUNNER_KEY=benchkey
 command -v nginx >/dev/null 2>&1 || PATH=$PATH:/usr/sbin
@@ -105,9 +106,9 @@ events { worker_connections 4096; }
 http { $nginx_http_common
     upstream sb_$UP_PORT { server 127.0.0.1:$UP_PORT; keepalive 128;
         keepalive_requests 1000000; keepalive_timeout 30s; }
-    server { listen 127.0.0.1:$1 default_server backlog=4096; return 404; }
+    server { listen 127.0.0.1:$1 default_server backlog=4096 $NGX_H2; return 404; }
     server {
-        listen 127.0.0.1:$1;
+        listen 127.0.0.1:$1 $NGX_H2;
         server_name ~^(?<port>\\d+)-(?<sb>[^.]+)\\.proxy\\.localhost\$;
         location / {
             proxy_pass http://sb_\$port;
@@ -134,6 +135,7 @@ ir() {
     local server=$1 case=$2 n=$3 port out pid path mode
     port=$(free_port)
     out="$WORK/cg.$server.$case.$n"
+    NGX_H2=; [ "$case" = h2c ] && NGX_H2=http2  # nginx 1.22: h2c prior knowledge only
     start_"$server" "$port" "$out"
     pid=$SPID
     wait_port "$port" "$pid" || { cat "$out.log" >&2; kill "$pid"; exit 1; }
@@ -141,9 +143,18 @@ ir() {
     ka1k) path=/1k.txt mode=keepalive ;;
     close1k) path=/1k.txt mode=close ;;
     ka1m) path=/1m.txt mode=keepalive ;;
+    h2c) path=/1k.txt mode=h2c ;;
     esac
-    /usr/bin/python3 "$ROOT/bench/reqs.py" 127.0.0.1 "$port" "$HOSTHDR" "$path" "$n" "$mode" \
-        || { echo "[cg] $server $case: client failed" >&2; kill "$pid"; exit 1; }
+    if [ "$mode" = h2c ]; then
+        # one connection, 10 streams at a time, prior knowledge; every answer 2xx
+        h2load -n "$n" -c 1 -m 10 -H ":authority: $HOSTHDR" "http://127.0.0.1:$port$path" \
+            >"$out.client" 2>&1 && grep -q "succeeded, 0 failed, 0 errored" "$out.client" \
+            && grep -q "status codes: $n 2xx" "$out.client" \
+            || { echo "[cg] $server $case: h2load failed" >&2; cat "$out.client" >&2; kill "$pid"; exit 1; }
+    else
+        /usr/bin/python3 "$ROOT/bench/reqs.py" 127.0.0.1 "$port" "$HOSTHDR" "$path" "$n" "$mode" \
+            || { echo "[cg] $server $case: client failed" >&2; kill "$pid"; exit 1; }
+    fi
     kill -TERM "$pid"
     wait "$pid" 2>/dev/null || true  # callgrind writes its file on exit
     awk '/^(summary|totals):/ { print $2; exit }' "$out"

@@ -19,7 +19,7 @@
 #include "auth/cookie.h"
 #include "auth/digest.h"
 #include "auth/securecookie.h"
-#include "routing/route.h"
+#include "routing/host.h"
 #include "fuzz/check.h"
 
 #define KEY "fuzz-cookie-secret"

@@ -1,5 +1,5 @@
 /* fuzz_h1_response.c — the runner's response head, as proxy/forward.c and the
- * HTTP/2 bridge (tls/h2.c) read it: px_h1_find_head() with the 64 KiB head
+ * HTTP/2 bridge (proxy/h2.c) read it: px_h1_find_head() with the 64 KiB head
  * limit, then px_h1_parse_response() and px_h1_response_has_body().
  *
  * Oracles: slices stay inside the copy, an accepted head is framed whole by
@@ -59,7 +59,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (in == NULL)
         return 0;
     evbuffer_add(in, data, size);
-    /* tls/h2.c's limits; forward.c uses PX_MAX_RESP_HEAD (the same 64 KiB) */
+    /* proxy/h2.c's limits; forward.c uses PX_MAX_RESP_HEAD (the same 64 KiB) */
     switch (px_h1_find_head(in, 64 * 1024, 64 * 1024, &head_len, &status)) {
     case PX_PARSE_AGAIN: break;
     case PX_PARSE_BAD: CHECK(status == 400 || status == 414 || status == 431); break;

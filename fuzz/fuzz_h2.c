@@ -1,5 +1,5 @@
 /* fuzz_h2.c — HTTP/2 frames from a client into a real server session of
- * tls/h2.c, wired to the real request pipeline (proxy/conn.c, route.c, the
+ * proxy/h2.c, wired to the real request pipeline (proxy/conn.c, route.c, the
  * auth chain, the local answers): nghttp2 does the framing; our callbacks,
  * the stream <-> HTTP/1.1 bridge and everything behind it are the target.
  *
@@ -32,7 +32,7 @@
 #include "proxy/px.h"
 #include "proxy/server.h"
 #include "proxy/upstream.h"
-#include "tls/h2.h"
+#include "proxy/h2.h"
 #include "fuzz/check.h"
 
 /* Routes that end in a local answer: a public sandbox (502 from the failed

@@ -11,7 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "routing/route.h"
+#include "routing/host.h"
 #include "fuzz/check.h"
 
 static char d0[] = "proxy.test", d1[] = "example.com";

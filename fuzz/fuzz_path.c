@@ -14,7 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "routing/route.h"
+#include "routing/path.h"
 #include "fuzz/check.h"
 
 static int inside(struct px_str outer, struct px_str s)

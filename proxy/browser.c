@@ -5,7 +5,7 @@
 
 #include "proxy/browser.h"
 #include "proxy/errors.h"
-#include "routing/route.h"
+#include "routing/host.h"
 
 static int contains(struct px_str hay, const char *needle)
 {

@@ -16,7 +16,7 @@
 #include "proxy/api.h"
 #include "proxy/browser.h"
 #include "proxy/conn_priv.h"
-#include "routing/route.h"
+#include "routing/host.h"
 #include "routing/store.h"
 
 #define MAX_FIELD 512

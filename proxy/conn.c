@@ -4,7 +4,7 @@
  * authentication) and forward.c (the runner side), writes our own responses,
  * and keeps the access log. One request is in flight per connection;
  * pipelined requests wait in the input buffer, so responses leave in order.
- * An HTTP/2 connection leaves for tls/h2.c and a WebSocket for ws/. */
+ * An HTTP/2 connection leaves for proxy/h2.c and a WebSocket for ws/. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -35,9 +35,9 @@
 #include "proxy/peers.h"
 #include "proxy/server.h"
 #include "proxy/upstream.h"
-#include "routing/route.h"
+#include "routing/host.h"
 #include "routing/store.h"
-#include "tls/h2.h"
+#include "proxy/h2.h"
 #include "tls/tls.h"
 #include "ws/ws.h"
 
@@ -183,7 +183,7 @@ void px_conn_close(struct px_conn *c)
  * see "connection reset" instead of our 413 or 400. */
 static void linger_start(struct px_conn *c)
 {
-    if (c->h2_stream) { /* a pair end, no socket: tls/h2.c owns the connection */
+    if (c->h2_stream) { /* a pair end, no socket: proxy/h2.c owns the connection */
         px_conn_close(c);
         return;
     }
@@ -294,7 +294,7 @@ void px_conn_attach(struct px_server *srv, struct bufferevent *bev, const struct
         /* send_timeout (nginx's): a client that stops taking our bytes for this
          * long is dropped, whatever the state (a stalled download, pipelined
          * answers never read). It only runs while bytes wait to be written.
-         * HTTP/2 streams are bounded by tls/h2.c. */
+         * HTTP/2 streams are bounded by proxy/h2.c. */
         struct timeval wr = {srv->cfg->send_timeout, 0};
         bufferevent_set_timeouts(c->bev, NULL, &wr);
     }
@@ -306,7 +306,7 @@ void px_conn_attach(struct px_server *srv, struct bufferevent *bev, const struct
 }
 
 /* The connection speaks HTTP/2 (ALPN h2, or the h2c preface): the socket
- * leaves this connection for tls/h2.c. */
+ * leaves this connection for proxy/h2.c. */
 static void handoff_h2(struct px_conn *c)
 {
     struct bufferevent *bev = c->bev;

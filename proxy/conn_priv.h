@@ -16,7 +16,7 @@
 #include "proxy/metrics.h"
 #include "proxy/px.h"
 #include "proxy/server.h"
-#include "routing/route.h"
+#include "routing/host.h"
 
 struct px_auth;
 struct px_lk;
@@ -115,7 +115,7 @@ struct px_conn {
     char peer_ip[INET6_ADDRSTRLEN];
     struct sockaddr_storage peer;
     unsigned tls : 1;       /* the client reached us over TLS */
-    unsigned h2_stream : 1; /* an HTTP/2 stream bridged by tls/h2.c */
+    unsigned h2_stream : 1; /* an HTTP/2 stream bridged by proxy/h2.c */
     unsigned nreq;          /* requests seen on this connection */
     unsigned peer_trusted : 1;
     unsigned busy;               /* >0 while our frames are on the stack */

@@ -19,7 +19,7 @@
 #include "proxy/errors.h"
 #include "proxy/hbuf.h"
 #include "proxy/upstream.h"
-#include "routing/route.h"
+#include "routing/path.h"
 #include "routing/store.h"
 #include "ws/ws.h"
 
@@ -249,7 +249,7 @@ static void up_timeouts(struct px_conn *c)
 /* The client side of a forwarded exchange: client_body_timeout between two
  * reads while the request body is still coming. (send_timeout, between two
  * writes the client accepts, is set once per connection by conn.c.) HTTP/2
- * streams are bounded per stream by tls/h2.c instead: a pair's generic
+ * streams are bounded per stream by proxy/h2.c instead: a pair's generic
  * timeouts do not look at pending bytes. */
 static void client_body_timeout(struct px_conn *c, int on)
 {

@@ -125,7 +125,7 @@ static struct listener_arg listener_args[PX_MAX_LISTEN];
  * worker_connections and HAProxy's maxconn.
  *
  *  - The accept that reaches the connection limit (max_connections, lowered
- *    to what RLIMIT_NOFILE allows) pauses. conn.c, tls/h2.c and ws/splice.c
+ *    to what RLIMIT_NOFILE allows) pauses. conn.c, proxy/h2.c and ws/splice.c
  *    free sockets without telling us, so a timer counts again every
  *    RECHECK_MS and resumes as soon as the count is below the limit.
  *  - accept() failed (EMFILE, ENFILE, ENOBUFS, ENOMEM...). The connection stays

@@ -2,7 +2,7 @@
  *
  * One client must not take every socket the process may hold. Each accepted
  * client socket takes a slot for its address; the owner of the socket
- * (conn.c, then tls/h2.c or ws/splice.c when the socket moves there) gives it
+ * (conn.c, then proxy/h2.c or ws/splice.c when the socket moves there) gives it
  * back when the socket closes. IPv4 addresses count one by one, IPv6 ones by
  * /64 (one host usually owns a whole /64). Peers listed in trusted_proxies
  * (load balancers, whose connections carry many clients) are not counted. */

@@ -76,6 +76,12 @@ static inline size_t px_cat_num(char *out, size_t cap, size_t at, unsigned long 
     return px_cat(out, cap, at, d + i, sizeof(d) - (size_t)i);
 }
 
+/* SPEC 1: ports that always need authentication and never show the warning. */
+static inline int px_port_reserved(unsigned port)
+{
+    return port == 22222 || port == 2280 || port == 33333;
+}
+
 /* Errors are constants compared by address (STYLE 7); they print as-is. */
 extern const char px_err_timeout[], px_err_refused[], px_err_reset[], px_err_redis_down[],
     px_err_nomem[], px_err_bad_response[], px_err_closed[];

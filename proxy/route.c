@@ -13,7 +13,8 @@
 #include "proxy/browser.h"
 #include "proxy/conn_priv.h"
 #include "proxy/errors.h"
-#include "routing/route.h"
+#include "routing/host.h"
+#include "routing/path.h"
 #include "routing/store.h"
 
 static void start_auth(struct px_conn *c, struct px_str label);

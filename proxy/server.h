@@ -35,7 +35,7 @@ struct px_server {
     unsigned long nconns;
     struct px_tls *tls;        /* owned by main.c; NULL without TLS listeners */
     struct ssl_ctx_st *up_tls; /* owned by main.c: SSL_CTX for https runners */
-    struct px_h2 *h2s;         /* list of HTTP/2 connections (tls/h2.c) */
+    struct px_h2 *h2s;         /* list of HTTP/2 connections (proxy/h2.c) */
     unsigned long nh2;
     unsigned long h2_goaways;  /* connections closed for abuse */
     struct px_splice *splices; /* list of WebSocket tunnels (ws/splice.c) */
@@ -62,7 +62,7 @@ void px_conn_accept(struct px_server *srv, int fd, const struct sockaddr *sa, in
 #define PX_CONN_H2_STREAM 2u /* bev is one end of an HTTP/2 stream's pair */
 
 /* Runs the HTTP/1.1 pipeline over an existing bufferevent (owned from here on):
- * an accepted socket, a TLS connection, or one HTTP/2 stream bridged by tls/h2.c.
+ * an accepted socket, a TLS connection, or one HTTP/2 stream bridged by proxy/h2.c.
  * sa is the client's address, for X-Forwarded-For. peer (owned from here on,
  * may be NULL) is released when the socket closes, wherever it has moved. */
 void px_conn_attach(struct px_server *srv, struct bufferevent *bev, const struct sockaddr *sa,

@@ -15,7 +15,7 @@
 
 #include "proxy/api.h"
 #include "proxy/conn_priv.h"
-#include "routing/route.h"
+#include "routing/host.h"
 #include "routing/store.h"
 
 #define WAKE_DEDUP 5

@@ -7,7 +7,7 @@
 #include <ctype.h>
 #include <netinet/in.h>
 
-#include "routing/route.h"
+#include "routing/host.h"
 
 static int label_char(unsigned char ch)
 {

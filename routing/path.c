@@ -1,7 +1,7 @@
 /* path.c — request-target checks and rewrites that must keep bytes intact. */
 #include <ctype.h>
 
-#include "routing/route.h"
+#include "routing/path.h"
 
 /* Decodes one path byte: "%2e" -> '.', "%2f"/"%5c" -> '/', '\\' -> '/'.
  * Returns the byte and advances *i past what it read. */

@@ -23,11 +23,12 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include "auth/keys.h"
 #include "auth/digest.h"
 #include "auth/fileurl.h"
 #include "auth/sentinel_parse.h"
 
-#define CHANNEL "proxy:invalidate"
+#define CHANNEL PX_CHANNEL_INVALIDATE
 #define ID_MAX 128
 #define VALUE_MAX 4096
 #define HOST_MAX 253
@@ -591,7 +592,7 @@ static int tx_run_delete(struct ctl *c, const struct tx *t, const char *what)
     {                                                                                              \
         NULL, 0, NULL, 0                                                                           \
     }
-#define SANDBOX_KEY_MAX (sizeof("sandbox:") + ID_MAX)
+#define SANDBOX_KEY_MAX (sizeof(PX_KEY_SANDBOX) + ID_MAX)
 
 /* Starts a getopt_long scan over a verb's argv (argv[0] is the verb). opterr is off because
  * errors are ours to word and print, once. */
@@ -722,7 +723,8 @@ static int sandbox_add(struct ctl *c, int argc, char **argv)
         generated = 1;
     }
 
-    snprintf(key, sizeof(key), "sandbox:%s", argv[optind]); /* also the invalidation message */
+    snprintf(key, sizeof(key), PX_KEY_SANDBOX "%s",
+             argv[optind]); /* also the invalidation message */
     hset[hn++] = "HSET";
     hset[hn++] = key;
     for (i = 0; i < NFIELDS; i++) {
@@ -766,7 +768,7 @@ static int sandbox_set(struct ctl *c, int argc, char **argv)
         val[f] = eq + 1;
     }
 
-    snprintf(key, sizeof(key), "sandbox:%s", argv[optind]);
+    snprintf(key, sizeof(key), PX_KEY_SANDBOX "%s", argv[optind]);
     hset[hn++] = "HSET";
     hset[hn++] = key;
     for (i = 0; i < NFIELDS; i++) {
@@ -792,7 +794,7 @@ static int sandbox_rm(struct ctl *c, int argc, char **argv)
     if ((rc = plain_args(c, argc, argv, 1, 1)) != CTL_OK ||
         (rc = arg_id(c, argv[optind])) != CTL_OK)
         return rc;
-    snprintf(key, sizeof(key), "sandbox:%s", argv[optind]);
+    snprintf(key, sizeof(key), PX_KEY_SANDBOX "%s", argv[optind]);
     tx_add(&t, "DEL", key, (char *)NULL);
     tx_add(&t, "PUBLISH", CHANNEL, key, (char *)NULL);
     if ((rc = ctl_connect(c)) != CTL_OK)
@@ -810,7 +812,7 @@ static int sandbox_show(struct ctl *c, int argc, char **argv)
     if ((rc = plain_args(c, argc, argv, 1, 1)) != CTL_OK ||
         (rc = arg_id(c, argv[optind])) != CTL_OK)
         return rc;
-    snprintf(key, sizeof(key), "sandbox:%s", argv[optind]);
+    snprintf(key, sizeof(key), PX_KEY_SANDBOX "%s", argv[optind]);
     if ((rc = ctl_connect(c)) != CTL_OK)
         return rc;
     if ((r = command(c, "HGETALL", key, (char *)NULL)) == NULL)
@@ -844,7 +846,7 @@ static int token_rotate(struct ctl *c, int argc, char **argv)
         return rc;
     if ((rc = random_hex(c, token, 16)) != CTL_OK)
         return rc;
-    snprintf(key, sizeof(key), "sandbox:%s", argv[optind]);
+    snprintf(key, sizeof(key), PX_KEY_SANDBOX "%s", argv[optind]);
     tx_add(&t, "HSET", key, fields[F_AUTH_TOKEN].name, token, (char *)NULL);
     tx_add(&t, "PUBLISH", CHANNEL, key, (char *)NULL);
     if ((rc = ctl_connect(c)) != CTL_OK || (rc = tx_run(c, &t, key, "sandbox", NULL)) != CTL_OK)
@@ -866,7 +868,7 @@ static int signed_url_create(struct ctl *c, int argc, char **argv)
     const char *expires_arg = NULL, *domain_arg = "proxy.localhost", *scheme = "http";
     const char *listen_arg = NULL;
     char key[SANDBOX_KEY_MAX], domain[HOST_MAX + 1], token[17], secs[24], suffix[8] = "";
-    char tkey[sizeof("sandbox:signed-preview-url-token:65535:") + 16];
+    char tkey[sizeof(PX_KEY_SIGNED_TOKEN "65535:") + 16];
     char msg[sizeof("token:65535:") + 16];
     struct tx t = {0};
     long port = 0, expires = 0, listen = 0;
@@ -901,8 +903,8 @@ static int signed_url_create(struct ctl *c, int argc, char **argv)
     if ((rc = random_alnum(c, token, 16)) != CTL_OK)
         return rc;
 
-    snprintf(key, sizeof(key), "sandbox:%s", argv[optind]);
-    snprintf(tkey, sizeof(tkey), "sandbox:signed-preview-url-token:%ld:%s", port, token);
+    snprintf(key, sizeof(key), PX_KEY_SANDBOX "%s", argv[optind]);
+    snprintf(tkey, sizeof(tkey), PX_KEY_SIGNED_TOKEN "%ld:%s", port, token);
     snprintf(msg, sizeof(msg), "token:%ld:%s", port, token);
     snprintf(secs, sizeof(secs), "%ld", expires);
     /* The key's TTL is the URL's expiry (SPEC 4.5 [compat]). The message drops a cached
@@ -978,7 +980,7 @@ static int file_url_create(struct ctl *c, int argc, char **argv)
         snprintf(suffix, sizeof(suffix), ":%ld", listen);
     }
 
-    snprintf(key, sizeof(key), "sandbox:%s", id);
+    snprintf(key, sizeof(key), PX_KEY_SANDBOX "%s", id);
     if ((rc = ctl_connect(c)) != CTL_OK)
         return rc;
     if ((r = command(c, "HGET", key, "signing_key", (char *)NULL)) == NULL)
@@ -1037,7 +1039,7 @@ static int signing_key_rotate(struct ctl *c, int argc, char **argv)
         return rc;
     if ((rc = random_alnum(c, skey, 32)) != CTL_OK)
         return rc;
-    snprintf(key, sizeof(key), "sandbox:%s", argv[optind]);
+    snprintf(key, sizeof(key), PX_KEY_SANDBOX "%s", argv[optind]);
     tx_add(&t, "HSET", key, fields[F_SIGNING_KEY].name, skey, (char *)NULL);
     tx_add(&t, "PUBLISH", CHANNEL, key, (char *)NULL);
     if ((rc = ctl_connect(c)) == CTL_OK)
@@ -1048,8 +1050,8 @@ static int signing_key_rotate(struct ctl *c, int argc, char **argv)
 
 static int signed_url_revoke(struct ctl *c, int argc, char **argv)
 {
-    char tkey[sizeof("sandbox:signed-preview-url-token:65535:") + ID_MAX];
-    char rkey[sizeof("sandbox:signed-preview-url-revoked:") + ID_MAX];
+    char tkey[sizeof(PX_KEY_SIGNED_TOKEN "65535:") + ID_MAX];
+    char rkey[sizeof(PX_KEY_SIGNED_REVOKED) + ID_MAX];
     char msg[sizeof("token:65535:") + ID_MAX];
     const char *token;
     struct tx t = {0};
@@ -1061,8 +1063,8 @@ static int signed_url_revoke(struct ctl *c, int argc, char **argv)
         (rc = arg_token(c, argv[optind + 1])) != CTL_OK)
         return rc;
     token = argv[optind + 1];
-    snprintf(tkey, sizeof(tkey), "sandbox:signed-preview-url-token:%ld:%s", port, token);
-    snprintf(rkey, sizeof(rkey), "sandbox:signed-preview-url-revoked:%s", token);
+    snprintf(tkey, sizeof(tkey), PX_KEY_SIGNED_TOKEN "%ld:%s", port, token);
+    snprintf(rkey, sizeof(rkey), PX_KEY_SIGNED_REVOKED "%s", token);
     snprintf(msg, sizeof(msg), "token:%ld:%s", port, token);
     /* Succeeds even when the token key is already gone: cookies minted from the token outlive
      * it by up to an hour, and the marker is what stops them (SPEC 4.5). */
@@ -1083,7 +1085,7 @@ static int api_key_create(struct ctl *c, int argc, char **argv)
         END_OPTION,
     };
     const char *org = NULL, *expires_arg = NULL;
-    char apikey[4 + 40 + 1] = "pxk_", hash[65], key[sizeof("proxy:api-key:") + 64];
+    char apikey[4 + 40 + 1] = "pxk_", hash[65], key[sizeof(PX_KEY_API_KEY) + 64];
     char at[24], secs[24];
     struct tx t = {0};
     long expires = 0;
@@ -1110,7 +1112,7 @@ static int api_key_create(struct ctl *c, int argc, char **argv)
         return rc;
 
     /* Only the hash is stored: a Redis dump must not hand out working keys (SPEC 4.1). */
-    snprintf(key, sizeof(key), "proxy:api-key:%s", hash);
+    snprintf(key, sizeof(key), PX_KEY_API_KEY "%s", hash);
     if (expires_arg != NULL) {
         /* The record says when the key stops working; the TTL only tidies up after it. */
         snprintf(at, sizeof(at), "%lld", (long long)time(NULL) + expires);
@@ -1132,7 +1134,7 @@ static int api_key_create(struct ctl *c, int argc, char **argv)
 
 static int api_key_rm(struct ctl *c, int argc, char **argv)
 {
-    char hash[65], key[sizeof("proxy:api-key:") + 64];
+    char hash[65], key[sizeof(PX_KEY_API_KEY) + 64];
     struct tx t = {0};
     int rc;
 
@@ -1142,7 +1144,7 @@ static int api_key_rm(struct ctl *c, int argc, char **argv)
         return fail(c, CTL_USAGE, "bad api key: expected printable ASCII without spaces");
     if ((rc = sha256_hex(c, argv[optind], hash)) != CTL_OK)
         return rc;
-    snprintf(key, sizeof(key), "proxy:api-key:%s", hash);
+    snprintf(key, sizeof(key), PX_KEY_API_KEY "%s", hash);
     tx_add(&t, "DEL", key, (char *)NULL);
     tx_add(&t, "PUBLISH", CHANNEL, "*", (char *)NULL); /* cached "valid" answers must go at once */
     if ((rc = ctl_connect(c)) != CTL_OK)
@@ -1152,7 +1154,7 @@ static int api_key_rm(struct ctl *c, int argc, char **argv)
 
 static int domain_add(struct ctl *c, int argc, char **argv)
 {
-    char host[HOST_MAX + 1], key[sizeof("proxy:custom-domain:") + HOST_MAX];
+    char host[HOST_MAX + 1], key[sizeof(PX_KEY_CUSTOM_DOMAIN) + HOST_MAX];
     char msg[sizeof("domain:") + HOST_MAX], portbuf[8];
     struct tx t = {0};
     long port;
@@ -1163,7 +1165,7 @@ static int domain_add(struct ctl *c, int argc, char **argv)
         (rc = arg_id(c, argv[optind + 1])) != CTL_OK ||
         (rc = arg_port(c, "port", argv[optind + 2], &port)) != CTL_OK)
         return rc;
-    snprintf(key, sizeof(key), "proxy:custom-domain:%s", host);
+    snprintf(key, sizeof(key), PX_KEY_CUSTOM_DOMAIN "%s", host);
     snprintf(msg, sizeof(msg), "domain:%s", host);
     snprintf(portbuf, sizeof(portbuf), "%ld", port);
     /* The sandbox need not exist yet: DNS for a custom domain is often set up first. */
@@ -1176,7 +1178,7 @@ static int domain_add(struct ctl *c, int argc, char **argv)
 
 static int domain_rm(struct ctl *c, int argc, char **argv)
 {
-    char host[HOST_MAX + 1], key[sizeof("proxy:custom-domain:") + HOST_MAX];
+    char host[HOST_MAX + 1], key[sizeof(PX_KEY_CUSTOM_DOMAIN) + HOST_MAX];
     char msg[sizeof("domain:") + HOST_MAX];
     struct tx t = {0};
     int rc;
@@ -1184,7 +1186,7 @@ static int domain_rm(struct ctl *c, int argc, char **argv)
     if ((rc = plain_args(c, argc, argv, 1, 1)) != CTL_OK ||
         (rc = arg_host(c, "host", argv[optind], host)) != CTL_OK)
         return rc;
-    snprintf(key, sizeof(key), "proxy:custom-domain:%s", host);
+    snprintf(key, sizeof(key), PX_KEY_CUSTOM_DOMAIN "%s", host);
     snprintf(msg, sizeof(msg), "domain:%s", host);
     tx_add(&t, "DEL", key, (char *)NULL);
     tx_add(&t, "PUBLISH", CHANNEL, msg, (char *)NULL);

@@ -10,7 +10,7 @@
 
 #include <cmocka.h>
 
-#include "routing/route.h"
+#include "routing/host.h"
 
 #define BAD PX_HOST_BAD
 #define PREVIEW PX_HOST_PREVIEW

@@ -9,7 +9,7 @@
 
 #include <cmocka.h>
 
-#include "routing/route.h"
+#include "routing/path.h"
 
 static struct px_str S(const char *s) {
     return px_str_make(s, strlen(s));

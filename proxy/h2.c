@@ -21,13 +21,13 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <nghttp2/nghttp2.h>
+#include <openssl/evp.h>
 #include <openssl/rand.h>
 
-#include "auth/cookie.h"
 #include "proxy/h1.h"
 #include "proxy/metrics.h"
 #include "proxy/peers.h"
-#include "tls/h2.h"
+#include "proxy/h2.h"
 #include "tls/tls.h"
 
 #define MAX_STREAMS 100
@@ -462,16 +462,13 @@ static int stream_start(struct stream *s, int end_stream)
     }
     if (s->ws) {
         /* RFC 8441: the runner speaks HTTP/1.1, so this becomes a classic upgrade. */
-        unsigned char key[16];
-        char b64[32];
+        unsigned char key[16], b64[32]; /* 16 bytes: 24 base64 characters with "==" */
         RAND_bytes(key, sizeof(key));
-        px_base64url(key, sizeof(key), b64);
-        for (char *p = b64; *p; p++) /* RFC 6455 wants base64, not base64url */
-            *p = *p == '-' ? '+' : *p == '_' ? '/' : *p;
+        EVP_EncodeBlock(b64, key, sizeof(key)); /* RFC 6455: standard base64 */
         rc |= evbuffer_add_printf(req,
                                   "Connection: Upgrade\r\nUpgrade: websocket\r\n"
-                                  "Sec-WebSocket-Key: %s==\r\n",
-                                  b64) < 0;
+                                  "Sec-WebSocket-Key: %s\r\n",
+                                  (const char *)b64) < 0;
     } else if (s->req_cl >= 0) {
         rc |= evbuffer_add_printf(req, "Content-Length: %lld\r\n", (long long)s->req_cl) < 0;
     } else if (!end_stream) {
