@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "proxy/browser.h"
+#include "proxy/headw.h"
 #include "proxy/errors.h"
 #include "routing/host.h"
 
@@ -280,32 +281,30 @@ int px_cors_credentials_allowed(struct px_str o, const struct px_head *req,
     return r->sandbox != NULL && px_str_ieq(oh.label, px_str_make(r->sandbox, strlen(r->sandbox)));
 }
 
-void px_cors_preflight_headers(struct evbuffer *out, const struct px_head *req,
+void px_cors_preflight_headers(struct px_headw *w, const struct px_head *req,
                                const struct px_cors_req *r)
 {
     const struct px_hdr *rh = px_head_get(req, PX_STR("access-control-request-headers"));
 
-    px_cors_headers(out, req, r);
-    evbuffer_add_printf(out, "Access-Control-Allow-Methods: GET, POST, PUT, PATCH, DELETE, HEAD, "
-                             "OPTIONS\r\nAccess-Control-Max-Age: 86400\r\n");
+    px_cors_headers(w, req, r);
+    px_hw_lit(w, "Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS");
+    px_hw_lit(w, "Access-Control-Max-Age", "86400");
     if (rh != NULL)
-        evbuffer_add_printf(out, "Access-Control-Allow-Headers: %.*s\r\n", (int)rh->value.len,
-                            rh->value.p);
+        px_hw_field(w, PX_STR("Access-Control-Allow-Headers"), rh->value);
 }
 
-void px_cors_headers(struct evbuffer *out, const struct px_head *req, const struct px_cors_req *r)
+void px_cors_headers(struct px_headw *w, const struct px_head *req, const struct px_cors_req *r)
 {
-    static const char acac[] = "Access-Control-Allow-Credentials: true\r\n";
     const struct px_hdr *o = px_head_get(req, PX_STR("origin"));
 
     if (o == NULL || px_cors_disabled(req))
         return;
     /* Reflect the origin: '*' is not allowed together with credentials, and the
      * answer differs per Origin, so caches must key on it. */
-    evbuffer_add_printf(out, "Access-Control-Allow-Origin: %.*s\r\nVary: Origin\r\n",
-                        (int)o->value.len, o->value.p);
+    px_hw_field(w, PX_STR("Access-Control-Allow-Origin"), o->value);
+    px_hw_lit(w, "Vary", "Origin");
     if (px_cors_credentials_allowed(o->value, req, r))
-        evbuffer_add(out, acac, sizeof(acac) - 1);
+        px_hw_lit(w, "Access-Control-Allow-Credentials", "true");
 }
 
 int px_cors_owned_header(struct px_str name)

@@ -57,13 +57,14 @@ int px_cors_credentials_allowed(struct px_str o, const struct px_head *req,
                                 const struct px_cors_req *r);
 
 /* Appends the preflight answer's headers (r as for px_cors_headers). */
-void px_cors_preflight_headers(struct evbuffer *out, const struct px_head *req,
+struct px_headw;
+void px_cors_preflight_headers(struct px_headw *w, const struct px_head *req,
                                const struct px_cors_req *r);
 
 /* Appends the CORS headers for a normal response when the request had an
  * Origin (and CORS is not disabled): the Origin reflected, Vary: Origin, and
  * Access-Control-Allow-Credentials: true when px_cors_credentials_allowed(). */
-void px_cors_headers(struct evbuffer *out, const struct px_head *req, const struct px_cors_req *r);
+void px_cors_headers(struct px_headw *w, const struct px_head *req, const struct px_cors_req *r);
 
 /* The call sites' shorthand: cfg, label slice and sandbox (a struct px_sandbox
  * pointer, may be NULL) of a connection. */

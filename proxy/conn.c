@@ -31,6 +31,7 @@
 #include "proxy/browser.h"
 #include "proxy/errors.h"
 #include "proxy/h1.h"
+#include "proxy/headw.h"
 #include "proxy/metrics.h"
 #include "proxy/peers.h"
 #include "proxy/server.h"
@@ -121,11 +122,12 @@ void px_conn_destroy(struct px_conn *c)
     px_conn_upstream_drop(c);
     if (c->timer != NULL)
         event_free(c->timer);
+    if (c->h2s != NULL) { /* the exchange did not finish: the stream is reset */
+        px_h2s_finish(c->h2s, 0);
+        c->h2s = NULL;
+    }
     if (c->bev != NULL) {
-        /* An HTTP/2 stream's pair end must hear that we are gone. */
-        if (c->h2_stream)
-            bufferevent_flush(c->bev, EV_READ | EV_WRITE, BEV_FINISHED);
-        else if (c->tls)
+        if (c->tls)
             px_tls_close_notify(c->bev);
         bufferevent_free(c->bev);
     }
@@ -183,10 +185,6 @@ void px_conn_close(struct px_conn *c)
  * see "connection reset" instead of our 413 or 400. */
 static void linger_start(struct px_conn *c)
 {
-    if (c->h2_stream) { /* a pair end, no socket: proxy/h2.c owns the connection */
-        px_conn_close(c);
-        return;
-    }
     c->lingering = 1;
     c->linger_until = time(NULL) + (c->linger_short ? LINGER_AFTER_HEAD_TIMEOUT : LINGER_TIME);
     if (c->tls)
@@ -205,6 +203,8 @@ void px_conn_linger(struct px_conn *c)
     px_conn_upstream_drop(c);
     evtimer_del(c->timer);
     px_conn_set_state(c, PX_CONN_CLOSING);
+    if (c->bev == NULL) /* an HTTP/2 stream: proxy/h2.c owns the connection */
+        return px_conn_close(c);
     bufferevent_disable(c->bev, EV_READ);
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
         linger_start(c);
@@ -253,25 +253,19 @@ static void ipv4_str(const struct in_addr *a, char *out)
     }
 }
 
-void px_conn_attach(struct px_server *srv, struct bufferevent *bev, const struct sockaddr *sa,
-                    unsigned flags, struct px_peer *peer)
+/* A connection (or an HTTP/2 stream's exchange) in the server's list, with
+ * its timer; nothing armed. NULL when out of memory. */
+static struct px_conn *conn_new(struct px_server *srv, const struct sockaddr *sa, int tls)
 {
     struct px_conn *c = calloc(1, sizeof(*c));
 
     if (c == NULL || (c->timer = evtimer_new(srv->base, timer_cb, c)) == NULL) {
         free(c);
-        bufferevent_free(bev);
-        px_peer_release(peer);
-        return;
+        return NULL;
     }
-    c->peer_slot = peer;
     c->srv = srv;
     c->id = ++srv->next_conn_id;
-    c->bev = bev;
-    px_metrics.accepted++;
-    c->tls = (flags & PX_CONN_TLS) != 0;
-    c->h2_stream = (flags & PX_CONN_H2_STREAM) != 0;
-    px_metrics.h2_streams += c->h2_stream;
+    c->tls = tls != 0;
     memcpy(&c->peer, sa,
            sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
     if (sa->sa_family == AF_INET)
@@ -287,22 +281,34 @@ void px_conn_attach(struct px_server *srv, struct bufferevent *bev, const struct
         srv->conns->prev = c;
     srv->conns = c;
     srv->nconns++;
+    return c;
+}
+
+void px_conn_attach(struct px_server *srv, struct bufferevent *bev, const struct sockaddr *sa,
+                    unsigned flags, struct px_peer *peer)
+{
+    struct px_conn *c = conn_new(srv, sa, (flags & PX_CONN_TLS) != 0);
+
+    if (c == NULL) {
+        bufferevent_free(bev);
+        px_peer_release(peer);
+        return;
+    }
+    c->peer_slot = peer;
+    c->bev = bev;
+    px_metrics.accepted++;
     /* Pipelined requests wait in the input buffer; cap how much of them we hold. */
     bufferevent_setwatermark(c->bev, EV_READ, 0, srv->cfg->max_header_size + 16384);
     bufferevent_setcb(c->bev, on_client_read, on_client_write, on_client_event, c);
-    if (!c->h2_stream) {
-        /* send_timeout (nginx's): a client that stops taking our bytes for this
-         * long is dropped, whatever the state (a stalled download, pipelined
-         * answers never read). It only runs while bytes wait to be written.
-         * HTTP/2 streams are bounded by proxy/h2.c. */
-        struct timeval wr = {srv->cfg->send_timeout, 0};
-        bufferevent_set_timeouts(c->bev, NULL, &wr);
-    }
+    /* send_timeout (nginx's): a client that stops taking our bytes for this
+     * long is dropped, whatever the state (a stalled download, pipelined
+     * answers never read). It only runs while bytes wait to be written.
+     * HTTP/2 streams are bounded by proxy/h2.c. */
+    struct timeval wr = {srv->cfg->send_timeout, 0};
+    bufferevent_set_timeouts(c->bev, NULL, &wr);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     px_conn_set_state(c, PX_CONN_IDLE);
     px_conn_arm_timer(c, srv->cfg->client_header_timeout);
-    if (c->h2_stream && evbuffer_get_length(bufferevent_get_input(bev)) > 0)
-        on_client_read(bev, c);
 }
 
 /* The connection speaks HTTP/2 (ALPN h2, or the h2c preface): the socket
@@ -383,51 +389,101 @@ int px_conn_wants_html(const struct px_conn *c)
     return 0;
 }
 
+struct evbuffer *px_conn_in(struct px_conn *c)
+{
+    if (c->h2s != NULL)
+        return px_h2s_in(c->h2s);
+    return c->bev != NULL ? bufferevent_get_input(c->bev) : NULL;
+}
+
+struct evbuffer *px_conn_out(struct px_conn *c)
+{
+    if (c->h2s != NULL)
+        return px_h2s_out(c->h2s);
+    return c->bev != NULL ? bufferevent_get_output(c->bev) : NULL;
+}
+
+void px_conn_wrote(struct px_conn *c)
+{
+    if (c->h2s != NULL)
+        px_h2s_wrote(c->h2s);
+}
+
+void px_conn_head_begin(struct px_conn *c, struct px_headw *w, struct px_hbuf *hb)
+{
+    if (c->bev == NULL) { /* HTTP/2: fields for HEADERS */
+        px_hw_init(w, NULL);
+        return;
+    }
+    px_hb_init(hb, bufferevent_get_output(c->bev));
+    px_hw_init(w, hb);
+}
+
+void px_conn_head_end(struct px_conn *c, struct px_headw *w, int has_body)
+{
+    if (w->hb != NULL)
+        px_hw_end(w);
+    else if (c->h2s != NULL && px_h2s_head(c->h2s, w, has_body) != 0)
+        clog(c, PX_WARN, "HTTP/2 response head refused by the session");
+}
+
 /* Writes a complete response of our own. The connection is kept only if the
  * request body is fully read and the client wants it kept. */
 void px_conn_respond(struct px_conn *c, int status, const char *ctype, struct evbuffer *body,
                      const char *extra_headers)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct px_hbuf hb;
+    struct px_headw w;
+    const char *reason = px_status_text(status);
     size_t blen = body ? evbuffer_get_length(body) : 0;
     int minor = c->ex.have_req ? c->ex.req.http_minor : 1;
+    int send_body = body != NULL && !(c->ex.have_req && c->ex.req.m == HTTP_HEAD);
 
     if (!c->ex.req_done || c->srv->draining)
         c->ex.keepalive = 0;
     c->ex.status = status;
-    evbuffer_add_printf(out, "HTTP/1.%d %d %s\r\nServer: preview-proxy\r\nContent-Length: %zu\r\n",
-                        minor, status, px_status_text(status), blen);
-    if (ctype != NULL)
-        evbuffer_add_printf(out, "Content-Type: %s\r\nCache-Control: no-store\r\n", ctype);
+    px_conn_head_begin(c, &w, &hb);
+    px_hw_status(&w, minor, status, px_str_make(reason, strlen(reason)));
+    px_hw_lit(&w, "Server", "preview-proxy");
+    px_hw_field_u64(&w, PX_STR("Content-Length"), blen);
+    if (ctype != NULL) {
+        px_hw_field(&w, PX_STR("Content-Type"), px_str_make(ctype, strlen(ctype)));
+        px_hw_lit(&w, "Cache-Control", "no-store");
+    }
     if (extra_headers != NULL)
-        evbuffer_add(out, extra_headers, strlen(extra_headers));
+        px_hw_lines(&w, extra_headers, strlen(extra_headers));
     if (c->ex.set_cookie != NULL)
-        evbuffer_add(out, c->ex.set_cookie, strlen(c->ex.set_cookie));
+        px_hw_lines(&w, c->ex.set_cookie, strlen(c->ex.set_cookie));
     if (c->ex.have_req) /* so that fetch() can read our errors too */
-        px_cors_headers(out, &c->ex.req, PX_CORS_REQ(c->srv->cfg, c->ex.label, c->ex.sb));
-    if (!c->ex.keepalive)
-        evbuffer_add(out, "Connection: close\r\n", 19);
-    else if (minor == 0)
-        evbuffer_add(out, "Connection: keep-alive\r\n", 24);
-    evbuffer_add(out, "\r\n", 2);
-    if (body != NULL && !(c->ex.have_req && c->ex.req.m == HTTP_HEAD)) {
+        px_cors_headers(&w, &c->ex.req, PX_CORS_REQ(c->srv->cfg, c->ex.label, c->ex.sb));
+    if (w.hb != NULL && !c->ex.keepalive)
+        px_hw_lit(&w, "Connection", "close");
+    else if (w.hb != NULL && minor == 0)
+        px_hw_lit(&w, "Connection", "keep-alive");
+    px_conn_head_end(c, &w, send_body && blen > 0);
+    if (send_body && blen > 0 && px_conn_out(c) != NULL) {
         c->ex.bytes_out = blen;
-        evbuffer_add_buffer(out, body);
+        evbuffer_add_buffer(px_conn_out(c), body);
+        px_conn_wrote(c);
     }
     px_conn_exchange_done(c);
 }
 
-/* A response without a body and without Content-Length (204). */
-void px_conn_respond_bare(struct px_conn *c, int status, const char *headers)
+void px_conn_respond_preflight(struct px_conn *c)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct px_hbuf hb;
+    struct px_headw w;
 
     if (!c->ex.req_done || c->srv->draining)
         c->ex.keepalive = 0;
-    c->ex.status = status;
-    evbuffer_add_printf(out, "HTTP/1.%d %d %s\r\nServer: preview-proxy\r\n%s%s\r\n",
-                        c->ex.req.http_minor, status, px_status_text(status), headers,
-                        c->ex.keepalive ? "" : "Connection: close\r\n");
+    c->ex.status = 204;
+    px_conn_head_begin(c, &w, &hb);
+    px_hw_status(&w, c->ex.req.http_minor, 204, PX_STR("No Content")); /* px_status_text(204) */
+    px_hw_lit(&w, "Server", "preview-proxy");
+    px_cors_preflight_headers(&w, &c->ex.req, PX_CORS_REQ(c->srv->cfg, c->ex.label, c->ex.sb));
+    if (w.hb != NULL && !c->ex.keepalive)
+        px_hw_lit(&w, "Connection", "close");
+    px_conn_head_end(c, &w, 0);
     px_conn_exchange_done(c);
 }
 
@@ -576,7 +632,7 @@ static void read_head(struct px_conn *c)
 
     if (evbuffer_get_length(in) == 0)
         return;
-    if (c->nreq == 0 && !c->h2_stream) {
+    if (c->nreq == 0) {
         /* h2c with prior knowledge (RFC 9113 3.3) starts with this preface. */
         static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
         char head[sizeof(preface) - 1];
@@ -623,6 +679,14 @@ void px_conn_exchange_done(struct px_conn *c)
 
     px_conn_access_log(c);
     px_conn_upstream_drop(c);
+    if (c->h2_stream) { /* one exchange per stream: it ends with its response */
+        if (c->h2s != NULL)
+            px_h2s_finish(c->h2s, 1);
+        c->h2s = NULL;
+        exchange_reset(c);
+        px_conn_set_state(c, PX_CONN_CLOSING);
+        return px_conn_close(c);
+    }
     if (!c->ex.keepalive) {
         exchange_reset(c);
         return px_conn_linger(c);
@@ -682,6 +746,8 @@ void px_conn_step(struct px_conn *c)
         case PX_CONN_AUTH: return;
         case PX_CONN_STREAM: px_fwd_pump_request(c); return;
         case PX_CONN_CLOSING:
+            if (c->bev == NULL)
+                return;
             evbuffer_drain(bufferevent_get_input(c->bev),
                            evbuffer_get_length(bufferevent_get_input(c->bev)));
             if (c->lingering) { /* the client still talks: give it more time, within bounds */
@@ -695,7 +761,7 @@ void px_conn_step(struct px_conn *c)
         }
         /* Go round again only if a whole exchange finished and more input waits. */
         if (c->doomed || c->state != PX_CONN_IDLE || before == c->srv->next_req_id ||
-            evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+            c->bev == NULL || evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
             return;
     }
 }
@@ -706,8 +772,7 @@ static void on_client_read(struct bufferevent *bev, void *arg)
 
     ENTER(c);
     /* Request bodies (uploads): bigger bites, as for responses in forward.c. */
-    if (c->state == PX_CONN_STREAM && !c->ex.req_done && !c->tls && !c->h2_stream &&
-        c->ex.up != NULL &&
+    if (c->state == PX_CONN_STREAM && !c->ex.req_done && !c->tls && c->ex.up != NULL &&
         evbuffer_get_length(bufferevent_get_output(c->ex.up->bev)) < PX_HIGH_WATER)
         px_bev_slurp(bev, PX_HIGH_WATER);
     px_conn_step(c);
@@ -777,9 +842,7 @@ static void on_client_event(struct bufferevent *bev, short what, void *arg)
             px_conn_abort(c, body ? 408 : 0, "the request body did not arrive in time");
             break;
         }
-        if ((what & BEV_EVENT_EOF) && c->ex.req_done && !c->h2_stream) {
-            /* (An HTTP/2 stream's end means it was reset or its connection died:
-             * nobody will read the answer, so it falls through to the abort.) */
+        if ((what & BEV_EVENT_EOF) && c->ex.req_done) {
             /* Half-close after a complete request: finish the response, then close. */
             c->ex.keepalive = 0;
             bufferevent_disable(c->bev, EV_READ);
@@ -811,8 +874,8 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
          * An exchange stalled on its client (a body that stopped coming, a
          * client that stopped reading) does not (issue 9). */
         uint64_t progress = c->ex.bytes_out + c->ex.req_bytes;
-        int waits_on_client =
-            !c->ex.req_done || evbuffer_get_length(bufferevent_get_output(c->bev)) > 0;
+        struct evbuffer *out = px_conn_out(c);
+        int waits_on_client = !c->ex.req_done || (out != NULL && evbuffer_get_length(out) > 0);
         if (c->ex.sb != NULL && !c->ex.no_activity &&
             (progress != c->ex.progress_seen || !waits_on_client))
             px_activity_touch(c->ex.sb->id, c->srv->cfg->activity_interval);
@@ -824,6 +887,83 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     case PX_CONN_CLOSING:
     case PX_CONN_AUTH: px_conn_close(c); break;
     }
+    LEAVE(c);
+}
+
+/* ---- HTTP/2 streams (proxy/h2.c) ---- */
+
+void px_conn_h2_open(struct px_server *srv, struct px_h2s *s, struct px_head *req, int status,
+                     const char *why, const struct sockaddr *peer, int tls)
+{
+    struct px_conn *c = conn_new(srv, peer, tls);
+
+    if (c == NULL) {
+        if (status == 0)
+            px_head_free(req);
+        px_h2s_finish(s, 0);
+        return;
+    }
+    c->h2_stream = 1;
+    px_metrics.h2_streams++;
+    px_metrics.accepted++; /* as before issue 13: each stream counts as a connection */
+    c->h2s = s;
+    px_h2s_attach(s, c);
+    ENTER(c);
+    gettimeofday(&c->ex.t_start, NULL);
+    px_conn_new_reqid(c);
+    c->nreq = 1;
+    if (status != 0) {
+        clog(c, PX_INFO, "rejected request: %s", why);
+        px_conn_fail_close(c, status, why);
+        LEAVE(c);
+        return;
+    }
+    c->ex.req = *req; /* moved: the exchange frees it */
+    c->ex.have_req = 1;
+    if (c->ex.req.content_length > 0) {
+        c->ex.req_body = BODY_LENGTH;
+        c->ex.req_left = c->ex.req.content_length;
+    } else if (c->ex.req.content_length == 0 || c->ex.req.ws_upgrade || px_h2s_in_ended(s)) {
+        c->ex.req_body = BODY_NONE; /* a WebSocket's bytes come after the 101 (a tunnel) */
+        c->ex.req_done = 1;
+    } else {
+        c->ex.req_body = BODY_STREAM;
+    }
+    if (srv->cfg->max_body_size > 0 &&
+        c->ex.req.content_length > (int64_t)srv->cfg->max_body_size) {
+        px_conn_fail_close(c, 413, "request body larger than max_body_size");
+    } else {
+        px_conn_set_state(c, PX_CONN_AUTH);
+        px_route_request(c);
+    }
+    LEAVE(c);
+}
+
+void px_conn_h2_input(struct px_conn *c)
+{
+    ENTER(c);
+    if (c->state == PX_CONN_STREAM)
+        px_fwd_pump_request(c);
+    LEAVE(c);
+}
+
+void px_conn_h2_drained(struct px_conn *c)
+{
+    ENTER(c);
+    if (c->state == PX_CONN_STREAM && c->ex.up != NULL) {
+        bufferevent_enable(c->ex.up->bev, EV_READ);
+        if (evbuffer_get_length(bufferevent_get_input(c->ex.up->bev)))
+            px_fwd_on_response(c);
+    }
+    LEAVE(c);
+}
+
+void px_conn_h2_gone(struct px_conn *c)
+{
+    c->h2s = NULL;
+    ENTER(c);
+    clog(c, PX_DEBUG, "HTTP/2 stream gone mid-exchange");
+    px_conn_abort(c, 0, NULL);
     LEAVE(c);
 }
 

@@ -19,6 +19,8 @@
 #include "routing/host.h"
 
 struct px_auth;
+struct px_hbuf;
+struct px_h2s;
 struct px_lk;
 struct px_sandbox;
 struct px_upstream;
@@ -37,7 +39,9 @@ enum px_conn_state {
     PX_CONN_CLOSING,  /* flushing our output, then lingering, then destroy */
 };
 
-enum body_kind { BODY_NONE = 0, BODY_LENGTH, BODY_CHUNKED, BODY_EOF };
+/* BODY_STREAM: an HTTP/2 request body without Content-Length, delimited by
+ * END_STREAM; chunked towards the runner (raw in a tunnel). */
+enum body_kind { BODY_NONE = 0, BODY_LENGTH, BODY_CHUNKED, BODY_EOF, BODY_STREAM };
 
 enum resp_state { RESP_HEAD = 0, RESP_BODY, RESP_DONE };
 
@@ -89,6 +93,8 @@ struct px_exchange {
     struct evbuffer *replay; /* owned; bytes sent on a reused connection, for one retry */
     unsigned retried : 1;
     unsigned resp_seen : 1; /* any response byte came back */
+    unsigned tunnel : 1;    /* HTTP/2 WebSocket (RFC 8441) after the runner's 101: bytes
+                             * pass both ways unframed until either side ends */
 
     enum resp_state resp_st;
     struct px_head resp; /* owned */
@@ -108,14 +114,16 @@ struct px_conn {
     uint64_t id; /* for logs; never reused */
     enum px_conn_state state;
     struct px_server *srv;     /* borrowed; outlives us */
-    struct bufferevent *bev;   /* owned; frees the fd */
+    struct bufferevent *bev;   /* owned; frees the fd. NULL for an HTTP/2 stream */
+    struct px_h2s *h2s;        /* borrowed: the HTTP/2 stream this exchange answers (both
+                                * unlink when either ends: proxy/h2.c), else NULL */
     struct event *timer;       /* owned; keepalive / header timer */
     struct px_peer *peer_slot; /* owned; the socket's count in peers.c (NULL for HTTP/2
                                 * streams and uncounted peers); moves with the socket */
     char peer_ip[INET6_ADDRSTRLEN];
     struct sockaddr_storage peer;
     unsigned tls : 1;       /* the client reached us over TLS */
-    unsigned h2_stream : 1; /* an HTTP/2 stream bridged by proxy/h2.c */
+    unsigned h2_stream : 1; /* one HTTP/2 stream's exchange (proxy/h2.c) */
     unsigned nreq;          /* requests seen on this connection */
     unsigned peer_trusted : 1;
     unsigned busy;               /* >0 while our frames are on the stack */
@@ -187,8 +195,21 @@ int px_conn_wants_html(const struct px_conn *c);
  * c may be gone. */
 void px_conn_respond(struct px_conn *c, int status, const char *ctype, struct evbuffer *body,
                      const char *extra_headers);
-/* A response without a body or Content-Length (204); as px_conn_respond. */
-void px_conn_respond_bare(struct px_conn *c, int status, const char *headers);
+/* The CORS preflight answer (204, no body; SPEC 7); as px_conn_respond. */
+void px_conn_respond_preflight(struct px_conn *c);
+/* Where the request body comes from and the response body goes: the
+ * socket's buffers for HTTP/1.1, the stream's for HTTP/2. */
+struct evbuffer *px_conn_in(struct px_conn *c);
+struct evbuffer *px_conn_out(struct px_conn *c);
+/* Bytes were added to px_conn_out() (HTTP/2: send them). */
+void px_conn_wrote(struct px_conn *c);
+/* A response head for the exchange's front end: begin sets w up (hb is the
+ * HTTP/1.1 builder, on the caller's stack), end hands it over: the bytes to
+ * the socket, or HEADERS to the stream (has_body: DATA follows from
+ * px_conn_out(); without, the stream ends with the head). */
+struct px_headw;
+void px_conn_head_begin(struct px_conn *c, struct px_headw *w, struct px_hbuf *hb);
+void px_conn_head_end(struct px_conn *c, struct px_headw *w, int has_body);
 /* The JSON or HTML error answer (SPEC 10) with an optional code and message;
  * 5xx are logged (rate-limited). As px_conn_respond. c may be gone. */
 void px_conn_fail(struct px_conn *c, int status, const char *code, const char *message);
@@ -238,7 +259,6 @@ void px_fwd_starting(struct px_conn *c);
  * consumes or sets itself, and the Cookie line without the proxy's cookies. */
 int px_fwd_hop_by_hop(struct px_str name, struct px_str conn_value);
 int px_fwd_consumed(struct px_str name, int drop_authorization);
-struct px_hbuf;
 void px_fwd_add_cookie(struct px_hbuf *out, struct px_str v);
 /* Does a runner's Set-Cookie value name one of the proxy's own cookies? */
 int px_fwd_proxy_cookie(struct px_str set_cookie_value);
@@ -247,7 +267,7 @@ int px_fwd_proxy_cookie(struct px_str set_cookie_value);
 /* Leaving a callback: a finished exchange may leave a pipelined request waiting. */
 #define LEAVE(c)                                                                                   \
     do {                                                                                           \
-        if ((c)->busy == 1 && !(c)->doomed && (c)->state == PX_CONN_IDLE &&                        \
+        if ((c)->busy == 1 && !(c)->doomed && (c)->state == PX_CONN_IDLE && (c)->bev != NULL &&    \
             evbuffer_get_length(bufferevent_get_input((c)->bev)) > 0)                              \
             px_conn_step(c);                                                                       \
         if (--(c)->busy == 0 && (c)->doomed)                                                       \

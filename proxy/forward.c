@@ -17,13 +17,16 @@
 #include "proxy/browser.h"
 #include "proxy/conn_priv.h"
 #include "proxy/errors.h"
+#include "proxy/h2.h"
 #include "proxy/hbuf.h"
+#include "proxy/headw.h"
 #include "proxy/upstream.h"
 #include "routing/path.h"
 #include "routing/store.h"
 #include "ws/ws.h"
 
 static void on_up_read(struct bufferevent *bev, void *arg);
+static void response_done(struct px_conn *c);
 static void on_up_write(struct bufferevent *bev, void *arg);
 static void on_up_event(struct bufferevent *bev, short what, void *arg);
 static void start_tunnel(struct px_conn *c);
@@ -33,13 +36,6 @@ static void add_field(struct px_hbuf *o, const char *name, struct px_str value)
 {
     px_hb_str(o, name);
     px_hb_slice(o, value);
-    px_hb_lit(o, "\r\n");
-}
-
-static void add_field_u64(struct px_hbuf *o, const char *name, uint64_t v)
-{
-    px_hb_str(o, name);
-    px_hb_u64(o, v);
     px_hb_lit(o, "\r\n");
 }
 
@@ -217,7 +213,7 @@ static void build_request(struct px_conn *c, struct evbuffer *dst, struct evbuff
         px_hb_str(out, "Content-Length: ");
         px_hb_u64(out, (uint64_t)r->content_length);
         px_hb_lit(out, "\r\n");
-    } else if (c->ex.req_body == BODY_CHUNKED)
+    } else if (c->ex.req_body == BODY_CHUNKED || c->ex.req_body == BODY_STREAM)
         px_hb_lit(out, "Transfer-Encoding: chunked\r\n");
     else if (r->content_length == 0)
         px_hb_lit(out, "Content-Length: 0\r\n");
@@ -285,11 +281,18 @@ static void up_write_buffer(struct px_conn *c, struct evbuffer *data)
 /* Moves request body bytes from the client to the upstream. */
 void px_fwd_pump_request(struct px_conn *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = px_conn_in(c);
     struct evbuffer *tmp;
 
-    if (c->ex.req_done || c->ex.up == NULL)
+    if (c->ex.req_done || c->ex.up == NULL || in == NULL)
         return;
+    if (c->bev == NULL &&
+        evbuffer_get_length(bufferevent_get_output(c->ex.up->bev)) >= PX_HIGH_WATER) {
+        /* HTTP/2: what stays in `in` is not acknowledged, so the client's
+         * window closes; on_up_write() pumps again at the low mark. */
+        bufferevent_setwatermark(c->ex.up->bev, EV_WRITE, PX_HIGH_WATER / 2, 0);
+        return;
+    }
     if ((tmp = evbuffer_new()) == NULL)
         return px_conn_close(c);
     if (c->ex.req_body == BODY_LENGTH) {
@@ -312,9 +315,37 @@ void px_fwd_pump_request(struct px_conn *c)
             clog(c, PX_INFO, "bad chunked request body");
             return px_conn_abort(c, 400, "malformed chunked body");
         }
+    } else if (c->ex.req_body == BODY_STREAM) {
+        /* HTTP/2 DATA without a Content-Length: chunked towards the runner;
+         * in a tunnel the bytes pass as they are. */
+        size_t n = evbuffer_get_length(in);
+        if (n > 0 && !c->ex.tunnel) {
+            struct px_hbuf hb;
+            px_hb_init(&hb, tmp);
+            px_hb_hex(&hb, n);
+            px_hb_lit(&hb, "\r\n");
+            px_hb_flush(&hb);
+        }
+        evbuffer_remove_buffer(in, tmp, n);
+        if (n > 0 && !c->ex.tunnel)
+            evbuffer_add(tmp, "\r\n", 2);
+        c->ex.req_bytes += n;
+        if (c->h2s != NULL && px_h2s_in_ended(c->h2s)) {
+            if (c->ex.tunnel) { /* the client ended the WebSocket: so does the runner side */
+                if (n > 0)
+                    up_write_buffer(c, tmp);
+                evbuffer_free(tmp);
+                c->ex.up_reusable = 0;
+                return response_done(c);
+            }
+            evbuffer_add(tmp, "0\r\n\r\n", 5);
+            c->ex.req_done = 1;
+        }
     }
     size_t cap = c->srv->cfg->max_body_size;
-    if (cap > 0 && c->ex.req_body == BODY_CHUNKED && c->ex.req_ch.total > cap) {
+    if (cap > 0 && !c->ex.tunnel &&
+        ((c->ex.req_body == BODY_CHUNKED && c->ex.req_ch.total > cap) ||
+         (c->ex.req_body == BODY_STREAM && c->ex.req_bytes > cap))) {
         /* A chunked body has no length to check up front: cut it off here. */
         evbuffer_free(tmp);
         return px_conn_abort(c, 413, "request body larger than max_body_size");
@@ -330,7 +361,8 @@ void px_fwd_pump_request(struct px_conn *c)
         return;
     }
     if (evbuffer_get_length(bufferevent_get_output(c->ex.up->bev)) >= PX_HIGH_WATER) {
-        bufferevent_disable(c->bev, EV_READ);
+        if (c->bev != NULL)
+            bufferevent_disable(c->bev, EV_READ);
         bufferevent_setwatermark(c->ex.up->bev, EV_WRITE, PX_HIGH_WATER / 2, 0);
     }
 }
@@ -426,27 +458,32 @@ int px_fwd_proxy_cookie(struct px_str set_cookie_value)
            (n >= 21 && !strncasecmp(name.p, "daytona-sandbox-auth-", 21));
 }
 
-static void add_response_head(struct px_conn *c, struct evbuffer *dst)
+/* The runner's response head as the client gets it (SPEC 9): hop-by-hop and
+ * the proxy's own fields dropped, CORS ours, framing for the client's
+ * protocol (HTTP/1.1: Content-Length, chunked or close; HTTP/2: DATA frames,
+ * so only Content-Length when known). Returns has_body for HTTP/2. */
+static void add_response_head(struct px_conn *c)
 {
-    struct px_hbuf hb, *out = &hb;
+    struct px_hbuf hb;
+    struct px_headw w;
     const struct px_head *rs = &c->ex.resp;
     struct px_str conn_value = PX_STR_NULL;
     int minor = c->ex.req.http_minor;
     int cors = px_head_get(&c->ex.req, PX_STR("origin")) != NULL && !px_cors_disabled(&c->ex.req);
+    int h2 = c->bev == NULL;
+    int tunnel = rs->status == 101;
 
-    px_hb_init(out, dst);
-
+    px_conn_head_begin(c, &w, &hb);
     for (int i = 0; i < rs->nhdrs; i++)
         if (px_str_ieq(rs->hdrs[i].name, PX_STR("connection")))
             conn_value = rs->hdrs[i].value;
-    px_hb_str(out, minor ? "HTTP/1.1 " : "HTTP/1.0 ");
-    px_hb_u64(out, (uint64_t)rs->status);
-    px_hb_lit(out, " ");
-    px_hb_slice(out, rs->reason);
-    px_hb_lit(out, "\r\n");
+    /* RFC 8441: an HTTP/2 WebSocket is accepted with a 200 */
+    px_hw_status(&w, minor, tunnel && h2 ? 200 : rs->status, rs->reason);
     for (int i = 0; i < rs->nhdrs; i++) {
         const struct px_hdr *f = &rs->hdrs[i];
-        if (rs->status == 101 &&
+        if (tunnel && h2 && px_str_ieq(f->name, PX_STR("sec-websocket-accept")))
+            continue;
+        if (tunnel && !h2 &&
             (px_str_ieq(f->name, PX_STR("upgrade")) || px_str_ieq(f->name, PX_STR("connection"))))
             goto copy;
         if (px_fwd_hop_by_hop(f->name, conn_value))
@@ -457,67 +494,66 @@ static void add_response_head(struct px_conn *c, struct evbuffer *dst)
             continue;
         if (c->ex.toolbox && rs->status / 100 == 3 && px_str_ieq(f->name, PX_STR("location"))) {
             /* [compat] keep redirects inside /toolbox/{id} */
-            char pre[300];
+            char pre[300], loc[PX_HBUF_CAP];
             int n = snprintf(pre, sizeof(pre), "/toolbox/%s", c->ex.sb->id);
-            if (f->value.len < (size_t)n || memcmp(f->value.p, pre, (size_t)n) != 0) {
-                px_hb_lit(out, "Location: ");
-                px_hb_add(out, pre, (size_t)n);
+            if ((f->value.len < (size_t)n || memcmp(f->value.p, pre, (size_t)n) != 0) &&
+                (size_t)n + 1 + f->value.len < sizeof(loc)) { /* longer: left as it is */
+                size_t k = px_cat(loc, sizeof(loc), 0, pre, (size_t)n);
                 if (!(f->value.len && f->value.p[0] == '/'))
-                    px_hb_lit(out, "/");
-                px_hb_slice(out, f->value);
-                px_hb_lit(out, "\r\n");
+                    k = px_cat(loc, sizeof(loc), k, "/", 1);
+                k = px_cat(loc, sizeof(loc), k, f->value.p, f->value.len);
+                px_hw_field_copy(&w, PX_STR("Location"), px_str_make(loc, k));
                 continue;
             }
         }
     copy:
-        px_hb_field(out, f->name, f->value);
+        px_hw_field(&w, f->name, f->value);
     }
     if (c->ex.set_cookie != NULL)
-        px_hb_str(out, c->ex.set_cookie);
-    if (cors) { /* rare enough to write straight into the evbuffer */
-        px_hb_flush(out);
-        px_cors_headers(dst, &c->ex.req, PX_CORS_REQ(c->srv->cfg, c->ex.label, c->ex.sb));
-    }
-    if (rs->status == 101) {
-        px_hb_lit(out, "\r\n");
-        px_hb_flush(out);
-        return;
+        px_hw_lines(&w, c->ex.set_cookie, strlen(c->ex.set_cookie));
+    if (cors)
+        px_cors_headers(&w, &c->ex.req, PX_CORS_REQ(c->srv->cfg, c->ex.label, c->ex.sb));
+    if (tunnel) {
+        c->ex.resp_chunk_out = 0;
+        return px_conn_head_end(c, &w, 1);
     }
     switch (c->ex.resp_body) {
     case BODY_LENGTH:
-        px_hb_str(out, "Content-Length: ");
-        px_hb_u64(out, (uint64_t)c->ex.resp_left);
-        px_hb_lit(out, "\r\n");
+        px_hw_field_u64(&w, PX_STR("Content-Length"), (uint64_t)c->ex.resp_left);
         break;
     case BODY_CHUNKED:
-        if (minor == 1)
-            px_hb_lit(out, "Transfer-Encoding: chunked\r\n");
+        if (h2)
+            c->ex.resp_ch.plain = 1; /* DATA frames delimit it */
+        else if (minor == 1)
+            px_hw_lit(&w, "Transfer-Encoding", "chunked");
         else
             c->ex.keepalive = 0; /* HTTP/1.0 client: de-chunk and close to delimit */
         break;
     case BODY_EOF:
+        if (h2)
+            break;
         if (minor == 1) {
-            px_hb_lit(out, "Transfer-Encoding: chunked\r\n");
+            px_hw_lit(&w, "Transfer-Encoding", "chunked");
             c->ex.resp_chunk_out = 1;
         } else {
             c->ex.keepalive = 0;
         }
         break;
+    case BODY_STREAM:
     case BODY_NONE:
         if (rs->content_length >= 0) /* HEAD, 304: keep the representation's length */
-            add_field_u64(out, "Content-Length: ", (uint64_t)rs->content_length);
+            px_hw_field_u64(&w, PX_STR("Content-Length"), (uint64_t)rs->content_length);
         else if (rs->status != 204 && rs->status != 304 && c->ex.req.m != HTTP_HEAD)
-            px_hb_lit(out, "Content-Length: 0\r\n");
+            px_hw_lit(&w, "Content-Length", "0");
         break;
     }
     if (!c->ex.req_done || c->srv->draining)
         c->ex.keepalive = 0;
-    if (!c->ex.keepalive)
-        px_hb_lit(out, "Connection: close\r\n");
-    else if (minor == 0)
-        px_hb_lit(out, "Connection: keep-alive\r\n");
-    px_hb_lit(out, "\r\n");
-    px_hb_flush(out);
+    if (!h2 && !c->ex.keepalive)
+        px_hw_lit(&w, "Connection", "close");
+    else if (!h2 && minor == 0)
+        px_hw_lit(&w, "Connection", "keep-alive");
+    px_conn_head_end(c, &w, c->ex.resp_body != BODY_NONE);
 }
 
 /* Reads the response head. Returns 1 when the body phase may start. */
@@ -547,7 +583,8 @@ static int read_response_head(struct px_conn *c)
         if (c->ex.resp.status / 100 != 1)
             break;
         /* 1xx: relay 100 Continue to a client that asked for it; drop the rest. */
-        if (c->ex.resp.status == 100 && c->ex.req.expect_continue && c->ex.req.http_minor == 1)
+        if (c->ex.resp.status == 100 && c->ex.req.expect_continue && c->ex.req.http_minor == 1 &&
+            c->bev != NULL)
             evbuffer_add(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
     }
     c->ex.up_reusable = c->ex.resp.keepalive;
@@ -593,9 +630,11 @@ static void response_done(struct px_conn *c)
 static void pump_response(struct px_conn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->ex.up->bev);
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = px_conn_out(c);
+    size_t before = evbuffer_get_length(out);
 
     switch (c->ex.resp_body) {
+    case BODY_STREAM: /* a request body kind only */
     case BODY_NONE: return response_done(c);
     case BODY_LENGTH: {
         size_t avail = evbuffer_get_length(in);
@@ -606,14 +645,16 @@ static void pump_response(struct px_conn *c)
         if (c->ex.resp_left == 0) {
             if (evbuffer_get_length(in) > 0)
                 c->ex.up_reusable = 0; /* the runner sent more than it announced */
+            px_conn_wrote(c);
             return response_done(c);
         }
         break;
     }
     case BODY_CHUNKED: {
         uint64_t t0 = c->ex.resp_ch.total;
-        /* An HTTP/1.0 client gets plain bytes, delimited by close. */
-        c->ex.resp_ch.plain = c->ex.req.http_minor == 0;
+        /* An HTTP/1.0 client gets plain bytes, delimited by close; HTTP/2
+         * DATA frames delimit them too. */
+        c->ex.resp_ch.plain = c->ex.req.http_minor == 0 || c->bev == NULL;
         enum px_parse r = px_chunked_feed(&c->ex.resp_ch, in, out);
         c->ex.bytes_out += c->ex.resp_ch.total - t0;
         if (r == PX_PARSE_BAD) {
@@ -621,8 +662,10 @@ static void pump_response(struct px_conn *c)
             px_conn_upstream_drop(c);
             return px_conn_close(c);
         }
-        if (r == PX_PARSE_OK)
+        if (r == PX_PARSE_OK) {
+            px_conn_wrote(c);
             return response_done(c);
+        }
         break;
     }
     case BODY_EOF: {
@@ -638,7 +681,14 @@ static void pump_response(struct px_conn *c)
         break;
     }
     }
-    if (c->ex.up != NULL && evbuffer_get_length(out) >= PX_HIGH_WATER) {
+    if (evbuffer_get_length(out) != before)
+        px_conn_wrote(c);
+    if (c->ex.up == NULL)
+        return;
+    if (c->h2s != NULL) { /* HTTP/2: px_conn_h2_drained() resumes */
+        if (px_h2s_out_full(c->h2s))
+            bufferevent_disable(c->ex.up->bev, EV_READ);
+    } else if (evbuffer_get_length(out) >= PX_HIGH_WATER) {
         bufferevent_disable(c->ex.up->bev, EV_READ);
         bufferevent_setwatermark(c->bev, EV_WRITE, PX_HIGH_WATER / 2, 0);
     }
@@ -661,7 +711,7 @@ void px_fwd_on_response(struct px_conn *c)
                 return px_wake_or_fail(c, 503, "the sandbox is stopped");
             }
         }
-        add_response_head(c, bufferevent_get_output(c->bev));
+        add_response_head(c);
         c->ex.status = c->ex.resp.status;
         c->ex.resp_st = RESP_BODY;
         /* Streaming bodies (SSE, downloads) may idle for long; bound them by the
@@ -673,16 +723,41 @@ void px_fwd_on_response(struct px_conn *c)
         pump_response(c);
 }
 
+/* HTTP/2 (RFC 8441): the stream is the tunnel. The exchange stays: runner
+ * bytes go out as DATA (a body delimited by the runner's close), DATA from
+ * the client goes to the runner as it is, until either side ends. The
+ * runner's read timeout is ws_idle_timeout (up_timeouts(), body phase). */
+static void start_h2_tunnel(struct px_conn *c)
+{
+    c->ex.status = 101;
+    c->ex.resp_body = BODY_EOF;
+    c->ex.up_reusable = 0;
+    add_response_head(c);
+    px_conn_access_log(c);
+    c->ex.tunnel = 1;
+    c->ex.req_body = BODY_STREAM;
+    c->ex.req_done = 0;
+    c->ex.resp_st = RESP_BODY;
+    up_timeouts(c);
+    px_conn_arm_timer(c, PX_ACTIVITY_REFRESH(c->srv->cfg->activity_interval));
+    px_fwd_pump_request(c); /* DATA that came with or before the answer */
+    if (c->state == PX_CONN_STREAM && c->ex.up != NULL &&
+        evbuffer_get_length(bufferevent_get_input(c->ex.up->bev)) > 0)
+        pump_response(c);
+}
+
 static void start_tunnel(struct px_conn *c)
 {
+    if (c->bev == NULL)
+        return start_h2_tunnel(c);
     struct bufferevent *client = c->bev, *runner = c->ex.up->bev;
     const struct px_hdr *skip =
         px_head_get(&c->ex.req, PX_STR("x-daytona-skip-last-activity-update"));
     int activity = skip == NULL || !px_str_ieq(skip->value, PX_STR("true"));
-    int raw = !c->tls && !c->h2_stream && !c->ex.up->tls; /* two plain sockets */
+    int raw = !c->tls && !c->ex.up->tls; /* two plain sockets */
 
     c->ex.status = 101;
-    add_response_head(c, bufferevent_get_output(c->bev));
+    add_response_head(c);
     px_conn_access_log(c);
     /* Both sockets leave this connection, whose per-request state is freed:
      * an idle tunnel then costs only what ws/ keeps. */
@@ -708,7 +783,7 @@ static void on_up_read(struct bufferevent *bev, void *arg)
     }
     /* A body streams faster in 64 KiB bites than in libevent's 4 KiB ones. */
     if (c->state == PX_CONN_STREAM && c->ex.resp_st == RESP_BODY && !c->ex.up->tls &&
-        evbuffer_get_length(bufferevent_get_output(c->bev)) < PX_HIGH_WATER)
+        c->bev != NULL && evbuffer_get_length(bufferevent_get_output(c->bev)) < PX_HIGH_WATER)
         px_bev_slurp(bev, PX_HIGH_WATER);
     if (c->state == PX_CONN_STREAM)
         px_fwd_on_response(c);
@@ -724,8 +799,10 @@ static void on_up_write(struct bufferevent *bev, void *arg)
     if (c->state == PX_CONN_STREAM) {
         /* The runner drained below the low mark: resume reading the client. */
         bufferevent_setwatermark(c->ex.up->bev, EV_WRITE, 0, 0);
-        bufferevent_enable(c->bev, EV_READ);
-        if (evbuffer_get_length(bufferevent_get_input(c->bev)))
+        if (c->bev != NULL)
+            bufferevent_enable(c->bev, EV_READ);
+        struct evbuffer *in = px_conn_in(c);
+        if (in != NULL && evbuffer_get_length(in))
             px_fwd_pump_request(c);
     }
     LEAVE(c);
@@ -776,7 +853,7 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
     if ((what & BEV_EVENT_EOF) && c->ex.resp_st == RESP_BODY && c->ex.resp_body == BODY_EOF) {
         pump_response(c);
         if (c->ex.resp_chunk_out)
-            evbuffer_add(bufferevent_get_output(c->bev), "0\r\n\r\n", 5);
+            evbuffer_add(px_conn_out(c), "0\r\n\r\n", 5);
         c->ex.up_reusable = 0;
         response_done(c);
         goto out;

@@ -1,13 +1,23 @@
-/* h2.c — HTTP/2 server sessions bridged to the HTTP/1.1 pipeline.
+/* h2.c — HTTP/2 server sessions (nghttp2) feeding the request pipeline.
  *
- * Each stream owns one end of a bufferevent pair; the other end is handed to
- * px_conn_attach() as if it were a client connection. The stream writes an
- * HTTP/1.1 request head (from the HEADERS frame) and the body (from DATA
- * frames) into the pair, and reads back the HTTP/1.1 response, which it parses
- * with the same head parser and chunked codec and turns into HEADERS and DATA
- * frames. Flow control is end to end: DATA is acknowledged (WINDOW_UPDATE)
- * only when the pipeline has taken the bytes, and response bytes are read from
- * the pair only while the client's window lets them leave.
+ * One request pipeline for both protocols (issue 13 item 1): each stream's
+ * request becomes the same structured head (struct px_head) an HTTP/1.1
+ * request is parsed into, and px_conn_h2_open() runs routing, authentication,
+ * the warning page, CORS and forwarding on it, as for HTTP/1.1. The pipeline
+ * answers through a struct px_headw (HEADERS) and the stream's `out` buffer
+ * (DATA); request DATA reaches it through the stream's `in` buffer. Nothing
+ * is written as HTTP/1.1 text and parsed back, and no bufferevent sits
+ * between a stream and its exchange.
+ *
+ * Flow control is end to end: DATA is acknowledged (WINDOW_UPDATE) only when
+ * the pipeline has taken the bytes from `in`, and the pipeline stops reading
+ * the runner while `out` holds BODY_HIGH bytes the client's window has not let
+ * leave.
+ *
+ * Lifetimes: a stream and its exchange (struct px_conn) point at each other
+ * while both live. Whichever ends first unlinks both pointers: the exchange
+ * with px_h2s_finish() (complete: END_STREAM after `out`; else RST_STREAM),
+ * the stream with px_conn_h2_gone() (the exchange is aborted, 499).
  *
  * Abuse limits (LESSONS B4): at most 100 concurrent streams, a header list of
  * 64 KiB, 8 CONTINUATION frames (nghttp2), and per-second budgets for PING,
@@ -25,6 +35,7 @@
 #include <openssl/rand.h>
 
 #include "proxy/h1.h"
+#include "proxy/headw.h"
 #include "proxy/metrics.h"
 #include "proxy/peers.h"
 #include "proxy/h2.h"
@@ -35,37 +46,34 @@
 #define STREAM_WINDOW (256 * 1024)
 #define CONN_WINDOW (4 * 1024 * 1024)
 #define OUT_HIGH (256 * 1024)  /* bytes queued towards the client before we stop producing */
-#define BODY_HIGH (256 * 1024) /* decoded response bytes a stream holds before pausing its pair */
+#define BODY_HIGH (256 * 1024) /* response bytes a stream holds before the runner is paused */
 #define PER_SECOND_LIMIT 100
 
-enum rstate { R_HEAD = 0, R_BODY, R_TUNNEL, R_DONE };
-enum bkind { B_NONE = 0, B_LENGTH, B_CHUNKED, B_EOF };
-
-struct stream {
+struct px_h2s {
     int32_t id;
     struct px_h2 *h2;         /* borrowed: the owner */
-    struct bufferevent *bev;  /* owned: our end of the pair; NULL once finished */
-    struct evbuffer *head;    /* owned: HTTP/1.1 header lines being built */
+    struct px_conn *c;        /* borrowed: the exchange answering this stream, or NULL */
+    struct evbuffer *fields;  /* owned until the head is used: request fields as
+                               * (u32 name length, u32 value length, name, value) */
     struct evbuffer *cookies; /* owned: cookie crumbs joined with "; " (RFC 9113 8.2.3) */
+    int nfields;
     char method[24];
     char *path, *authority, *protocol; /* owned */
-    size_t hdr_bytes;
-    int64_t req_cl;
-    unsigned req_chunked : 1, req_ended : 1, started : 1, is_head : 1, ws : 1;
-    size_t unconsumed; /* DATA bytes not yet acknowledged to the peer */
-    enum rstate rst;
-    struct px_head resp; /* owned */
-    enum bkind body;
-    int64_t left;
-    struct px_chunked ch;
+    size_t hdr_bytes;                  /* bounded by MAX_HEADER_LIST */
+    int64_t req_cl;                    /* Content-Length, -1 without */
+    unsigned req_ended : 1, started : 1, ws : 1;
+    struct evbuffer *in;  /* owned: request body bytes the pipeline has not taken (bounded
+                           * by STREAM_WINDOW: only taken bytes are acknowledged) */
     struct evbuffer *out; /* owned: response payload waiting for DATA frames */
     unsigned out_eof : 1, deferred : 1, submitted : 1;
+    unsigned done : 1;  /* the response is complete on our side (END_STREAM queued or sent) */
     unsigned reset : 1; /* we sent (queued) RST_STREAM: no more time bounds */
+    unsigned wake_armed : 1, wake : 1; /* the pipeline waits for `out` to drain */
     /* Per-stream time bounds (on_tick(), CLOCK_MONOTONIC seconds): the last time
      * the client sent request body or could not send any (our window closed), and
      * the last time response DATA left or none was waiting. */
     time_t body_at, send_at;
-    struct stream *next, *prev;
+    struct px_h2s *next, *prev;
 };
 
 struct px_h2 {
@@ -75,27 +83,26 @@ struct px_h2 {
     struct sockaddr_storage peer;
     struct px_peer *slot; /* owned: the socket's count in proxy/peers.c, or NULL */
     int tls;
-    struct stream *streams; /* owned list */
+    struct px_h2s *streams; /* owned list */
     struct event *kick;     /* owned: a send asked for where calling nghttp2 is unsafe */
     struct event *tick;     /* owned: 1 s, while streams exist: per-stream timeouts */
     int nstreams;
     /* >0 while nghttp2_session_mem_recv() or _mem_send() is on the stack: nghttp2
      * is not reentrant, so its callbacks (and what they reach: stream_free() ->
-     * finish_pair() -> on_pair_drained()) must not call back into the session's
+     * px_conn_h2_gone() -> the pipeline) must not call back into the session's
      * send or recv. h2_send() then only sets want_send, and the outer h2_send()
      * loops (on_read() sends after mem_recv returns). */
     unsigned in_ng;
     unsigned busy;
-    unsigned doomed : 1, draining : 1, want_send : 1;
+    unsigned doomed : 1, draining : 1, want_send : 1, want_wake : 1;
     time_t win;
     unsigned pings, settings, resets, empty;
     struct px_h2 *next, *prev; /* srv->h2s */
 };
 
 static void h2_send(struct px_h2 *h);
-static void stream_pump(struct stream *s);
 
-static void stream_reset(struct stream *s, uint32_t code)
+static void stream_reset(struct px_h2s *s, uint32_t code)
 {
     s->reset = 1;
     nghttp2_submit_rst_stream(s->h2->ng, NGHTTP2_FLAG_NONE, s->id, code);
@@ -111,8 +118,8 @@ static time_t now_s(void)
 
 /* Asks for a send without calling into nghttp2 from here. Inside one of its
  * callbacks the h2_send() or on_read() on the stack sends once mem_send/recv
- * returns; elsewhere (a pair's evbuffer callback, which can run while that
- * buffer is being flushed or freed) the event loop runs on_kick() next. */
+ * returns; elsewhere (the pipeline, deep in a runner or lookup callback, or an
+ * evbuffer callback) the event loop runs on_kick() next. */
 static void kick(struct px_h2 *h)
 {
     h->want_send = 1;
@@ -122,29 +129,36 @@ static void kick(struct px_h2 *h)
 
 /* ---- lifetime ---- */
 
-static void finish_pair(struct stream *s)
+/* The exchange must not outlive its stream: it is told (and aborted, 499
+ * in the log, its runner connection dropped). */
+static void unlink_exchange(struct px_h2s *s)
 {
-    if (s->bev == NULL)
+    struct px_conn *c = s->c;
+
+    if (c == NULL)
         return;
-    /* Tell the pipeline's end we are gone (a plain free would not). The flush
-     * hands it our unread request bytes, which on_pair_drained() credits back. */
-    bufferevent_flush(s->bev, EV_READ | EV_WRITE, BEV_FINISHED);
-    bufferevent_free(s->bev);
-    s->bev = NULL;
-    if (s->unconsumed > 0) {
-        /* The pipeline's end was already gone: those bytes die with our end, but
-         * they still count against the connection window. */
-        nghttp2_session_consume(s->h2->ng, s->id, s->unconsumed);
-        s->unconsumed = 0;
-        kick(s->h2);
-    }
+    s->c = NULL;
+    px_conn_h2_gone(c);
 }
 
-static void stream_free(struct stream *s)
+/* Request bytes nobody will take still count against the connection window. */
+static void drop_input(struct px_h2s *s)
+{
+    size_t n = evbuffer_get_length(s->in);
+
+    if (n > 0)
+        evbuffer_drain(s->in, n); /* on_in_drained() acknowledges them */
+}
+
+static void stream_free(struct px_h2s *s)
 {
     struct px_h2 *h = s->h2;
 
-    finish_pair(s);
+    unlink_exchange(s);
+    if (s->in != NULL) {
+        drop_input(s);
+        evbuffer_free(s->in);
+    }
     if (s->prev != NULL)
         s->prev->next = s->next;
     else
@@ -152,14 +166,12 @@ static void stream_free(struct stream *s)
     if (s->next != NULL)
         s->next->prev = s->prev;
     h->nstreams--;
-    if (s->head != NULL)
-        evbuffer_free(s->head);
+    if (s->fields != NULL)
+        evbuffer_free(s->fields);
     if (s->cookies != NULL)
         evbuffer_free(s->cookies);
     if (s->out != NULL)
         evbuffer_free(s->out);
-    px_head_free(&s->resp);
-    px_chunked_reset(&s->ch);
     free(s->path);
     free(s->authority);
     free(s->protocol);
@@ -237,16 +249,14 @@ static int lower_eq(const uint8_t *p, size_t n, const char *lit)
     return strlen(lit) == n && !memcmp(p, lit, n);
 }
 
-static void on_pair_drained(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+/* The pipeline took request bytes from `in`: now the peer may send more. */
+static void on_in_drained(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
-    struct stream *s = arg;
-    size_t n = info->n_deleted < s->unconsumed ? info->n_deleted : s->unconsumed;
+    struct px_h2s *s = arg;
     (void)buf;
 
-    /* The pipeline took request bytes: now the peer may send more. */
-    if (n > 0) {
-        s->unconsumed -= n;
-        nghttp2_session_consume(s->h2->ng, s->id, n);
+    if (info->n_deleted > 0 && !s->h2->doomed) {
+        nghttp2_session_consume(s->h2->ng, s->id, info->n_deleted);
         kick(s->h2);
     }
 }
@@ -254,14 +264,19 @@ static void on_pair_drained(struct evbuffer *buf, const struct evbuffer_cb_info 
 static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len, uint32_t *flags,
                          nghttp2_data_source *src, void *user)
 {
-    struct stream *s = src->ptr;
+    struct px_h2s *s = src->ptr;
     size_t n = evbuffer_remove(s->out, buf, len);
     (void)ng;
     (void)id;
     (void)user;
 
-    if (s->bev != NULL && evbuffer_get_length(s->out) < BODY_HIGH / 2)
-        bufferevent_enable(s->bev, EV_READ); /* the client's window moved: produce again */
+    if (s->wake_armed && evbuffer_get_length(s->out) < BODY_HIGH / 2) {
+        /* The client's window moved: the pipeline may read the runner again,
+         * once we are out of nghttp2 (h2_send() runs the wake-ups). */
+        s->wake_armed = 0;
+        s->wake = 1;
+        s->h2->want_wake = 1;
+    }
     if (n > 0)
         s->send_at = now_s();
     if (n == 0 && !s->out_eof) {
@@ -273,7 +288,7 @@ static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
     return (ssize_t)n;
 }
 
-static void resume(struct stream *s)
+static void resume(struct px_h2s *s)
 {
     if (s->deferred && s->submitted) {
         s->deferred = 0;
@@ -281,243 +296,238 @@ static void resume(struct stream *s)
     }
 }
 
-static int hop_header(struct px_str name)
+struct evbuffer *px_h2s_in(struct px_h2s *s)
 {
-    return px_str_ieq(name, PX_STR("connection")) || px_str_ieq(name, PX_STR("keep-alive")) ||
-           px_str_ieq(name, PX_STR("proxy-connection")) ||
-           px_str_ieq(name, PX_STR("transfer-encoding")) || px_str_ieq(name, PX_STR("upgrade")) ||
-           px_str_ieq(name, PX_STR("te")) || px_str_ieq(name, PX_STR("trailer"));
+    return s->in;
 }
 
-/* Turns the pipeline's HTTP/1.1 response head into HEADERS. */
-static int submit_head(struct stream *s)
+int px_h2s_in_ended(const struct px_h2s *s)
 {
-    struct px_head *r = &s->resp;
-    nghttp2_nv nva[128];
-    char status[4], names[128][64];
-    size_t n = 0;
-    int tunnel = r->status == 101;
+    return s->req_ended;
+}
+
+struct evbuffer *px_h2s_out(struct px_h2s *s)
+{
+    return s->out;
+}
+
+int px_h2s_head(struct px_h2s *s, const struct px_headw *w, int has_body)
+{
     nghttp2_data_provider prd = {.source.ptr = s, .read_callback = read_body};
+    int rc;
 
-    snprintf(status, sizeof(status), "%d", tunnel ? 200 : r->status);
-    nva[n++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, 3, NGHTTP2_NV_FLAG_NONE};
-    for (int i = 0; i < r->nhdrs && n < 128; i++) {
-        struct px_str nm = r->hdrs[i].name;
-        if (hop_header(nm) || nm.len >= sizeof(names[0]))
-            continue;
-        if (tunnel && (px_str_ieq(nm, PX_STR("sec-websocket-accept")) ||
-                       px_str_ieq(nm, PX_STR("content-length"))))
-            continue;
-        for (size_t k = 0; k < nm.len; k++) /* HTTP/2 field names are lowercase */
-            names[n][k] = (char)(nm.p[k] >= 'A' && nm.p[k] <= 'Z' ? nm.p[k] + 32 : nm.p[k]);
-        nva[n] = (nghttp2_nv){(uint8_t *)names[n], (uint8_t *)r->hdrs[i].value.p, nm.len,
-                              r->hdrs[i].value.len, NGHTTP2_NV_FLAG_NONE};
-        n++;
-    }
+    if (s->submitted || s->reset)
+        return -1;
     s->submitted = 1;
-    if (!tunnel && s->body == B_NONE) {
-        s->rst = R_DONE;
-        return nghttp2_submit_response(s->h2->ng, s->id, nva, n, NULL);
-    }
-    return nghttp2_submit_response(s->h2->ng, s->id, nva, n, &prd);
+    if (!has_body)
+        s->done = 1;
+    rc = nghttp2_submit_response(s->h2->ng, s->id, w->nv, w->n, has_body ? &prd : NULL);
+    kick(s->h2);
+    return rc;
 }
 
-/* Reads what the pipeline wrote back. */
-static void stream_pump(struct stream *s)
+void px_h2s_wrote(struct px_h2s *s)
 {
-    struct evbuffer *in;
-    size_t head_len;
-    int status;
-    const char *why;
-
-    if (s->bev == NULL)
-        return;
-    in = bufferevent_get_input(s->bev);
-    if (s->rst == R_HEAD) {
-        for (;;) {
-            switch (px_h1_find_head(in, 64 * 1024, 64 * 1024, &head_len, &status)) {
-            case PX_PARSE_AGAIN: return;
-            case PX_PARSE_BAD: goto bad;
-            case PX_PARSE_OK: break;
-            }
-            const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)head_len);
-            px_head_free(&s->resp);
-            if (data == NULL || px_h1_parse_response(&s->resp, data, head_len, 1000, &why) != 0)
-                goto bad;
-            evbuffer_drain(in, head_len);
-            if (s->resp.status / 100 != 1 || s->resp.status == 101)
-                break;
-        }
-        if (s->resp.status == 101) {
-            s->rst = R_TUNNEL;
-        } else if (s->is_head || s->resp.status == 204 || s->resp.status == 304) {
-            s->body = B_NONE;
-        } else if (s->resp.chunked) {
-            s->body = B_CHUNKED;
-            s->ch.plain = 1;
-        } else if (s->resp.content_length >= 0) {
-            s->body = s->resp.content_length > 0 ? B_LENGTH : B_NONE;
-            s->left = s->resp.content_length;
-        } else {
-            s->body = B_EOF;
-        }
-        if (s->rst == R_HEAD)
-            s->rst = R_BODY;
-        if (submit_head(s) != 0)
-            goto bad;
-    }
-    switch (s->rst) {
-    case R_TUNNEL: evbuffer_add_buffer(s->out, in); break;
-    case R_BODY:
-        if (s->body == B_LENGTH) {
-            size_t avail = evbuffer_get_length(in);
-            size_t k = (int64_t)avail < s->left ? avail : (size_t)s->left;
-            evbuffer_remove_buffer(in, s->out, k);
-            s->left -= (int64_t)k;
-            if (s->left == 0)
-                s->out_eof = 1;
-        } else if (s->body == B_CHUNKED) {
-            enum px_parse r = px_chunked_feed(&s->ch, in, s->out);
-            if (r == PX_PARSE_BAD)
-                goto bad;
-            if (r == PX_PARSE_OK)
-                s->out_eof = 1;
-        } else {
-            evbuffer_add_buffer(s->out, in);
-        }
-        if (s->out_eof)
-            s->rst = R_DONE;
-        break;
-    case R_HEAD:
-    case R_DONE: evbuffer_drain(in, evbuffer_get_length(in)); break;
-    }
-    if (evbuffer_get_length(s->out) >= BODY_HIGH && s->bev != NULL)
-        bufferevent_disable(s->bev, EV_READ);
     resume(s);
-    return;
-bad:
-    px_log(PX_WARN, "h2: stream %d: bad response from the pipeline", (int)s->id);
-    finish_pair(s);
-    stream_reset(s, NGHTTP2_INTERNAL_ERROR);
+    kick(s->h2);
 }
 
-static void on_pair_read(struct bufferevent *bev, void *arg)
+int px_h2s_out_full(struct px_h2s *s)
 {
-    struct stream *s = arg;
-    struct px_h2 *h = s->h2;
-    (void)bev;
-
-    h->busy++;
-    stream_pump(s);
-    h2_send(h);
-    if (--h->busy == 0 && h->doomed)
-        h2_destroy(h);
+    if (evbuffer_get_length(s->out) < BODY_HIGH)
+        return 0;
+    s->wake_armed = 1;
+    return 1;
 }
 
-static void on_pair_event(struct bufferevent *bev, short what, void *arg)
+void px_h2s_finish(struct px_h2s *s, int complete)
 {
-    struct stream *s = arg;
-    struct px_h2 *h = s->h2;
-    (void)bev;
-    (void)what;
-
-    h->busy++;
-    stream_pump(s); /* whatever arrived before the end */
-    finish_pair(s);
-    if (s->rst == R_TUNNEL || (s->rst == R_BODY && s->body == B_EOF)) {
+    s->c = NULL;
+    if (complete && s->submitted) {
         s->out_eof = 1;
-        s->rst = R_DONE;
+        s->done = 1;
         resume(s);
-    } else if (s->rst != R_DONE && !s->reset) { /* stream_pump() may have reset it */
+    } else if (!s->reset && !s->done) {
+        evbuffer_drain(s->out, evbuffer_get_length(s->out));
         stream_reset(s, s->submitted ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_REFUSED_STREAM);
     }
-    h2_send(h);
-    if (--h->busy == 0 && h->doomed)
-        h2_destroy(h);
+    /* Whatever the client still sends is not wanted: acknowledge and drop it. */
+    drop_input(s);
+    kick(s->h2);
 }
 
-/* The request head is complete: open the pair and hand one end to conn.c.
- * On failure nothing is left allocated (s->bev stays NULL) and the caller
- * resets the stream. The request head is built before the pair exists, so the
- * only step after bufferevent_pair_new() that can fail frees both ends. */
-static int stream_start(struct stream *s, int end_stream)
+/* Header values: no control bytes but HTAB (RFC 9110 5.5; nghttp2 already
+ * refuses CR, LF and NUL), as the HTTP/1.1 head scan requires. */
+static int value_ok(const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((p[i] < 0x20 && p[i] != '\t') || p[i] == 0x7f)
+            return 0;
+    return 1;
+}
+
+/* The target and authority: visible ASCII only (no spaces, no controls). */
+static int visible(const char *p)
+{
+    for (; *p != '\0'; p++)
+        if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
+            return 0;
+    return 1;
+}
+
+static enum http_method method_of(const char *m, int *known)
+{
+    for (int i = 0; i < 64; i++) {
+        const char *name = http_method_str((enum http_method)i);
+        if (name == NULL || !strcmp(name, "<unknown>"))
+            break;
+        if (!strcmp(name, m)) {
+            *known = 1;
+            return (enum http_method)i;
+        }
+    }
+    *known = 0;
+    return HTTP_GET;
+}
+
+/* The request head as the pipeline reads it (what px_h1_parse_request()
+ * makes of an HTTP/1.1 head), built from the stream's fields: one block holds
+ * the field array and every byte the slices point at. Returns 0, or -1 with
+ * *status and *why. */
+static int build_head(struct px_h2s *s, struct px_head *h, int max_headers, int *status,
+                      const char **why)
+{
+    const char *method = s->ws ? "GET" : s->method;
+    const char *authority = s->authority != NULL ? s->authority : "";
+    size_t flen = evbuffer_get_length(s->fields);
+    size_t clen = s->cookies != NULL ? evbuffer_get_length(s->cookies) : 0;
+    size_t ml = strlen(method), pl = strlen(s->path), al = strlen(authority);
+    int n = s->nfields + 1 /* host */ + (clen > 0) + s->ws, known;
+    unsigned char key[16], b64[32]; /* 16 bytes: 24 base64 characters with "==" */
+    const uint8_t *f;
+    char *p;
+
+    memset(h, 0, sizeof(*h));
+    h->content_length = -1;
+    *status = 400;
+    if (n > max_headers + 1) {
+        *status = 431;
+        *why = "too many header fields";
+        return -1;
+    }
+    h->m = method_of(method, &known);
+    if (!known) {
+        *why = "unknown method";
+        return -1;
+    }
+    if (pl == 0 || (s->path[0] != '/' && strcmp(s->path, "*")) || !visible(s->path) ||
+        !visible(authority)) {
+        *why = "bad request target";
+        return -1;
+    }
+    if (s->ws) {
+        /* RFC 8441: the runner speaks HTTP/1.1, so this becomes a classic
+         * upgrade (forward.c adds Connection and Upgrade) with our own key. */
+        RAND_bytes(key, sizeof(key));
+        EVP_EncodeBlock(b64, key, sizeof(key)); /* RFC 6455: standard base64 */
+    }
+    h->cap = n;
+    h->hdrs = malloc(sizeof(*h->hdrs) * (size_t)n + ml + pl + al + flen + clen + 64);
+    if (h->hdrs == NULL) {
+        *status = 500;
+        *why = "out of memory";
+        return -1;
+    }
+    p = h->buf = (char *)(h->hdrs + n);
+#define PUT(dst, src, len)                                                                         \
+    do {                                                                                           \
+        memcpy(p, (src), (len));                                                                   \
+        (dst) = px_str_make(p, (len));                                                             \
+        p += (len);                                                                                \
+    } while (0)
+    PUT(h->method, method, ml);
+    PUT(h->target, s->path, pl);
+    PUT(h->host, authority, al);
+    h->hdrs[h->nhdrs++] = (struct px_hdr){PX_STR("host"), h->host};
+    f = flen ? evbuffer_pullup(s->fields, -1) : NULL;
+    for (size_t off = 0; off < flen;) {
+        uint32_t nl, vl;
+        struct px_hdr *d = &h->hdrs[h->nhdrs++];
+        memcpy(&nl, f + off, 4);
+        memcpy(&vl, f + off + 4, 4);
+        off += 8;
+        PUT(d->name, f + off, nl);
+        PUT(d->value, f + off + nl, vl);
+        off += nl + vl;
+    }
+    if (clen > 0) {
+        struct px_hdr *d = &h->hdrs[h->nhdrs++];
+        d->name = PX_STR("cookie");
+        PUT(d->value, evbuffer_pullup(s->cookies, -1), clen);
+    }
+    if (s->ws) {
+        struct px_hdr *d = &h->hdrs[h->nhdrs++];
+        d->name = PX_STR("sec-websocket-key");
+        PUT(d->value, b64, 24);
+        h->ws_upgrade = h->conn_upgrade = 1;
+    }
+#undef PUT
+    *p = '\0';
+    h->len = (size_t)(p - h->buf);
+    h->http_major = h->http_minor = 1;
+    h->keepalive = 0;
+    h->content_length = s->req_cl;
+    return 0;
+}
+
+/* The request head is complete: the exchange starts. Returns -1 (the caller
+ * resets the stream) only when no exchange could be made; a request the
+ * pipeline refuses gets its answer from the pipeline (400, 431, ...). */
+static int stream_start(struct px_h2s *s, int end_stream)
 {
     struct px_h2 *h = s->h2;
-    struct bufferevent *pair[2];
-    struct evbuffer *req;
-    int rc = 0;
+    struct px_head req;
+    int status = 400;
+    const char *why = NULL;
 
     s->started = 1; /* the head is used up, whatever happens: trailers never restart it */
     if (s->path == NULL || s->method[0] == '\0' || (s->authority == NULL && !s->ws))
         return -1;
-    if ((req = evbuffer_new()) == NULL)
+    if ((s->in = evbuffer_new()) == NULL)
         return -1;
-    rc |= evbuffer_add_printf(req, "%s %s HTTP/1.1\r\nHost: %s\r\n", s->ws ? "GET" : s->method,
-                              s->path, s->authority ? s->authority : "") < 0;
-    rc |= evbuffer_add_buffer(req, s->head);
-    if (s->cookies != NULL && evbuffer_get_length(s->cookies) > 0) {
-        rc |= evbuffer_add(req, "Cookie: ", 8);
-        rc |= evbuffer_add_buffer(req, s->cookies);
-        rc |= evbuffer_add(req, "\r\n", 2);
-    }
-    if (s->ws) {
-        /* RFC 8441: the runner speaks HTTP/1.1, so this becomes a classic upgrade. */
-        unsigned char key[16], b64[32]; /* 16 bytes: 24 base64 characters with "==" */
-        RAND_bytes(key, sizeof(key));
-        EVP_EncodeBlock(b64, key, sizeof(key)); /* RFC 6455: standard base64 */
-        rc |= evbuffer_add_printf(req,
-                                  "Connection: Upgrade\r\nUpgrade: websocket\r\n"
-                                  "Sec-WebSocket-Key: %s\r\n",
-                                  (const char *)b64) < 0;
-    } else if (s->req_cl >= 0) {
-        rc |= evbuffer_add_printf(req, "Content-Length: %lld\r\n", (long long)s->req_cl) < 0;
-    } else if (!end_stream) {
-        rc |= evbuffer_add(req, "Transfer-Encoding: chunked\r\n", 28);
-        s->req_chunked = 1;
-    }
-    rc |= evbuffer_add(req, "Connection: close\r\n\r\n", 21);
-    if (rc != 0 || bufferevent_pair_new(
-                       h->srv->base, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS, pair) != 0) {
-        evbuffer_free(req); /* a truncated head must never reach the pipeline */
+    /* Without this the client's window would never reopen. */
+    if (evbuffer_add_cb(s->in, on_in_drained, s) == NULL)
         return -1;
-    }
-    /* Without the drain callback the client's window would never reopen. */
-    if (evbuffer_add_buffer(bufferevent_get_output(pair[0]), req) != 0 ||
-        evbuffer_add_cb(bufferevent_get_output(pair[0]), on_pair_drained, s) == NULL) {
-        evbuffer_free(req);
-        bufferevent_free(pair[1]); /* neither end has callbacks yet: nobody hears this */
-        bufferevent_free(pair[0]);
-        return -1;
-    }
-    evbuffer_free(req);
-    s->bev = pair[0];
-    s->body_at = now_s(); /* the body clock starts when the pipeline can take one */
-    bufferevent_setcb(s->bev, on_pair_read, NULL, on_pair_event, s);
-    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
-    /* From here pair[1] is conn.c's, even if px_conn_attach() fails (it frees it). */
-    px_conn_attach(h->srv, pair[1], (const struct sockaddr *)&h->peer,
-                   PX_CONN_H2_STREAM | (h->tls ? PX_CONN_TLS : 0), NULL);
     if (end_stream)
         s->req_ended = 1;
+    s->body_at = now_s(); /* the body clock starts when the pipeline can take one */
+    if (build_head(s, &req, h->srv->cfg->max_headers, &status, &why) == 0)
+        status = 0;
+    evbuffer_free(s->fields);
+    s->fields = NULL;
+    /* From here the exchange owns req (it answers status when not 0). */
+    px_conn_h2_open(h->srv, s, &req, status, why, (const struct sockaddr *)&h->peer, h->tls);
     return 0;
 }
 
-static void stream_end_request(struct stream *s)
+/* The pipeline links itself (px_conn_h2_open()). */
+void px_h2s_attach(struct px_h2s *s, struct px_conn *c)
+{
+    s->c = c;
+}
+
+static void stream_end_request(struct px_h2s *s)
 {
     if (s->req_ended)
         return;
     s->req_ended = 1; /* also when the pipeline is gone: on_tick() reads it */
-    if (s->bev == NULL)
-        return;
-    if (s->req_chunked)
-        evbuffer_add(bufferevent_get_output(s->bev), "0\r\n\r\n", 5);
-    else if (s->ws)
-        finish_pair(s); /* END_STREAM on a tunnel: the client is done */
+    if (s->c != NULL)
+        px_conn_h2_input(s->c);
 }
 
 /* ---- nghttp2 callbacks ---- */
 
-static struct stream *get_stream(struct px_h2 *h, int32_t id)
+static struct px_h2s *get_stream(struct px_h2 *h, int32_t id)
 {
     return nghttp2_session_get_stream_user_data(h->ng, id);
 }
@@ -525,7 +535,7 @@ static struct stream *get_stream(struct px_h2 *h, int32_t id)
 static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *user)
 {
     struct px_h2 *h = user;
-    struct stream *s;
+    struct px_h2s *s;
 
     if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
@@ -533,10 +543,10 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
         calm_down(h, "too many concurrent streams");
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
-    if ((s = calloc(1, sizeof(*s))) == NULL || (s->head = evbuffer_new()) == NULL ||
+    if ((s = calloc(1, sizeof(*s))) == NULL || (s->fields = evbuffer_new()) == NULL ||
         (s->out = evbuffer_new()) == NULL) {
-        if (s != NULL && s->head != NULL)
-            evbuffer_free(s->head);
+        if (s != NULL && s->fields != NULL)
+            evbuffer_free(s->fields);
         free(s);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
@@ -571,7 +581,7 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
                      const uint8_t *value, size_t vlen, uint8_t flags, void *user)
 {
     struct px_h2 *h = user;
-    struct stream *s = get_stream(h, f->hd.stream_id);
+    struct px_h2s *s = get_stream(h, f->hd.stream_id);
     (void)ng;
     (void)flags;
 
@@ -620,17 +630,24 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
     }
     if (lower_eq(name, nlen, "te") || lower_eq(name, nlen, "expect"))
         return 0;
-    evbuffer_add(s->head, name, nlen);
-    evbuffer_add(s->head, ": ", 2);
-    evbuffer_add(s->head, value, vlen);
-    evbuffer_add(s->head, "\r\n", 2);
+    if (!value_ok(value, vlen)) {
+        /* As the HTTP/1.1 scan would: the stream is refused, not the session. */
+        s->started = 1;
+        stream_reset(s, NGHTTP2_PROTOCOL_ERROR);
+        return 0;
+    }
+    uint32_t lens[2] = {(uint32_t)nlen, (uint32_t)vlen}; /* both under MAX_HEADER_LIST */
+    if (evbuffer_add(s->fields, lens, sizeof(lens)) != 0 || evbuffer_add(s->fields, name, nlen) ||
+        evbuffer_add(s->fields, value, vlen) != 0)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    s->nfields++;
     return 0;
 }
 
 static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user)
 {
     struct px_h2 *h = user;
-    struct stream *s;
+    struct px_h2s *s;
     (void)ng;
 
     switch (f->hd.type) {
@@ -660,7 +677,6 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user
         if (!s->started) {
             s->ws = !strcmp(s->method, "CONNECT") && s->protocol != NULL &&
                     !strcasecmp(s->protocol, "websocket");
-            s->is_head = !strcmp(s->method, "HEAD");
             if (!strcmp(s->method, "CONNECT") && !s->ws) {
                 s->started = 1;
                 stream_reset(s, NGHTTP2_REFUSED_STREAM);
@@ -681,28 +697,25 @@ static int on_data(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t
                    void *user)
 {
     struct px_h2 *h = user;
-    struct stream *s = get_stream(h, id);
+    struct px_h2s *s = get_stream(h, id);
     (void)flags;
 
-    if (s == NULL || s->bev == NULL || s->req_ended) {
+    if (s == NULL || s->c == NULL || s->req_ended) {
         nghttp2_session_consume(ng, id, len); /* nobody will read it: do not stall the connection */
         return 0;
     }
-    struct evbuffer *out = bufferevent_get_output(s->bev);
     s->body_at = now_s();
-    s->unconsumed += len;
-    if (s->req_chunked)
-        evbuffer_add_printf(out, "%zx\r\n", len);
-    evbuffer_add(out, data, len);
-    if (s->req_chunked)
-        evbuffer_add(out, "\r\n", 2);
+    /* Acknowledged when the pipeline takes it (on_in_drained()). */
+    if (evbuffer_add(s->in, data, len) != 0)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    px_conn_h2_input(s->c);
     return 0;
 }
 
 static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t err, void *user)
 {
     struct px_h2 *h = user;
-    struct stream *s = get_stream(h, id);
+    struct px_h2s *s = get_stream(h, id);
     (void)err;
 
     if (s != NULL) {
@@ -720,6 +733,21 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t err, void *
  * mem_send() hands out a pointer into the session's own frame buffer, valid
  * until the next call; a nested mem_send() from a callback (on_stream_close
  * after an RST_STREAM went out) overwrote it and split frames. */
+/* Streams whose `out` drained while nghttp2 was on the stack: their exchange
+ * may read the runner again. Only the pipeline is called: it submits and
+ * resumes (kick() brings us back here), it never frees a stream. */
+static void wake_streams(struct px_h2 *h)
+{
+    h->want_wake = 0;
+    for (struct px_h2s *s = h->streams; s != NULL; s = s->next) {
+        if (!s->wake)
+            continue;
+        s->wake = 0;
+        if (s->c != NULL)
+            px_conn_h2_drained(s->c);
+    }
+}
+
 static void h2_send(struct px_h2 *h)
 {
     struct evbuffer *out;
@@ -741,6 +769,8 @@ static void h2_send(struct px_h2 *h)
             evbuffer_add(out, data, (size_t)n); /* may run on_write (TLS): it defers too */
     } while (h->want_send && n >= 0 && evbuffer_get_length(out) < OUT_HIGH);
     h->in_ng--;
+    if (h->want_wake && n >= 0)
+        wake_streams(h);
     if (n < 0) { /* only out of memory or a callback failure: nothing sane left to send */
         if (px_log_allow(10))
             px_log(PX_WARN, "h2: send failed: %s", nghttp2_strerror((int)n));
@@ -766,23 +796,25 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 
 /* Resets one stream and lets its pipeline side (and runner connection) go. The
  * stream itself is freed by on_stream_close() once the RST_STREAM is out. */
-static void expire(struct stream *s, const char *why)
+static void expire(struct px_h2s *s, const char *why)
 {
     if (px_log_allow(10))
         px_log(PX_INFO, "h2: stream %d: %s: RST_STREAM", (int)s->id, why);
-    s->rst = R_DONE;
-    finish_pair(s); /* conn.c hears EOF mid-exchange: logs 499, drops the runner side */
+    s->done = 1;
+    unlink_exchange(s); /* conn.c logs 499 and drops the runner side */
     evbuffer_drain(s->out, evbuffer_get_length(s->out));
+    drop_input(s);
     stream_reset(s, NGHTTP2_CANCEL);
 }
 
 /* Issue 9 item 4, per stream (nginx's meaning of both directives): a request
  * body that has not moved for client_body_timeout while the client could send
  * (both flow-control windows open towards it), and response bytes that have
- * not left for send_timeout (the client keeps its window shut, or does not read
- * at all), reset that stream only. A stream waiting on the runner is not the
+ * not left for send_timeout (the client keeps the stream's window shut), reset
+ * that stream only; a client that reads nothing at all stalls the connection,
+ * which its own send_timeout closes. A stream waiting on the runner is not the
  * client's fault: conn.c's timers bound that. */
-static void check_stream(struct stream *s, const struct px_config *cfg, time_t now)
+static void check_stream(struct px_h2s *s, const struct px_config *cfg, time_t now)
 {
     nghttp2_session *ng = s->h2->ng;
 
@@ -796,8 +828,10 @@ static void check_stream(struct stream *s, const struct px_config *cfg, time_t n
         else if (now - s->body_at >= cfg->client_body_timeout)
             expire(s, "client_body_timeout");
     }
-    if (evbuffer_get_length(s->out) == 0)
-        s->send_at = now;
+    if (evbuffer_get_length(s->out) == 0 ||
+        evbuffer_get_length(bufferevent_get_output(s->h2->bev)) >= OUT_HIGH)
+        s->send_at = now; /* nothing waits, or the client takes nothing at all: the
+                           * connection's own send_timeout closes it (px_h2_start()) */
     else if (now - s->send_at >= cfg->send_timeout)
         expire(s, "send_timeout");
 }
@@ -812,7 +846,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 
     h->busy++;
     /* expire() frees nothing: streams leave the list in h2_send(), below. */
-    for (struct stream *s = h->streams; s != NULL; s = s->next)
+    for (struct px_h2s *s = h->streams; s != NULL; s = s->next)
         check_stream(s, cfg, now);
     if (h->nstreams == 0)
         evtimer_del(h->tick); /* on_begin_headers() re-arms it */

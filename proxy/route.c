@@ -139,16 +139,9 @@ static void preview_flow(struct px_conn *c, unsigned port, struct px_str label)
         return px_conn_fail(c, 400, "BAD_PATH", "dot segments are not allowed in the path");
     /* SPEC 3, 7: preflights carry no credentials, so they are answered before auth. */
     if (px_cors_is_preflight(&c->ex.req) && !px_cors_disabled(&c->ex.req)) {
-        struct evbuffer *h = evbuffer_new();
-        if (h == NULL)
-            return px_conn_close(c);
-        px_cors_preflight_headers(h, &c->ex.req, PX_CORS_REQ(cfg, label, c->ex.sb));
-        evbuffer_add(h, "", 1);
         c->ex.route_kind = PX_RK_PREFLIGHT;
-        c->ex.status = 204;
-        px_conn_respond_bare(c, 204, (const char *)evbuffer_pullup(h, -1));
-        evbuffer_free(h);
-        return;
+        c->ex.label = label;
+        return px_conn_respond_preflight(c);
     }
     start_auth(c, label);
 }

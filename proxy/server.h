@@ -58,15 +58,29 @@ extern struct px_server *px_srv; /* the one per process; set by main.c */
 void px_conn_accept(struct px_server *srv, int fd, const struct sockaddr *sa, int salen, int tls,
                     struct px_peer *peer);
 
-#define PX_CONN_TLS 1u       /* the client reached us over TLS */
-#define PX_CONN_H2_STREAM 2u /* bev is one end of an HTTP/2 stream's pair */
+#define PX_CONN_TLS 1u /* the client reached us over TLS */
 
 /* Runs the HTTP/1.1 pipeline over an existing bufferevent (owned from here on):
- * an accepted socket, a TLS connection, or one HTTP/2 stream bridged by proxy/h2.c.
+ * an accepted socket or a TLS connection.
  * sa is the client's address, for X-Forwarded-For. peer (owned from here on,
  * may be NULL) is released when the socket closes, wherever it has moved. */
 void px_conn_attach(struct px_server *srv, struct bufferevent *bev, const struct sockaddr *sa,
                     unsigned flags, struct px_peer *peer);
+
+/* HTTP/2 (proxy/h2.c): one stream's exchange. req (moved in; freed here)
+ * is the request head, or with status != 0 a request to refuse with that
+ * status and why. Runs the pipeline on it at once. */
+struct px_h2s;
+struct px_head;
+void px_conn_h2_open(struct px_server *srv, struct px_h2s *s, struct px_head *req, int status,
+                     const char *why, const struct sockaddr *peer, int tls);
+/* Request DATA or END_STREAM arrived for the exchange's stream. */
+void px_conn_h2_input(struct px_conn *c);
+/* The stream's output drained (px_h2s_out_full()): read the runner again. */
+void px_conn_h2_drained(struct px_conn *c);
+/* The stream is gone (reset, timed out, its connection closed): the
+ * exchange is aborted. */
+void px_conn_h2_gone(struct px_conn *c);
 
 /* Reads up to budget bytes straight from a plain socket bufferevent's fd into
  * its input buffer, in 64 KiB bites (libevent 2.1 reads at most 4 KiB per call).
