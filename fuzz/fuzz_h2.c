@@ -1,7 +1,8 @@
 /* fuzz_h2.c — HTTP/2 frames from a client into a real server session of
  * proxy/h2.c, wired to the real request pipeline (proxy/conn.c, route.c, the
  * auth chain, the local answers): nghttp2 does the framing; our callbacks,
- * the stream <-> HTTP/1.1 bridge and everything behind it are the target.
+ * the stream's request head (build_head), the exchange it opens and the
+ * answers written back as HEADERS and DATA are the target.
  *
  * Each input gets a fresh connection on a bufferevent pair: px_h2_start() has
  * one end, the driver writes the client connection preface and then the input

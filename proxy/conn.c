@@ -140,8 +140,7 @@ void px_conn_destroy(struct px_conn *c)
     srv->nconns--;
     px_peer_release(c->peer_slot);
     free(c);
-    if (srv->draining && srv->nconns == 0 && srv->nsplices == 0 && srv->nh2 == 0)
-        event_base_loopexit(srv->base, NULL);
+    px_server_maybe_exit(srv);
 }
 
 /* The one way to end an exchange that cannot finish (REVIEW change 2): the
@@ -890,6 +889,12 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     LEAVE(c);
 }
 
+void px_server_maybe_exit(struct px_server *srv)
+{
+    if (srv->draining && srv->nconns == 0 && srv->nsplices == 0 && srv->nh2 == 0)
+        event_base_loopexit(srv->base, NULL);
+}
+
 /* ---- HTTP/2 streams (proxy/h2.c) ---- */
 
 void px_conn_h2_open(struct px_server *srv, struct px_h2s *s, struct px_head *req, int status,
@@ -998,8 +1003,7 @@ void px_conn_drain_all(struct px_server *srv)
             c->ex.keepalive = 0;
     }
     px_h2_drain_all(srv);
-    if (srv->nconns == 0 && srv->nsplices == 0 && srv->nh2 == 0)
-        event_base_loopexit(srv->base, NULL);
+    px_server_maybe_exit(srv);
 }
 
 void px_conn_close_all(struct px_server *srv)

@@ -43,7 +43,33 @@ enum px_conn_state {
  * END_STREAM; chunked towards the runner (raw in a tunnel). */
 enum body_kind { BODY_NONE = 0, BODY_LENGTH, BODY_CHUNKED, BODY_EOF, BODY_STREAM };
 
-enum resp_state { RESP_HEAD = 0, RESP_BODY, RESP_DONE };
+/* The runner side of an exchange (REVIEW change 3). forward.c's
+ * up_set_state() is the only place that arms the runner connection's
+ * timeouts; each state says which:
+ *   NONE       no runner connection yet (HEAD, AUTH, local answers); up NULL
+ *   CONNECT    connect (and TLS handshake) in flight, also after a retry; the
+ *              head, maybe body bytes, wait in up's output. write slot:
+ *              connect_timeout; read slot: response_header_timeout once the
+ *              request is whole
+ *   SEND       connected, request body still arriving. write slot: send_timeout
+ *              (a runner that stops reading); no read timeout
+ *   WAIT_HEAD  request sent whole, no response head yet. read slot:
+ *              response_header_timeout, from the end of the request (SPEC 9)
+ *   BODY       response head relayed, body (or an HTTP/2 tunnel) streaming.
+ *              read slot: ws_idle_timeout (SSE may idle long); write slot:
+ *              send_timeout while the request still comes; the connection
+ *              timer ticks activity
+ *   DONE       response complete; up released (pooled or closed), NULL
+ * Under backpressure the runner's reading is paused and its read timeout with
+ * it; the client's send_timeout bounds that wait instead. */
+enum px_up_state {
+    PX_UP_NONE = 0,
+    PX_UP_CONNECT,
+    PX_UP_SEND,
+    PX_UP_WAIT_HEAD,
+    PX_UP_BODY,
+    PX_UP_DONE
+};
 
 /* One request and its response (issue 13): all the state that must not
  * outlive an exchange on a keep-alive connection. A new exchange starts from
@@ -96,7 +122,7 @@ struct px_exchange {
     unsigned tunnel : 1;    /* HTTP/2 WebSocket (RFC 8441) after the runner's 101: bytes
                              * pass both ways unframed until either side ends */
 
-    enum resp_state resp_st;
+    enum px_up_state up_st;
     struct px_head resp; /* owned */
     enum body_kind resp_body;
     int64_t resp_left;

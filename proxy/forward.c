@@ -221,25 +221,69 @@ static void build_request(struct px_conn *c, struct evbuffer *dst, struct evbuff
     px_hb_flush(out);
 }
 
+static const char *up_state_name(enum px_up_state st)
+{
+    switch (st) {
+    case PX_UP_NONE: return "NONE";
+    case PX_UP_CONNECT: return "CONNECT";
+    case PX_UP_SEND: return "SEND";
+    case PX_UP_WAIT_HEAD: return "WAIT_HEAD";
+    case PX_UP_BODY: return "BODY";
+    case PX_UP_DONE: return "DONE";
+    }
+    return "?";
+}
+
 /* The one place that arms the runner connection's timeouts (issue 9: no
- * exchange may wait forever):
- *   connecting         write slot = connect_timeout (libevent's connect wait)
- *   sending the body   write slot = send_timeout (a runner that stops reading)
- *   awaiting the head  read slot = response_header_timeout, from the end of
- *                      the request (SPEC 9)
- *   streaming the body read slot = ws_idle_timeout (SSE may idle long)
- * Under backpressure the runner's reading is paused and its read timeout with
- * it; the client's send_timeout (set by conn.c) bounds that wait instead. */
-static void up_timeouts(struct px_conn *c)
+ * exchange may wait forever); what each state arms is written beside enum
+ * px_up_state (conn_priv.h). Called again in the same state when req_done
+ * changes what it arms (CONNECT, BODY). */
+static void up_set_state(struct px_conn *c, enum px_up_state next)
 {
     const struct px_config *cfg = c->srv->cfg;
-    struct timeval rd = {
-        c->ex.resp_st == RESP_HEAD ? cfg->response_header_timeout : cfg->ws_idle_timeout, 0};
-    struct timeval wr = {c->ex.up->connected ? cfg->send_timeout : cfg->connect_timeout, 0};
-    int read_armed = c->ex.resp_st != RESP_HEAD || c->ex.req_done;
-    int write_armed = !c->ex.up->connected || !c->ex.req_done;
+    struct timeval rd = {0, 0}, wr = {0, 0};
+    int read_armed = 0, write_armed = 0;
 
+    if (c->ex.up_st != next)
+        clog(c, PX_DEBUG, "runner %s -> %s", up_state_name(c->ex.up_st), up_state_name(next));
+    c->ex.up_st = next;
+    switch (next) {
+    case PX_UP_NONE:
+    case PX_UP_DONE: return;
+    case PX_UP_CONNECT:
+        wr.tv_sec = cfg->connect_timeout, write_armed = 1;
+        rd.tv_sec = cfg->response_header_timeout, read_armed = c->ex.req_done;
+        break;
+    case PX_UP_SEND: wr.tv_sec = cfg->send_timeout, write_armed = 1; break;
+    case PX_UP_WAIT_HEAD: rd.tv_sec = cfg->response_header_timeout, read_armed = 1; break;
+    case PX_UP_BODY:
+        rd.tv_sec = cfg->ws_idle_timeout, read_armed = 1;
+        wr.tv_sec = cfg->send_timeout, write_armed = !c->ex.req_done;
+        break;
+    }
     bufferevent_set_timeouts(c->ex.up->bev, read_armed ? &rd : NULL, write_armed ? &wr : NULL);
+}
+
+/* The request is whole (or the connect finished): the state that follows. */
+static void up_request_progress(struct px_conn *c)
+{
+    switch (c->ex.up_st) {
+    case PX_UP_CONNECT:
+        if (c->ex.up->connected)
+            return up_set_state(c, c->ex.req_done ? PX_UP_WAIT_HEAD : PX_UP_SEND);
+        return up_set_state(c, PX_UP_CONNECT); /* the read slot once req_done */
+    case PX_UP_SEND:
+        if (c->ex.req_done)
+            up_set_state(c, PX_UP_WAIT_HEAD);
+        return;
+    case PX_UP_BODY: /* the runner answered before the request ended */
+        if (c->ex.req_done)
+            up_set_state(c, PX_UP_BODY);
+        return;
+    case PX_UP_NONE:
+    case PX_UP_WAIT_HEAD:
+    case PX_UP_DONE: return;
+    }
 }
 
 /* The client side of a forwarded exchange: client_body_timeout between two
@@ -355,7 +399,7 @@ void px_fwd_pump_request(struct px_conn *c)
     evbuffer_free(tmp);
     if (c->ex.req_done) {
         /* SPEC 9: response_header_timeout counts from the end of the request. */
-        up_timeouts(c);
+        up_request_progress(c);
         if (c->ex.req_body != BODY_NONE)
             client_body_timeout(c, 0);
         return;
@@ -373,16 +417,15 @@ static int connect_upstream(struct px_conn *c, int allow_pool)
     int direct = sb->direct && !c->ex.toolbox;
     int port = direct ? (int)c->ex.port : sb->runner_port;
     const char *host = direct && sb->addr != NULL ? sb->addr : sb->runner_host;
-    struct timeval tv = {c->srv->cfg->connect_timeout, 0};
     int tls = sb->runner_tls && !direct;
 
     c->ex.up = allow_pool ? px_pool_take(c->srv->pool, host, port, tls) : NULL;
     if (c->ex.up == NULL) {
         if ((c->ex.up = px_upstream_connect(c->srv, host, port, tls)) == NULL)
             return -1;
-        bufferevent_set_timeouts(c->ex.up->bev, NULL, &tv); /* connect timeout */
-    } else if (!c->ex.req_done) {
-        up_timeouts(c); /* else px_fwd_pump_request() arms them in a moment */
+        up_set_state(c, PX_UP_CONNECT);
+    } else {
+        up_set_state(c, c->ex.req_done ? PX_UP_WAIT_HEAD : PX_UP_SEND);
     }
     bufferevent_setcb(c->ex.up->bev, on_up_read, on_up_write, on_up_event, c);
     bufferevent_enable(c->ex.up->bev, EV_READ | EV_WRITE);
@@ -433,7 +476,6 @@ static int retry(struct px_conn *c)
     }
     evbuffer_add_buffer(bufferevent_get_output(c->ex.up->bev), replay);
     evbuffer_free(replay);
-    up_timeouts(c);
     return 0;
 }
 
@@ -610,7 +652,7 @@ bad:
 
 static void response_done(struct px_conn *c)
 {
-    c->ex.resp_st = RESP_DONE;
+    c->ex.up_st = PX_UP_DONE;
     if (c->ex.up != NULL) {
         /* A direct-mode app is sandbox code: one that sends a body after a
          * HEAD, 204 or 304 answer (a common framework bug, or on purpose) has
@@ -696,7 +738,7 @@ static void pump_response(struct px_conn *c)
 
 void px_fwd_on_response(struct px_conn *c)
 {
-    if (c->ex.resp_st == RESP_HEAD) {
+    if (c->ex.up_st < PX_UP_BODY) {
         int r = read_response_head(c);
         if (r <= 0)
             return;
@@ -713,20 +755,19 @@ void px_fwd_on_response(struct px_conn *c)
         }
         add_response_head(c);
         c->ex.status = c->ex.resp.status;
-        c->ex.resp_st = RESP_BODY;
         /* Streaming bodies (SSE, downloads) may idle for long; bound them by the
          * long-lived connection timeout instead of the header timeout. */
-        up_timeouts(c);
+        up_set_state(c, PX_UP_BODY);
         px_conn_arm_timer(c, PX_ACTIVITY_REFRESH(c->srv->cfg->activity_interval));
     }
-    if (c->ex.resp_st == RESP_BODY)
+    if (c->ex.up_st == PX_UP_BODY)
         pump_response(c);
 }
 
 /* HTTP/2 (RFC 8441): the stream is the tunnel. The exchange stays: runner
  * bytes go out as DATA (a body delimited by the runner's close), DATA from
  * the client goes to the runner as it is, until either side ends. The
- * runner's read timeout is ws_idle_timeout (up_timeouts(), body phase). */
+ * runner's read timeout is ws_idle_timeout (PX_UP_BODY). */
 static void start_h2_tunnel(struct px_conn *c)
 {
     c->ex.status = 101;
@@ -737,8 +778,7 @@ static void start_h2_tunnel(struct px_conn *c)
     c->ex.tunnel = 1;
     c->ex.req_body = BODY_STREAM;
     c->ex.req_done = 0;
-    c->ex.resp_st = RESP_BODY;
-    up_timeouts(c);
+    up_set_state(c, PX_UP_BODY);
     px_conn_arm_timer(c, PX_ACTIVITY_REFRESH(c->srv->cfg->activity_interval));
     px_fwd_pump_request(c); /* DATA that came with or before the answer */
     if (c->state == PX_CONN_STREAM && c->ex.up != NULL &&
@@ -782,7 +822,7 @@ static void on_up_read(struct bufferevent *bev, void *arg)
         c->ex.replay = NULL;
     }
     /* A body streams faster in 64 KiB bites than in libevent's 4 KiB ones. */
-    if (c->state == PX_CONN_STREAM && c->ex.resp_st == RESP_BODY && !c->ex.up->tls &&
+    if (c->state == PX_CONN_STREAM && c->ex.up_st == PX_UP_BODY && !c->ex.up->tls &&
         c->bev != NULL && evbuffer_get_length(bufferevent_get_output(c->bev)) < PX_HIGH_WATER)
         px_bev_slurp(bev, PX_HIGH_WATER);
     if (c->state == PX_CONN_STREAM)
@@ -845,12 +885,12 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
     if (what & BEV_EVENT_CONNECTED) {
         c->ex.up->connected = 1;
         px_upstream_nodelay(c->ex.up);
-        up_timeouts(c);
+        up_request_progress(c);
         goto out;
     }
     if (c->state != PX_CONN_STREAM)
         goto out;
-    if ((what & BEV_EVENT_EOF) && c->ex.resp_st == RESP_BODY && c->ex.resp_body == BODY_EOF) {
+    if ((what & BEV_EVENT_EOF) && c->ex.up_st == PX_UP_BODY && c->ex.resp_body == BODY_EOF) {
         pump_response(c);
         if (c->ex.resp_chunk_out)
             evbuffer_add(px_conn_out(c), "0\r\n\r\n", 5);
@@ -858,9 +898,9 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
         response_done(c);
         goto out;
     }
-    if (c->ex.resp_st == RESP_HEAD) {
+    if (c->ex.up_st < PX_UP_BODY) {
         int timeout = (what & BEV_EVENT_TIMEOUT) != 0;
-        int connecting = !c->ex.up->connected;
+        int connecting = c->ex.up_st == PX_UP_CONNECT;
         if (c->ex.up->tls && connecting && !timeout) {
             SSL *ssl = bufferevent_openssl_get_ssl(c->ex.up->bev);
             long vr = ssl != NULL ? SSL_get_verify_result(ssl) : X509_V_OK;

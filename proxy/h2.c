@@ -205,8 +205,7 @@ static void h2_destroy(struct px_h2 *h)
     srv->nh2--;
     px_peer_release(h->slot);
     free(h);
-    if (srv->draining && srv->nconns == 0 && srv->nsplices == 0 && srv->nh2 == 0)
-        event_base_loopexit(srv->base, NULL);
+    px_server_maybe_exit(srv);
 }
 
 static void h2_close(struct px_h2 *h)

@@ -158,10 +158,9 @@ static unsigned long conn_limit(const struct px_server *srv)
 
 /* Is the process holding as many client sockets as it may? Those are HTTP/1
  * connections (plain or TLS, including lingering ones), HTTP/2 connections and
- * WebSocket tunnels. HTTP/2 streams are px_conns too, but on bufferevent pairs
- * inside their connection: not sockets, so not counted. A tunnel inside an
- * HTTP/2 stream counts although its connection already does (ws/splice.c keeps
- * that private): an over-count on the safe side. The sum is an upper bound, so
+ * WebSocket tunnels. HTTP/2 streams (WebSockets over HTTP/2 included) are
+ * px_conns too, but without a socket of their own: not counted. The sum is an
+ * upper bound, so
  * the connection list is walked only near the limit, and only until the count
  * drops below it. */
 static int at_limit(const struct px_server *srv)

@@ -87,6 +87,11 @@ void px_conn_h2_gone(struct px_conn *c);
  * Never for TLS or pair bufferevents. */
 void px_bev_slurp(struct bufferevent *bev, size_t budget);
 
+/* During a drain, once the last connection, tunnel and HTTP/2 session is
+ * gone, the event loop ends (the one test of "nothing left", for every file
+ * that frees one of them). */
+void px_server_maybe_exit(struct px_server *srv);
+
 /* Starts the drain: idle connections close now, busy ones after their response. */
 void px_conn_drain_all(struct px_server *srv);
 

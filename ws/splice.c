@@ -83,9 +83,6 @@ static void destroy(struct px_splice *s)
                 evutil_closesocket(s->s[i].fd);
         }
     } else {
-        /* A bufferevent pair (an HTTP/2 stream) learns of the end only by a
-         * flush; sockets ignore it. */
-        bufferevent_flush(s->a, EV_READ | EV_WRITE, BEV_FINISHED);
         px_tls_close_notify(s->a);
         bufferevent_free(s->a);
         bufferevent_free(s->b);
@@ -93,8 +90,7 @@ static void destroy(struct px_splice *s)
     free(s->sandbox_id);
     px_peer_release(s->peer);
     free(s);
-    if (srv->draining && srv->nconns == 0 && srv->nsplices == 0 && srv->nh2 == 0)
-        event_base_loopexit(srv->base, NULL);
+    px_server_maybe_exit(srv);
 }
 
 /* ---- raw engine ---- */
