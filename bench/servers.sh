@@ -66,6 +66,11 @@ EOF
     "${WRAP[@]}" "$PROXY_BIN" -c "$WORK/proxy.conf" >"$2.log" 2>&1 &
     SPID=$!
 }
+# proxy2: another proxy build (BENCH_PROXY2), for before/after in one run
+start_proxy2() {
+    local PROXY_BIN=${BENCH_PROXY2:?BENCH_PROXY2 names the second proxy binary}
+    start_proxy "$@"
+}
 start_nginx() {
     local h2=
     [ "$3" = h2c ] && h2=http2 # nginx 1.22: h2c prior knowledge only
@@ -103,7 +108,8 @@ EOF
 # whole 200; returns non-zero (after printing why) otherwise.
 #   ka1k: keep-alive, 1 KiB; close1k: a new connection per request
 #   (Connection: close); ka1m: keep-alive, 1 MiB; h2c: HTTP/2 prior knowledge,
-#   one connection, 10 streams at a time, 1 KiB (h2load).
+#   one connection, 10 streams at a time, 1 KiB (h2load); ka1k50: keep-alive,
+#   1 KiB, 50 connections at once (h2load --h1, like bench/run.sh's wrk -c50).
 send_requests() {
     local case=$1 n=$2 port=$3 out=$4 path mode
     case $case in
@@ -111,10 +117,15 @@ send_requests() {
     close1k) path=/1k.txt mode=close ;;
     ka1m) path=/1m.txt mode=keepalive ;;
     h2c) path=/1k.txt mode=h2c ;;
+    ka1k50) path=/1k.txt mode=h1c50 ;;
     *) echo "[$TAG] unknown case $case" >&2; return 1 ;;
     esac
-    if [ "$mode" = h2c ]; then
-        timeout 300 h2load -n "$n" -c 1 -m 10 -H ":authority: $HOSTHDR" "http://127.0.0.1:$port$path" \
+    if [ "$mode" = h2c ] || [ "$mode" = h1c50 ]; then
+        # h2c: one connection, 10 streams at a time, prior knowledge; h1c50:
+        # HTTP/1.1, 50 connections, one request at a time each; every answer 2xx
+        local opts=(-c 1 -m 10)
+        [ "$mode" = h1c50 ] && opts=(--h1 -c 50 -m 1)
+        timeout 300 h2load -n "$n" "${opts[@]}" -H ":authority: $HOSTHDR" "http://127.0.0.1:$port$path" \
             >"$out.client" 2>&1 && grep -q "succeeded, 0 failed, 0 errored" "$out.client" \
             && grep -q "status codes: $n 2xx" "$out.client" \
             || { echo "[$TAG] $case: h2load failed" >&2; cat "$out.client" >&2; return 1; }
