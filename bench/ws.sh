@@ -94,8 +94,10 @@ access_log off
 workers 1
 preview_warning off
 ws_idle_timeout 3600
-sandbox bench runner_url=http://127.0.0.1:$SRV_PORT runner_key=benchkey public=1 direct=1 org=bench state=started
+sandbox bench runner_url=http://127.0.0.1:9 runner_key=benchkey public=1 direct=1 org=bench state=started
 EOF
+# (direct mode refuses the runner URL's own port, SPEC 9: 403 PORT_NOT_ALLOWED;
+# port 9 is never contacted, as in bench/run.sh)
 "${PIN_PROXY[@]}" "$PROXY_BIN" -c "$WORK/proxy.conf" >"$WORK/proxy.log" 2>&1 &
 PROXY_PID=$!
 PIDS+=($PROXY_PID)
