@@ -650,10 +650,6 @@ static int run_worker(struct px_config *cfg)
         px_log(PX_ERR, "cannot create the event loop");
         return 1;
     }
-    /* idle pooled connections first in each loop pass (proxy/upstream.h); on
-     * failure the pool peeks at each reuse instead */
-    if (event_base_priority_init(srv.base, PX_NPRIO) != 0)
-        px_log(PX_WARN, "event priorities unavailable: pooled connections are peeked at reuse");
     srv.dns = evdns_base_new(srv.base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
     if (srv.dns == NULL) /* no resolv.conf: IP literals and /etc/hosts still work */
         srv.dns = evdns_base_new(srv.base, 0);

@@ -32,17 +32,14 @@ struct px_pool_bucket {
 struct px_pool {
     struct px_server *srv;          /* borrowed */
     struct px_pool_bucket *buckets; /* owned list */
-    int ordered;                    /* the base has PX_NPRIO priorities (upstream.h) */
 };
 
 struct px_pool *px_pool_new(struct px_server *srv)
 {
     struct px_pool *p = calloc(1, sizeof(*p));
 
-    if (p != NULL) {
+    if (p != NULL)
         p->srv = srv;
-        p->ordered = srv->base != NULL && event_base_get_npriorities(srv->base) == PX_NPRIO;
-    }
     return p;
 }
 
@@ -115,15 +112,9 @@ static void make_key(char *buf, size_t len, const char *host, int port, int tls)
 }
 
 /* An idle connection must have nothing to read: no unread bytes in its
- * buffer, in OpenSSL, or on the socket, and no EOF. The idle callback catches
- * what arrives while the loop runs. What arrived before this loop pass's
- * epoll_wait: for a connection idling at PX_PRIO_IDLE its callback has already
- * run and closed it (see upstream.h), and moving it back to the default
- * priority fails if its event is still active; otherwise one recv(MSG_PEEK)
- * (issue 13: that was one system call per reuse, ~1 of 15 per keep-alive
- * request). Bytes arriving after the epoll_wait (or after the peek) are a race
- * either way: an answer that does not fit the request is a 502, and a stale
- * connection's error is retried (SPEC 9). */
+ * buffer, in OpenSSL, or on the socket, and no EOF. One recv(MSG_PEEK) per
+ * reuse; the idle callback catches what arrives while the loop runs, this
+ * catches what arrived in the same loop pass. */
 static int socket_quiet(struct px_upstream *up)
 {
     evutil_socket_t fd = bufferevent_getfd(up->bev);
@@ -135,10 +126,6 @@ static int socket_quiet(struct px_upstream *up)
         SSL *ssl = bufferevent_openssl_get_ssl(up->bev);
         if (ssl != NULL && SSL_pending(ssl) > 0)
             return 0;
-    }
-    if (up->idle_first) {
-        up->idle_first = 0;
-        return bufferevent_priority_set(up->bev, PX_NPRIO / 2) == 0;
     }
     ssize_t n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
@@ -209,8 +196,6 @@ void px_upstream_release(struct px_pool *pool, struct px_upstream *up, int reusa
     bufferevent_setwatermark(up->bev, EV_READ, 0, 0);
     bufferevent_setwatermark(up->bev, EV_WRITE, 0, 0);
     bufferevent_enable(up->bev, EV_READ);
-    /* socket bufferevents only (libevent 2.1 refuses OpenSSL ones): those peek */
-    up->idle_first = pool->ordered && bufferevent_priority_set(up->bev, PX_PRIO_IDLE) == 0;
     up->bucket = b;
     up->prev = NULL;
     up->next = b->idle;

@@ -16,20 +16,10 @@ struct px_upstream {
     unsigned reused : 1;     /* came out of the pool: may be stale (SPEC 9 retry) */
     unsigned connected : 1;
     unsigned tls : 1;         /* https runner: the bufferevent is an OpenSSL one */
-    unsigned idle_first : 1;  /* idle at PX_PRIO_IDLE: no peek needed at take */
     struct px_upstream *next; /* pool links, only while idle */
     struct px_upstream *prev;
     struct px_pool_bucket *bucket; /* borrowed, only while idle */
 };
-
-/* Event priorities: srv->base gets PX_NPRIO of them (event_base_priority_init,
- * right after the base is made, before any event exists). Idle pooled
- * connections run at PX_PRIO_IDLE, ahead of everything else (the default,
- * PX_NPRIO / 2), so that when one epoll_wait reports both a client's request
- * and bytes or EOF on an idle connection, the idle connection is closed before
- * the request can take it. Without priorities the pool peeks at each reuse. */
-#define PX_NPRIO 2
-#define PX_PRIO_IDLE 0
 
 struct px_pool *px_pool_new(struct px_server *srv);
 void px_pool_free(struct px_pool *pool);

@@ -6,9 +6,9 @@ idle connection before the request can take it.
 To put both events into one epoll_wait, the test stops the proxy (SIGSTOP)
 while it waits, makes the client's request arrive first and the runner's stray
 bytes (or FIN) second, checks in /proc/net/tcp that both are queued on the
-proxy's sockets, and lets it go on (SIGCONT). With neither the MSG_PEEK nor the
-idle-first event priority, the request takes the bad connection: it gets the
-stray bytes as its answer, or (POST, not replayed) a 502."""
+proxy's sockets, and lets it go on (SIGCONT). Without the MSG_PEEK at take
+(proxy/upstream.c socket_quiet), the request takes the bad connection: it gets
+the stray bytes as its answer, or (POST, not replayed) a 502."""
 import os
 import signal
 import socket
