@@ -32,17 +32,7 @@ TAG=cg
 for c in valgrind nginx; do command -v $c >/dev/null || { echo "callgrind.sh: $c missing" >&2; exit 1; }; done
 [ -x "$PROXY_BIN" ] || { echo "callgrind.sh: $PROXY_BIN missing (make)" >&2; exit 1; }
 
-WORK=$(mktemp -d /tmp/preview-cg.XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-    local rc=$?
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    if [ "${CG_KEEP:-0}" = 1 ]; then echo "[cg] work dir kept: $WORK" >&2; else rm -rf "$WORK"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
+bench_work "${CG_KEEP:-0}"
 
 start_upstream
 

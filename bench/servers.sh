@@ -3,12 +3,30 @@
 # routing) and the exact-count clients, so that both scripts measure the same
 # thing. Not a script of its own.
 #
-# The caller sets ROOT, PROXY_BIN, WORK (a temp dir it removes), PIDS (an
-# array it kills on exit), TAG (log prefix), and WRAP: an array of words put
-# in front of each server's command (valgrind …, strace …, or empty). Each
-# server runs as one process (proxy `workers 1`, nginx `master_process off`).
+# The caller sets ROOT, PROXY_BIN, TAG (log prefix), calls bench_work, and
+# sets WRAP: an array of words put in front of each server's command
+# (valgrind …, strace …, or empty). Each server runs as one process (proxy
+# `workers 1`, nginx `master_process off`).
 
 RUNNER_KEY=benchkey
+
+# bench_work KEEP — a private work dir in $WORK and an empty PIDS array; on
+# exit every server in PIDS is stopped and the dir removed (kept and named
+# when KEEP is 1).
+bench_work() {
+    WORK=$(mktemp -d "/tmp/preview-$TAG.XXXXXX")
+    chmod 755 "$WORK"
+    PIDS=()
+    BENCH_KEEP_WORK=$1
+    trap bench_cleanup EXIT
+}
+bench_cleanup() {
+    local rc=$?
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [ "$BENCH_KEEP_WORK" = 1 ]; then echo "[$TAG] work dir kept: $WORK" >&2; else rm -rf "$WORK"; fi
+    exit "$rc"
+}
 command -v nginx >/dev/null 2>&1 || PATH=$PATH:/usr/sbin
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

@@ -43,17 +43,7 @@ for c in strace nginx python3; do command -v $c >/dev/null || { echo "syscalls.s
 PERF=0
 command -v perf >/dev/null && perf stat -e task-clock true >/dev/null 2>&1 && PERF=1
 
-WORK=$(mktemp -d /tmp/preview-sc.XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-    local rc=$?
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    if [ "${SC_KEEP:-0}" = 1 ]; then echo "[sc] work dir kept: $WORK" >&2; else rm -rf "$WORK"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
+bench_work "${SC_KEEP:-0}"
 
 start_upstream
 

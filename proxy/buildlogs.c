@@ -55,7 +55,7 @@ static void api_failed(struct px_conn *c, const struct px_api_resp *r)
                            : "the Daytona API refused this request");
 }
 
-static void on_build_info(void *arg, const struct px_api_resp *r)
+static void on_build_info_run(void *arg, const struct px_api_resp *r)
 {
     struct px_conn *c = arg;
     json_error_t je;
@@ -96,7 +96,18 @@ static void on_build_info(void *arg, const struct px_api_resp *r)
         px_conn_fail(c, 503, "API_UNAVAILABLE", "the Daytona API is unavailable");
 }
 
-static void on_runner(void *arg, const struct px_api_resp *r)
+/* A lookup or call answered outside any callback of c: ENTER/LEAVE make a
+ * close safe and start a pipelined request waiting behind this one. */
+static void on_build_info(void *arg, const struct px_api_resp *r)
+{
+    struct px_conn *c = arg;
+
+    ENTER(c);
+    on_build_info_run(c, r);
+    LEAVE(c);
+}
+
+static void on_runner_run(void *arg, const struct px_api_resp *r)
 {
     struct px_conn *c = arg;
     json_error_t je;
@@ -141,6 +152,15 @@ static void on_runner(void *arg, const struct px_api_resp *r)
         return px_conn_close(c);
     c->ex.no_activity = 1; /* §8: these routes never record activity */
     px_fwd_start(c);
+}
+
+static void on_runner(void *arg, const struct px_api_resp *r)
+{
+    struct px_conn *c = arg;
+
+    ENTER(c);
+    on_runner_run(c, r);
+    LEAVE(c);
 }
 
 /* Is this a build-log route? Starts it and returns 1; 0 otherwise. */

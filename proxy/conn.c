@@ -182,8 +182,17 @@ void px_conn_close(struct px_conn *c)
  * are still arriving makes the kernel send RST, and an RST makes the client's
  * kernel drop the answer it has not read yet: a client still uploading would
  * see "connection reset" instead of our 413 or 400. */
+static int pending_input(struct px_conn *c);
+
 static void linger_start(struct px_conn *c)
 {
+    /* The client asked to close and sent its whole request, and nothing more
+     * has come: no reason to expect bytes that would turn our close into an
+     * RST, so close at once, as nginx does without evidence of more input
+     * (issue 13: the linger cost a shutdown, two epoll_ctl, a read and a
+     * wake-up per new connection). */
+    if (c->close_asked && !c->linger_short && !pending_input(c))
+        return px_conn_close(c);
     c->lingering = 1;
     c->linger_until = time(NULL) + (c->linger_short ? LINGER_AFTER_HEAD_TIMEOUT : LINGER_TIME);
     if (c->tls)
@@ -204,6 +213,7 @@ void px_conn_linger(struct px_conn *c)
     px_conn_set_state(c, PX_CONN_CLOSING);
     if (c->bev == NULL) /* an HTTP/2 stream: proxy/h2.c owns the connection */
         return px_conn_close(c);
+    px_conn_wrote(c);
     bufferevent_disable(c->bev, EV_READ);
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
         linger_start(c);
@@ -305,7 +315,9 @@ void px_conn_attach(struct px_server *srv, struct bufferevent *bev, const struct
      * HTTP/2 streams are bounded by proxy/h2.c. */
     struct timeval wr = {srv->cfg->send_timeout, 0};
     bufferevent_set_timeouts(c->bev, NULL, &wr);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    if (!c->tls) /* written at once (px_bev_send): EPOLLOUT only for a backlog */
+        bufferevent_disable(c->bev, EV_WRITE);
+    bufferevent_enable(c->bev, c->tls ? EV_READ | EV_WRITE : EV_READ);
     px_conn_set_state(c, PX_CONN_IDLE);
     px_conn_arm_timer(c, srv->cfg->client_header_timeout);
 }
@@ -406,6 +418,25 @@ void px_conn_wrote(struct px_conn *c)
 {
     if (c->h2s != NULL)
         px_h2s_wrote(c->h2s);
+    else if (c->bev != NULL && !c->tls)
+        px_bev_send(c->bev);
+}
+
+void px_bev_send(struct bufferevent *bev)
+{
+    struct evbuffer *out = bufferevent_get_output(bev);
+
+    if (evbuffer_get_length(out) == 0 || (bufferevent_get_enabled(bev) & EV_WRITE))
+        return; /* nothing to send, or waiting for the socket: libevent writes then */
+    /* A socket bufferevent keeps the front of its output frozen except while
+     * it writes itself; we write on its behalf, then restore that. On an
+     * error the bytes stay: libevent's own write meets it again and reports
+     * it to the event callback, which knows what it means. */
+    evbuffer_unfreeze(out, 1);
+    (void)evbuffer_write(out, bufferevent_getfd(bev));
+    evbuffer_freeze(out, 1);
+    if (evbuffer_get_length(out) > 0)
+        bufferevent_enable(bev, EV_WRITE); /* the rest when the socket takes it */
 }
 
 void px_conn_head_begin(struct px_conn *c, struct px_headw *w, struct px_hbuf *hb)
@@ -678,6 +709,7 @@ void px_conn_exchange_done(struct px_conn *c)
 
     px_conn_access_log(c);
     px_conn_upstream_drop(c);
+    px_conn_wrote(c);   /* HTTP/1.1: what is queued leaves now */
     if (c->h2_stream) { /* one exchange per stream: it ends with its response */
         if (c->h2s != NULL)
             px_h2s_finish(c->h2s, 1);
@@ -687,6 +719,7 @@ void px_conn_exchange_done(struct px_conn *c)
         return px_conn_close(c);
     }
     if (!c->ex.keepalive) {
+        c->close_asked = c->ex.have_req && !c->ex.req.keepalive && c->ex.req_done;
         exchange_reset(c);
         return px_conn_linger(c);
     }
@@ -784,6 +817,9 @@ static void on_client_write(struct bufferevent *bev, void *arg)
     (void)bev;
 
     ENTER(c);
+    /* Drained: back to writing at once (px_bev_send). */
+    if (!c->tls && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+        bufferevent_disable(c->bev, EV_WRITE);
     switch (c->state) {
     case PX_CONN_CLOSING:
         if (!c->lingering && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)

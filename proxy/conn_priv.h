@@ -156,6 +156,7 @@ struct px_conn {
     unsigned doomed : 1;         /* destroy as soon as busy == 0 */
     unsigned lingering : 1;      /* CLOSING, output sent and FIN'd: discarding input */
     unsigned linger_short : 1;   /* the head timed out: linger LINGER_AFTER_HEAD_TIMEOUT at most */
+    unsigned close_asked : 1;    /* the last request asked to close and was read whole */
     unsigned out_paused : 1;     /* IDLE with over PX_HIGH_WATER unsent: not reading (issue 9) */
     time_t linger_until;         /* lingering ends by then at the latest */
     struct px_conn *next, *prev; /* srv->conns */

@@ -300,6 +300,15 @@ static void client_body_timeout(struct px_conn *c, int on)
         bufferevent_set_timeouts(c->bev, on ? &rd : NULL, &wr);
 }
 
+/* A connected plain runner socket is written at once, EV_WRITE armed only for
+ * what the kernel did not take (px_bev_send). While connecting (and over TLS)
+ * libevent writes when it can. */
+static void up_send(struct px_conn *c)
+{
+    if (c->ex.up != NULL && c->ex.up->connected && !c->ex.up->tls)
+        px_bev_send(c->ex.up->bev);
+}
+
 static int idempotent(enum http_method m)
 {
     return m == HTTP_GET || m == HTTP_HEAD || m == HTTP_OPTIONS || m == HTTP_PUT ||
@@ -379,6 +388,7 @@ void px_fwd_pump_request(struct px_conn *c)
                 if (n > 0)
                     up_write_buffer(c, tmp);
                 evbuffer_free(tmp);
+                up_send(c);
                 c->ex.up_reusable = 0;
                 return response_done(c);
             }
@@ -397,6 +407,7 @@ void px_fwd_pump_request(struct px_conn *c)
     if (evbuffer_get_length(tmp) > 0)
         up_write_buffer(c, tmp);
     evbuffer_free(tmp);
+    up_send(c);
     if (c->ex.req_done) {
         /* SPEC 9: response_header_timeout counts from the end of the request. */
         up_request_progress(c);
@@ -428,7 +439,12 @@ static int connect_upstream(struct px_conn *c, int allow_pool)
         up_set_state(c, c->ex.req_done ? PX_UP_WAIT_HEAD : PX_UP_SEND);
     }
     bufferevent_setcb(c->ex.up->bev, on_up_read, on_up_write, on_up_event, c);
-    bufferevent_enable(c->ex.up->bev, EV_READ | EV_WRITE);
+    if (c->ex.up->connected && !c->ex.up->tls) {      /* a pooled plain socket: up_send() */
+        bufferevent_disable(c->ex.up->bev, EV_WRITE); /* nothing queued: no epoll_ctl */
+        bufferevent_enable(c->ex.up->bev, EV_READ);
+    } else {
+        bufferevent_enable(c->ex.up->bev, EV_READ | EV_WRITE);
+    }
     if (c->ex.up->reused && idempotent(c->ex.req.m) && !c->ex.req.ws_upgrade) {
         if ((c->ex.replay = evbuffer_new()) == NULL)
             return -1;
@@ -454,8 +470,9 @@ void px_fwd_start(struct px_conn *c)
         c->ex.replay = NULL;
     }
     px_conn_set_state(c, PX_CONN_STREAM);
-    if (!c->ex.req_done)
-        client_body_timeout(c, 1);
+    if (c->ex.req_done) /* no body: the head leaves now (else with the first body bytes) */
+        return up_send(c);
+    client_body_timeout(c, 1);
     px_fwd_pump_request(c);
 }
 
@@ -626,8 +643,10 @@ static int read_response_head(struct px_conn *c)
             break;
         /* 1xx: relay 100 Continue to a client that asked for it; drop the rest. */
         if (c->ex.resp.status == 100 && c->ex.req.expect_continue && c->ex.req.http_minor == 1 &&
-            c->bev != NULL)
+            c->bev != NULL) {
             evbuffer_add(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+            px_conn_wrote(c);
+        }
     }
     c->ex.up_reusable = c->ex.resp.keepalive;
     if (!px_h1_response_has_body(&c->ex.resp, c->ex.req.m)) {
@@ -673,7 +692,6 @@ static void pump_response(struct px_conn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->ex.up->bev);
     struct evbuffer *out = px_conn_out(c);
-    size_t before = evbuffer_get_length(out);
 
     switch (c->ex.resp_body) {
     case BODY_STREAM: /* a request body kind only */
@@ -723,7 +741,7 @@ static void pump_response(struct px_conn *c)
         break;
     }
     }
-    if (evbuffer_get_length(out) != before)
+    if (evbuffer_get_length(out) > 0) /* the head too, for a body still to come (SSE) */
         px_conn_wrote(c);
     if (c->ex.up == NULL)
         return;
@@ -836,6 +854,10 @@ static void on_up_write(struct bufferevent *bev, void *arg)
     (void)bev;
 
     ENTER(c);
+    /* Drained: back to writing at once (up_send()). */
+    if (c->ex.up != NULL && c->ex.up->connected && !c->ex.up->tls &&
+        evbuffer_get_length(bufferevent_get_output(c->ex.up->bev)) == 0)
+        bufferevent_disable(c->ex.up->bev, EV_WRITE);
     if (c->state == PX_CONN_STREAM) {
         /* The runner drained below the low mark: resume reading the client. */
         bufferevent_setwatermark(c->ex.up->bev, EV_WRITE, 0, 0);

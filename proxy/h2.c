@@ -760,16 +760,25 @@ static void h2_send(struct px_h2 *h)
     if (h->bev == NULL || h->doomed)
         return;
     out = bufferevent_get_output(h->bev);
-    h->in_ng++;
-    do {
-        h->want_send = 0;
-        while (evbuffer_get_length(out) < OUT_HIGH &&
-               (n = nghttp2_session_mem_send(h->ng, &data)) > 0)
-            evbuffer_add(out, data, (size_t)n); /* may run on_write (TLS): it defers too */
-    } while (h->want_send && n >= 0 && evbuffer_get_length(out) < OUT_HIGH);
-    h->in_ng--;
-    if (h->want_wake && n >= 0)
-        wake_streams(h);
+    /* h2c: written at once (px_bev_send); while the socket takes it all, go on
+     * producing (a bounded number of rounds; the rest from on_write). */
+    for (int round = 0; round < 16; round++) {
+        h->in_ng++;
+        do {
+            h->want_send = 0;
+            while (evbuffer_get_length(out) < OUT_HIGH &&
+                   (n = nghttp2_session_mem_send(h->ng, &data)) > 0)
+                evbuffer_add(out, data, (size_t)n); /* may run on_write (TLS): it defers too */
+        } while (h->want_send && n >= 0 && evbuffer_get_length(out) < OUT_HIGH);
+        h->in_ng--;
+        if (h->want_wake && n >= 0)
+            wake_streams(h);
+        if (h->tls || n < 0 || h->doomed)
+            break;
+        px_bev_send(h->bev);
+        if (evbuffer_get_length(out) > 0 || !nghttp2_session_want_write(h->ng))
+            break;
+    }
     if (n < 0) { /* only out of memory or a callback failure: nothing sane left to send */
         if (px_log_allow(10))
             px_log(PX_WARN, "h2: send failed: %s", nghttp2_strerror((int)n));
@@ -890,9 +899,10 @@ static void on_read(struct bufferevent *bev, void *arg)
 static void on_write(struct bufferevent *bev, void *arg)
 {
     struct px_h2 *h = arg;
-    (void)bev;
 
     h->busy++;
+    if (!h->tls && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        bufferevent_disable(bev, EV_WRITE); /* drained: back to px_bev_send() */
     h2_send(h);
     if (--h->busy == 0 && h->doomed)
         h2_destroy(h);
@@ -978,7 +988,9 @@ void px_h2_start(struct px_server *srv, struct bufferevent *bev, const struct so
     bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
     bufferevent_set_timeouts(bev, &idle, &send);
     bufferevent_setcb(bev, on_read, on_write, on_event, h);
-    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    if (!tls) /* h2c is written at once (h2_send) */
+        bufferevent_disable(bev, EV_WRITE);
+    bufferevent_enable(bev, tls ? EV_READ | EV_WRITE : EV_READ);
     if (srv->draining)
         nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, NULL, 0);
     if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)

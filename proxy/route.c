@@ -99,7 +99,7 @@ void px_route_request(struct px_conn *c)
     c->ex.dom_lk = px_lookup(PX_LK_DOMAIN, h.name, c->peer_ip, on_domain, c);
 }
 
-static void on_domain(void *arg, const struct px_lk_value *v, const char *err)
+static void on_domain_run(void *arg, const struct px_lk_value *v, const char *err)
 {
     struct px_conn *c = arg;
     const struct px_config *cfg = c->srv->cfg;
@@ -121,6 +121,17 @@ static void on_domain(void *arg, const struct px_lk_value *v, const char *err)
     if (cfg->ndomains > 0)
         return px_conn_fail(c, 404, NULL, "unknown host");
     base_routes(c);
+}
+
+/* A lookup or call answered outside any callback of c: ENTER/LEAVE make a
+ * close safe and start a pipelined request waiting behind this one. */
+static void on_domain(void *arg, const struct px_lk_value *v, const char *err)
+{
+    struct px_conn *c = arg;
+
+    ENTER(c);
+    on_domain_run(c, v, err);
+    LEAVE(c);
 }
 
 static void preview_flow(struct px_conn *c, unsigned port, struct px_str label)
@@ -269,7 +280,7 @@ static int cfg_api_mode(const struct px_conn *c)
 
 /* API mode: C13 came back. Only a readable "enabled": false hides the page;
  * an API that cannot say shows it (DAYTONA-API.md §2 C13, fail open). */
-static void on_warning(void *arg, const struct px_lk_value *v, const char *err)
+static void on_warning_run(void *arg, const struct px_lk_value *v, const char *err)
 {
     struct px_conn *c = arg;
 
@@ -281,7 +292,16 @@ static void on_warning(void *arg, const struct px_lk_value *v, const char *err)
     px_fwd_start(c);
 }
 
-static void on_auth(void *arg, struct px_auth_out *out)
+static void on_warning(void *arg, const struct px_lk_value *v, const char *err)
+{
+    struct px_conn *c = arg;
+
+    ENTER(c);
+    on_warning_run(c, v, err);
+    LEAVE(c);
+}
+
+static void on_auth_run(void *arg, struct px_auth_out *out)
 {
     struct px_conn *c = arg;
 
@@ -326,6 +346,15 @@ static void on_auth(void *arg, struct px_auth_out *out)
     px_fwd_start(c);
 }
 
+static void on_auth(void *arg, struct px_auth_out *out)
+{
+    struct px_conn *c = arg;
+
+    ENTER(c);
+    on_auth_run(c, out);
+    LEAVE(c);
+}
+
 /* The warning page applies: in API mode the organisation decides (C13). */
 static void warning_step(struct px_conn *c)
 {
@@ -354,7 +383,7 @@ static void start_login(struct px_conn *c)
 }
 
 /* The login redirect or the callback has its answer. */
-static void on_oidc(void *arg, const struct px_oidc_answer *a)
+static void on_oidc_run(void *arg, const struct px_oidc_answer *a)
 {
     struct px_conn *c = arg;
     struct evbuffer *h, *body;
@@ -378,6 +407,15 @@ static void on_oidc(void *arg, const struct px_oidc_answer *a)
     px_conn_respond(c, a->status, NULL, body, (const char *)evbuffer_pullup(h, -1));
     evbuffer_free(h);
     evbuffer_free(body);
+}
+
+static void on_oidc(void *arg, const struct px_oidc_answer *a)
+{
+    struct px_conn *c = arg;
+
+    ENTER(c);
+    on_oidc_run(c, a);
+    LEAVE(c);
 }
 
 /* SPEC 4.5: Secure and SameSite follow the external scheme. */

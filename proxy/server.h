@@ -82,6 +82,15 @@ void px_conn_h2_drained(struct px_conn *c);
  * exchange is aborted. */
 void px_conn_h2_gone(struct px_conn *c);
 
+/* Writes what a plain socket bufferevent's output holds at once, and arms its
+ * write event (with its write timeout) only for what the kernel did not take
+ * (issue 13: libevent alone arms EPOLLOUT, waits a loop pass and disarms it
+ * for every response, four epoll_ctl and two epoll_wait per keep-alive
+ * request). The bufferevent keeps EV_WRITE disabled while nothing waits, so
+ * every writer calls this once it has queued its bytes; its write callback
+ * disables EV_WRITE again once drained. Never for TLS or HTTP/2. */
+void px_bev_send(struct bufferevent *bev);
+
 /* Reads up to budget bytes straight from a plain socket bufferevent's fd into
  * its input buffer, in 64 KiB bites (libevent 2.1 reads at most 4 KiB per call).
  * Never for TLS or pair bufferevents. */

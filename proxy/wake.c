@@ -37,6 +37,7 @@ static uint64_t fnv(const char *p)
     return h;
 }
 
+/* Fire and forget: arg is NULL, no connection waits on it. */
 static void on_start(void *arg, const struct px_api_resp *r)
 {
     (void)arg;
@@ -45,7 +46,7 @@ static void on_start(void *arg, const struct px_api_resp *r)
                r->err ? 0 : r->status);
 }
 
-static void on_state(void *arg, const struct px_api_resp *r)
+static void on_state_run(void *arg, const struct px_api_resp *r)
 {
     struct px_conn *c = arg;
     const char *state = NULL;
@@ -85,6 +86,17 @@ static void on_state(void *arg, const struct px_api_resp *r)
         awake[h % WAKE_SLOTS].last = time(NULL);
     }
     px_conn_fail(c, c->ex.wake_status, NULL, c->ex.wake_message);
+}
+
+/* An API answer arrives outside any callback of c: ENTER/LEAVE make a close
+ * safe and start a pipelined request waiting behind this one. */
+static void on_state(void *arg, const struct px_api_resp *r)
+{
+    struct px_conn *c = arg;
+
+    ENTER(c);
+    on_state_run(c, r);
+    LEAVE(c);
 }
 
 /* The runner was not reachable: wake the sandbox if the API says it sleeps,

@@ -8,7 +8,7 @@ import pytest
 
 from apifix import *  # noqa: F401,F403
 from apifix import API_RUNNER_KEY
-from helpers import host, raw_exchange, request_bytes
+from helpers import host, raw_exchange, request_bytes, wait_until
 
 
 def start(proxy, api, key=None, **settings):
@@ -199,6 +199,10 @@ def test_stopped_sandbox_is_woken_and_the_client_told_to_retry(proxy, sleepy_api
     r = get(p, "sb-sleepy", "/wake-me", timeout=10)
     assert r.status == 503 and r.header("retry-after") == "5", r
     assert r.json()["code"] == "SANDBOX_STARTING"
+    # The start call is fire-and-forget (C11 may wait 30 s): it may reach the
+    # API just after the client has its answer.
+    wait_until(lambda: api.calls("/api/sandbox/sb-sleepy/start", method="POST"), timeout=5,
+               what="the start call")
     assert len(api.calls("/api/sandbox/sb-sleepy/start", method="POST")) == 1
     # while it starts: the same answer, no second start
     r = get(p, "sb-sleepy", "/again", timeout=10)
@@ -219,6 +223,8 @@ def test_runner_saying_stopped_wakes_the_sandbox(proxy, api):
     p = start(proxy, api)
     r = get(p, "sb-nap", "/stopped", timeout=10)
     assert r.status == 503 and r.json()["code"] == "SANDBOX_STARTING", r
+    wait_until(lambda: api.calls("/api/sandbox/sb-nap/start", method="POST"), timeout=5,
+               what="the start call")
     assert len(api.calls("/api/sandbox/sb-nap/start", method="POST")) == 1
     # a started sandbox whose app answers that 503 gets the 503 that led here
     api.add_sandbox("sb-up", public=True, state="started", runnerId="r1")
