@@ -380,7 +380,7 @@ static void attempt(struct px_api_call *call)
         return finish_attempt(call, px_err_refused);
     bufferevent_setcb(call->up->bev, on_read, NULL, on_event, call);
     bufferevent_set_timeouts(call->up->bev, NULL, NULL); /* our timer bounds the attempt */
-    if (call->up->connected && !call->up->tls) { /* pooled plain socket: written at once */
+    if (call->up->connected && !call->up->tls) {         /* pooled plain socket: written at once */
         bufferevent_disable(call->up->bev, EV_WRITE);
         bufferevent_enable(call->up->bev, EV_READ);
         evbuffer_add(bufferevent_get_output(call->up->bev), call->head, call->head_len);
