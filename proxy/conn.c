@@ -673,7 +673,11 @@ static void read_head(struct px_conn *c)
             return; /* a prefix of the preface: wait for the rest */
         }
     }
-    if (c->state == PX_CONN_IDLE) {
+    enum px_parse r =
+        px_h1_find_head(in, cfg->max_request_line, cfg->max_header_size, &head_len, &status);
+    if (c->state == PX_CONN_IDLE && r == PX_PARSE_AGAIN) {
+        /* A head that came whole needs no header timer (issue 13: one timer
+         * add less per request); a partial one starts client_header_timeout. */
         px_conn_set_state(c, PX_CONN_HEAD);
         px_conn_arm_timer(c, cfg->client_header_timeout);
         /* The access log's total_ms counts from here when the head never
@@ -681,7 +685,7 @@ static void read_head(struct px_conn *c)
          * again otherwise. Unset, it logged milliseconds since 1970. */
         gettimeofday(&c->ex.t_start, NULL);
     }
-    switch (px_h1_find_head(in, cfg->max_request_line, cfg->max_header_size, &head_len, &status)) {
+    switch (r) {
     case PX_PARSE_AGAIN: return;
     case PX_PARSE_BAD:
         evbuffer_drain(in, evbuffer_get_length(in));
@@ -725,8 +729,11 @@ void px_conn_exchange_done(struct px_conn *c)
     }
     exchange_reset(c);
     px_conn_set_state(c, PX_CONN_IDLE);
-    bufferevent_enable(c->bev, EV_READ);
-    bufferevent_setwatermark(c->bev, EV_READ, 0, cfg->max_header_size + 16384);
+    /* Reading may be off (a half-closed client, an upload paused by
+     * backpressure); the read watermark set at attach never changes before
+     * the linger, which ends the connection. */
+    if (!(bufferevent_get_enabled(c->bev) & EV_READ))
+        bufferevent_enable(c->bev, EV_READ);
     px_conn_arm_timer(c, cfg->keepalive_timeout);
     /* A pipelined request may already be waiting; px_conn_step() picks it up
      * (the caller loops while the state is IDLE with input). */

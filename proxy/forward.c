@@ -244,7 +244,7 @@ static void up_set_state(struct px_conn *c, enum px_up_state next)
     struct timeval rd = {0, 0}, wr = {0, 0};
     int read_armed = 0, write_armed = 0;
 
-    if (c->ex.up_st != next)
+    if (c->ex.up_st != next) /* (WAIT_HEAD -> BODY is entered unarmed first: px_fwd_on_response) */
         clog(c, PX_DEBUG, "runner %s -> %s", up_state_name(c->ex.up_st), up_state_name(next));
     c->ex.up_st = next;
     switch (next) {
@@ -439,9 +439,12 @@ static int connect_upstream(struct px_conn *c, int allow_pool)
         up_set_state(c, c->ex.req_done ? PX_UP_WAIT_HEAD : PX_UP_SEND);
     }
     bufferevent_setcb(c->ex.up->bev, on_up_read, on_up_write, on_up_event, c);
-    if (c->ex.up->connected && !c->ex.up->tls) {      /* a pooled plain socket: up_send() */
-        bufferevent_disable(c->ex.up->bev, EV_WRITE); /* nothing queued: no epoll_ctl */
-        bufferevent_enable(c->ex.up->bev, EV_READ);
+    if (c->ex.up->connected && !c->ex.up->tls) {
+        /* a pooled plain socket, written at once (up_send()): nothing queued,
+         * so disabling EV_WRITE costs no epoll_ctl */
+        bufferevent_disable(c->ex.up->bev, EV_WRITE);
+        if (!(bufferevent_get_enabled(c->ex.up->bev) & EV_READ))
+            bufferevent_enable(c->ex.up->bev, EV_READ);
     } else {
         bufferevent_enable(c->ex.up->bev, EV_READ | EV_WRITE);
     }
@@ -773,10 +776,18 @@ void px_fwd_on_response(struct px_conn *c)
         }
         add_response_head(c);
         c->ex.status = c->ex.resp.status;
-        /* Streaming bodies (SSE, downloads) may idle for long; bound them by the
-         * long-lived connection timeout instead of the header timeout. */
-        up_set_state(c, PX_UP_BODY);
-        px_conn_arm_timer(c, PX_ACTIVITY_REFRESH(c->srv->cfg->activity_interval));
+        /* BODY, armed only if the body outlives this callback: most responses
+         * end right here, and re-arming the runner's timeouts and the activity
+         * timer for them is wasted (issue 13). */
+        c->ex.up_st = PX_UP_BODY;
+        pump_response(c);
+        if (c->state == PX_CONN_STREAM && c->ex.up_st == PX_UP_BODY && c->ex.up != NULL) {
+            /* Streaming bodies (SSE, downloads) may idle for long; bound them by
+             * the long-lived connection timeout instead of the header timeout. */
+            up_set_state(c, PX_UP_BODY);
+            px_conn_arm_timer(c, PX_ACTIVITY_REFRESH(c->srv->cfg->activity_interval));
+        }
+        return;
     }
     if (c->ex.up_st == PX_UP_BODY)
         pump_response(c);

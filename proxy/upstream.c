@@ -150,7 +150,8 @@ struct px_upstream *px_pool_take(struct px_pool *pool, const char *host, int por
             continue;
         }
         up->reused = 1;
-        bufferevent_set_timeouts(up->bev, NULL, NULL);
+        /* The idle timeout is still set: every caller arms its own next
+         * (forward.c up_set_state(), api.c attempt()). */
         return up;
     }
     return NULL;
@@ -195,7 +196,8 @@ void px_upstream_release(struct px_pool *pool, struct px_upstream *up, int reusa
     bufferevent_set_timeouts(up->bev, &tv, NULL);
     bufferevent_setwatermark(up->bev, EV_READ, 0, 0);
     bufferevent_setwatermark(up->bev, EV_WRITE, 0, 0);
-    bufferevent_enable(up->bev, EV_READ);
+    if (!(bufferevent_get_enabled(up->bev) & EV_READ)) /* paused by backpressure */
+        bufferevent_enable(up->bev, EV_READ);
     up->bucket = b;
     up->prev = NULL;
     up->next = b->idle;
