@@ -72,6 +72,8 @@ RUNNER_KEY=benchkey
 DIRECT_RUNNER_URL=http://127.0.0.1:9
 FILE_PATH=/1k.txt
 FILE_SIZE=1024
+BIG_PATH=/1m.txt # the *_1m targets (issue 13: large bodies)
+BIG_SIZE=1048576
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] FATAL: %s\n' "$*" >&2; exit 1; }
@@ -235,6 +237,7 @@ setup_upstream() {
     UP_PORT=$(free_port)
     mkdir -p "$WORK/upstream/www"
     head -c "$FILE_SIZE" /dev/zero | tr '\0' 'x' >"$WORK/upstream/www$FILE_PATH"
+    head -c "$BIG_SIZE" /dev/zero | tr '\0' 'x' >"$WORK/upstream/www$BIG_PATH"
     chmod -R a+rX "$WORK/upstream"
     nginx_conf upstream "$UP_PORT" "
     server {
@@ -365,13 +368,14 @@ parse_wrk() {
     echo "$rps $(to_ms "$p99") ${reqs:-0} $(( ${non2xx:-0} + ${sock:-0} ))"
 }
 
-# check_http NAME URL [curl args...] — one request must give 200 and the file.
+# check_http NAME URL [curl args...] — one request must give 200 and the file
+# (CHECK_SIZE bytes, FILE_SIZE unless set).
 check_http() {
     local name=$1 url=$2; shift 2
     local out=$WORK/check-$name.body code size
     code=$(curl -sS -o "$out" -w '%{http_code}' --max-time 5 "$@" "$url") || code=000
     size=$(stat -c %s "$out" 2>/dev/null || echo 0)
-    if [ "$code" != 200 ] || [ "$size" != "$FILE_SIZE" ]; then
+    if [ "$code" != 200 ] || [ "$size" != "${CHECK_SIZE:-$FILE_SIZE}" ]; then
         log "$name: check failed: HTTP $code, $size bytes from $url"
         head -c 600 "$out" >&2 2>/dev/null || true; echo >&2
         return 1
@@ -472,6 +476,35 @@ load_nginx() { run_wrk "$1" "$(url_nginx)" -H "Host: $(PREVIEW_HOST)"; }
 warm_nginx() { warm_wrk "$(url_nginx)" -H "Host: $(PREVIEW_HOST)"; }
 pid_nginx() { echo "$PID_nginxproxy"; }
 log_nginx() { echo "$WORK/nginxproxy/logs/error.log"; }
+
+# ---------------------------------------------------------------- targets: proxy_1m, nginx_1m, proxy_close, nginx_close
+# The proxy and nginx targets above with a 1 MiB file over keep-alive (`_1m`),
+# and with the 1 KiB file on a new connection per request (`_close`: wrk
+# reconnects after each answer to `Connection: close`). Same servers.
+setup_proxy_1m() { setup_proxy; }
+check_proxy_1m() { CHECK_SIZE=$BIG_SIZE check_http proxy_1m "http://127.0.0.1:$PROXY_PORT$BIG_PATH" -H "Host: $(PREVIEW_HOST)"; }
+load_proxy_1m() { run_wrk "$1" "http://127.0.0.1:$PROXY_PORT$BIG_PATH" -H "Host: $(PREVIEW_HOST)"; }
+warm_proxy_1m() { warm_wrk "http://127.0.0.1:$PROXY_PORT$BIG_PATH" -H "Host: $(PREVIEW_HOST)"; }
+pid_proxy_1m() { pid_proxy; }
+log_proxy_1m() { log_proxy; }
+setup_nginx_1m() { setup_nginx; }
+check_nginx_1m() { CHECK_SIZE=$BIG_SIZE check_http nginx_1m "http://127.0.0.1:$NGINX_PORT$BIG_PATH" -H "Host: $(PREVIEW_HOST)"; }
+load_nginx_1m() { run_wrk "$1" "http://127.0.0.1:$NGINX_PORT$BIG_PATH" -H "Host: $(PREVIEW_HOST)"; }
+warm_nginx_1m() { warm_wrk "http://127.0.0.1:$NGINX_PORT$BIG_PATH" -H "Host: $(PREVIEW_HOST)"; }
+pid_nginx_1m() { pid_nginx; }
+log_nginx_1m() { log_nginx; }
+setup_proxy_close() { setup_proxy; }
+check_proxy_close() { check_proxy; }
+load_proxy_close() { run_wrk "$1" "$(url_proxy)" -H "Host: $(PREVIEW_HOST)" -H 'Connection: close'; }
+warm_proxy_close() { warm_wrk "$(url_proxy)" -H "Host: $(PREVIEW_HOST)" -H 'Connection: close'; }
+pid_proxy_close() { pid_proxy; }
+log_proxy_close() { log_proxy; }
+setup_nginx_close() { setup_nginx; }
+check_nginx_close() { check_nginx; }
+load_nginx_close() { run_wrk "$1" "$(url_nginx)" -H "Host: $(PREVIEW_HOST)" -H 'Connection: close'; }
+warm_nginx_close() { warm_wrk "$(url_nginx)" -H "Host: $(PREVIEW_HOST)" -H 'Connection: close'; }
+pid_nginx_close() { pid_nginx; }
+log_nginx_close() { log_nginx; }
 
 # ---------------------------------------------------------------- shared helpers for the targets below
 # secs DURATION — wrk-style duration (10s, 2m, 10) in whole seconds, at least 1.
