@@ -481,30 +481,24 @@ log_nginx() { echo "$WORK/nginxproxy/logs/error.log"; }
 # The proxy and nginx targets above with a 1 MiB file over keep-alive (`_1m`),
 # and with the 1 KiB file on a new connection per request (`_close`: wrk
 # reconnects after each answer to `Connection: close`). Same servers.
-setup_proxy_1m() { setup_proxy; }
+# same_server NEW BASE — NEW runs on BASE's server: its setup, pid and log.
+same_server() { eval "setup_$1() { setup_$2; }; pid_$1() { pid_$2; }; log_$1() { log_$2; }"; }
+same_server proxy_1m proxy
+same_server nginx_1m nginx
+same_server proxy_close proxy
+same_server nginx_close nginx
 check_proxy_1m() { CHECK_SIZE=$BIG_SIZE check_http proxy_1m "http://127.0.0.1:$PROXY_PORT$BIG_PATH" -H "Host: $(PREVIEW_HOST)"; }
 load_proxy_1m() { run_wrk "$1" "http://127.0.0.1:$PROXY_PORT$BIG_PATH" -H "Host: $(PREVIEW_HOST)"; }
 warm_proxy_1m() { warm_wrk "http://127.0.0.1:$PROXY_PORT$BIG_PATH" -H "Host: $(PREVIEW_HOST)"; }
-pid_proxy_1m() { pid_proxy; }
-log_proxy_1m() { log_proxy; }
-setup_nginx_1m() { setup_nginx; }
 check_nginx_1m() { CHECK_SIZE=$BIG_SIZE check_http nginx_1m "http://127.0.0.1:$NGINX_PORT$BIG_PATH" -H "Host: $(PREVIEW_HOST)"; }
 load_nginx_1m() { run_wrk "$1" "http://127.0.0.1:$NGINX_PORT$BIG_PATH" -H "Host: $(PREVIEW_HOST)"; }
 warm_nginx_1m() { warm_wrk "http://127.0.0.1:$NGINX_PORT$BIG_PATH" -H "Host: $(PREVIEW_HOST)"; }
-pid_nginx_1m() { pid_nginx; }
-log_nginx_1m() { log_nginx; }
-setup_proxy_close() { setup_proxy; }
 check_proxy_close() { check_proxy; }
 load_proxy_close() { run_wrk "$1" "$(url_proxy)" -H "Host: $(PREVIEW_HOST)" -H 'Connection: close'; }
 warm_proxy_close() { warm_wrk "$(url_proxy)" -H "Host: $(PREVIEW_HOST)" -H 'Connection: close'; }
-pid_proxy_close() { pid_proxy; }
-log_proxy_close() { log_proxy; }
-setup_nginx_close() { setup_nginx; }
 check_nginx_close() { check_nginx; }
 load_nginx_close() { run_wrk "$1" "$(url_nginx)" -H "Host: $(PREVIEW_HOST)" -H 'Connection: close'; }
 warm_nginx_close() { warm_wrk "$(url_nginx)" -H "Host: $(PREVIEW_HOST)" -H 'Connection: close'; }
-pid_nginx_close() { pid_nginx; }
-log_nginx_close() { log_nginx; }
 
 # ---------------------------------------------------------------- shared helpers for the targets below
 # secs DURATION — wrk-style duration (10s, 2m, 10) in whole seconds, at least 1.
