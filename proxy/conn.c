@@ -493,7 +493,12 @@ void px_conn_respond(struct px_conn *c, int status, const char *ctype, struct ev
     px_conn_head_end(c, &w, send_body && blen > 0);
     if (send_body && blen > 0 && px_conn_out(c) != NULL) {
         c->ex.bytes_out = blen;
-        evbuffer_add_buffer(px_conn_out(c), body);
+        /* A small body is copied: moving its chain would leave a mostly empty
+         * block per answer in a backlog of pipelined answers (issue 9). */
+        if (blen <= 4096)
+            evbuffer_add(px_conn_out(c), evbuffer_pullup(body, -1), blen);
+        else
+            evbuffer_add_buffer(px_conn_out(c), body);
         px_conn_wrote(c);
     }
     px_conn_exchange_done(c);
@@ -713,7 +718,12 @@ void px_conn_exchange_done(struct px_conn *c)
 
     px_conn_access_log(c);
     px_conn_upstream_drop(c);
-    px_conn_wrote(c);   /* HTTP/1.1: what is queued leaves now */
+    /* HTTP/1.1: what is queued leaves now, unless a pipelined request waits
+     * behind this one inside a callback of c: px_conn_step() answers it
+     * first and sends the answers together (one write, not one each). */
+    if (c->bev == NULL || c->busy == 0 || !c->ex.keepalive ||
+        evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+        px_conn_wrote(c);
     if (c->h2_stream) { /* one exchange per stream: it ends with its response */
         if (c->h2s != NULL)
             px_h2s_finish(c->h2s, 1);
@@ -751,6 +761,7 @@ void px_conn_exchange_done(struct px_conn *c)
  * PX_HIGH_WATER + max_header_size + 16 KiB here. Returns 1 when paused. */
 static int output_backlogged(struct px_conn *c)
 {
+    px_conn_wrote(c); /* what the kernel takes is no backlog */
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) <= PX_HIGH_WATER)
         return 0;
     if (!c->out_paused) {
@@ -770,7 +781,7 @@ static void output_resume(struct px_conn *c)
     px_conn_arm_timer(c, c->srv->cfg->keepalive_timeout);
 }
 
-void px_conn_step(struct px_conn *c)
+static void step_loop(struct px_conn *c)
 {
     /* Loop so that pipelined requests answered locally are all processed. */
     for (int guard = 0; guard < 64 && !c->doomed; guard++) {
@@ -803,6 +814,20 @@ void px_conn_step(struct px_conn *c)
             c->bev == NULL || evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
             return;
     }
+}
+
+void px_conn_step(struct px_conn *c)
+{
+    step_loop(c);
+    if (c->doomed || c->bev == NULL)
+        return;
+    px_conn_wrote(c); /* the answers the loop batched, in one write */
+    /* 64 pipelined requests answered and more waiting: yield to the other
+     * connections and come back on the next loop pass. The socket is
+     * writable, so its write callback runs then, and its LEAVE() steps. */
+    if (c->state == PX_CONN_IDLE && !c->out_paused && !c->tls &&
+        evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
+        bufferevent_enable(c->bev, EV_WRITE);
 }
 
 static void on_client_read(struct bufferevent *bev, void *arg)

@@ -43,7 +43,7 @@ LEGIT_LATENCY = 2.0
 # redzones and shadow roughly double it: 64 KiB is a generous ceiling.
 PER_CONN_KIB = 64
 # Allocator and ASan slack independent of the attack: malloc arenas growing
-# in steps, ASan's quarantine (quarantine_size_mb=16 in make test-san).
+# in steps, ASan's quarantine (quarantine_size_mb=8 in make test-san).
 SLACK_MIB = 24
 # Descriptors the proxy may open beside the ones the attack explains:
 # legitimate requests in flight, pooled upstream connections, logs.
