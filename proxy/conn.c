@@ -499,9 +499,8 @@ void px_conn_respond(struct px_conn *c, int status, const char *ctype, struct ev
             evbuffer_add(px_conn_out(c), evbuffer_pullup(body, -1), blen);
         else
             evbuffer_add_buffer(px_conn_out(c), body);
-        px_conn_wrote(c);
     }
-    px_conn_exchange_done(c);
+    px_conn_exchange_done(c); /* sends it (or batches it with the next pipelined answer) */
 }
 
 void px_conn_respond_preflight(struct px_conn *c)
@@ -513,7 +512,8 @@ void px_conn_respond_preflight(struct px_conn *c)
         c->ex.keepalive = 0;
     c->ex.status = 204;
     px_conn_head_begin(c, &w, &hb);
-    px_hw_status(&w, c->ex.req.http_minor, 204, PX_STR("No Content")); /* px_status_text(204) */
+    px_hw_status(&w, c->ex.req.http_minor, 204,
+                 px_str_make(px_status_text(204), strlen(px_status_text(204))));
     px_hw_lit(&w, "Server", "preview-proxy");
     px_cors_preflight_headers(&w, &c->ex.req, PX_CORS_REQ(c->srv->cfg, c->ex.label, c->ex.sb));
     if (w.hb != NULL && !c->ex.keepalive)
@@ -721,8 +721,8 @@ void px_conn_exchange_done(struct px_conn *c)
     /* HTTP/1.1: what is queued leaves now, unless a pipelined request waits
      * behind this one inside a callback of c: px_conn_step() answers it
      * first and sends the answers together (one write, not one each). */
-    if (c->bev == NULL || c->busy == 0 || !c->ex.keepalive ||
-        evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+    if (c->bev != NULL && (c->busy == 0 || !c->ex.keepalive ||
+                           evbuffer_get_length(bufferevent_get_input(c->bev)) == 0))
         px_conn_wrote(c);
     if (c->h2_stream) { /* one exchange per stream: it ends with its response */
         if (c->h2s != NULL)

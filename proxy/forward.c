@@ -523,7 +523,7 @@ int px_fwd_proxy_cookie(struct px_str set_cookie_value)
 /* The runner's response head as the client gets it (SPEC 9): hop-by-hop and
  * the proxy's own fields dropped, CORS ours, framing for the client's
  * protocol (HTTP/1.1: Content-Length, chunked or close; HTTP/2: DATA frames,
- * so only Content-Length when known). Returns has_body for HTTP/2. */
+ * so only Content-Length when known). */
 static void add_response_head(struct px_conn *c)
 {
     struct px_hbuf hb;
@@ -708,8 +708,7 @@ static void pump_response(struct px_conn *c)
         if (c->ex.resp_left == 0) {
             if (evbuffer_get_length(in) > 0)
                 c->ex.up_reusable = 0; /* the runner sent more than it announced */
-            px_conn_wrote(c);
-            return response_done(c);
+            return response_done(c);   /* exchange_done sends what is queued */
         }
         break;
     }
@@ -725,10 +724,8 @@ static void pump_response(struct px_conn *c)
             px_conn_upstream_drop(c);
             return px_conn_close(c);
         }
-        if (r == PX_PARSE_OK) {
-            px_conn_wrote(c);
+        if (r == PX_PARSE_OK)
             return response_done(c);
-        }
         break;
     }
     case BODY_EOF: {

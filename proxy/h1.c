@@ -61,6 +61,11 @@ static size_t find_ctl(const char *p, size_t n, int tab)
     return n;
 }
 
+int px_h1_value_ok(const char *p, size_t n)
+{
+    return find_ctl(p, n, 1) == n;
+}
+
 /* The first "\r\n\r\n" in p[0..len), first_lf the first LF or NULL: one
  * memchr per line (glibc's memmem costs ~800 instructions on a short head). */
 static const char *find_crlfcrlf(const char *p, size_t len, const char *first_lf)

@@ -53,6 +53,10 @@ int px_h1_response_has_body(const struct px_head *resp, enum http_method req_met
 
 void px_head_free(struct px_head *h);
 
+/* Is p[0..n) a valid field value: no control byte but HTAB (the rule the
+ * HTTP/1.1 head scan applies; proxy/h2.c applies it to HTTP/2 fields)? */
+int px_h1_value_ok(const char *p, size_t n);
+
 /* Header lookup (case-insensitive name); first match or NULL. */
 const struct px_hdr *px_head_get(const struct px_head *h, struct px_str name);
 

@@ -355,16 +355,6 @@ void px_h2s_finish(struct px_h2s *s, int complete)
     kick(s->h2);
 }
 
-/* Header values: no control bytes but HTAB (RFC 9110 5.5; nghttp2 already
- * refuses CR, LF and NUL), as the HTTP/1.1 head scan requires. */
-static int value_ok(const uint8_t *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if ((p[i] < 0x20 && p[i] != '\t') || p[i] == 0x7f)
-            return 0;
-    return 1;
-}
-
 /* The target and authority: visible ASCII only (no spaces, no controls). */
 static int visible(const char *p)
 {
@@ -629,7 +619,7 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
     }
     if (lower_eq(name, nlen, "te") || lower_eq(name, nlen, "expect"))
         return 0;
-    if (!value_ok(value, vlen)) {
+    if (!px_h1_value_ok((const char *)value, vlen)) {
         /* As the HTTP/1.1 scan would: the stream is refused, not the session. */
         s->started = 1;
         stream_reset(s, NGHTTP2_PROTOCOL_ERROR);
